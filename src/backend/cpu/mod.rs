@@ -1,0 +1,2 @@
+//! CPU reference kernels (rayon), one file per op family, named as in `kernels/`.
+//! They take contiguous channels-last slices; shapes are validated in `crate::ops` before a call.

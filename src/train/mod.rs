@@ -1,0 +1,2 @@
+//! Training: config (accepts the original config.txt), data pipeline, augmentation, loop, early
+//! stopping, k-fold, checkpoints, logs.
