@@ -44,7 +44,11 @@ pub enum Error {
 
 impl Error {
     /// Shorthand for [`Error::Shape`] with `Debug`-formatted shapes.
-    pub fn shape(op: &'static str, expected: impl std::fmt::Debug, got: impl std::fmt::Debug) -> Self {
+    pub fn shape(
+        op: &'static str,
+        expected: impl std::fmt::Debug,
+        got: impl std::fmt::Debug,
+    ) -> Self {
         Error::Shape { op, expected: format!("{expected:?}"), got: format!("{got:?}") }
     }
 

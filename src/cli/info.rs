@@ -14,9 +14,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(file) = args.file {
-        return Err(super::NotBuilt("info FILE").into()).map_err(|e: anyhow::Error| {
-            e.context(format!("cannot describe {}", file.display()))
-        });
+        return Err(super::NotBuilt("info FILE").into())
+            .map_err(|e: anyhow::Error| e.context(format!("cannot describe {}", file.display())));
     }
     println!("dnvs-engine {}", dnvs_engine::VERSION);
     println!("threads: {}", rayon::current_num_threads());

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod convert;
 mod eval;
-mod info;
 mod inflate;
+mod info;
 mod mesh;
 mod metrics;
 mod segment;
@@ -19,7 +19,9 @@ mod train;
 /// condyle and temporal bone in head CT, mesh them, and measure the joint's negative volume.
 #[derive(Parser)]
 #[command(name = "dnvs-engine", version, about, long_about = None)]
-#[command(after_help = "Examples:\n  dnvs-engine info\n  dnvs-engine synth --out data/phantoms --cases 20 --seed 1\n  dnvs-engine train --config configs/default.json\n  dnvs-engine inflate --mc mc.nii.gz --tb tb.nii.gz --out nv/")]
+#[command(
+    after_help = "Examples:\n  dnvs-engine info\n  dnvs-engine synth --out data/phantoms --cases 20 --seed 1\n  dnvs-engine train --config configs/default.json\n  dnvs-engine inflate --mc mc.nii.gz --tb tb.nii.gz --out nv/"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -49,11 +49,11 @@ impl FromStr for Device {
         match s {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| Error::arg("device", format!("'{s}' is not cpu, cuda or cuda:N"))),
+            _ => {
+                s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Device::Cuda).ok_or_else(
+                    || Error::arg("device", format!("'{s}' is not cpu, cuda or cuda:N")),
+                )
+            }
         }
     }
 }
