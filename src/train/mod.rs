@@ -1,2 +1,9 @@
 //! Training: config (accepts the original config.txt), data pipeline, augmentation, loop, early
 //! stopping, k-fold, checkpoints, logs.
+
+pub mod augment;
+pub mod config;
+pub mod logs;
+pub mod metrics;
+pub mod rng;
+pub mod sampling;
