@@ -1,0 +1,123 @@
+//! The training config: the original project's config.txt is accepted as is; unknown keys,
+//! unknown transforms and impossible patches are errors before any data is read.
+
+use dnvs_engine::train::augment::{Boundary, Transform};
+use dnvs_engine::train::config::{Config, Target};
+
+/// The keys and values of the original's config.txt (cviaai/DEEP-NEGATIVE-VOLUME), plus the one
+/// engine key a config must add (`dataset_dir`).
+const ORIGINAL: &str = r#"{
+ "training": {"device": "cuda:0", "trainsize": 8, "model_name": "VNet", "num_epochs": 100,
+   "k_follds_number": 5, "batch_size": 1, "learning_rate": 0.0001, "momentum": 0.99, "wd": 0.01,
+   "patience": 30, "delta": 0.001, "step_size": 30, "gamma": 0.1},
+ "loss": {"loss_name": "DCE", "loss_type": "DCE", "dce_w": 1, "w0": 1, "w1": 1, "nll": "True"},
+ "predict": {"model_path": "../M_models/VNet_DCE/VNet_kf_DCE_1.pth"},
+ "loaders": {
+   "train_patch": [112, 144, 64], "train_stride": [112, 144, 64],
+   "val_patch": [112, 144, 64], "val_stride": [120, 150, 70],
+   "dicom_path": "../../data/data_for_model/dicom", "mask_path": "../../data/data_for_model/mask",
+   "objects": ["LM_voi_segm_final", "RM_voi_segm_final"], "voi_shape": [120, 150, 70],
+   "precrop": "True", "train_patient_ids": [1], "val_patient_ids": [1, 2, 3],
+   "num_workers": 8, "batch_size": 1, "train_dataset_size": 80,
+   "dataset_dir": "data/phantoms",
+   "transformer": {
+     "train": {
+       "raw": [
+         {"name": "Normalize"},
+         {"name": "RandomFlip", "axes": [1], "execution_probability": 0.5},
+         {"name": "RandomRotate", "axes": [[0,1],[0,2],[2,1]], "angle_spectrum": 15, "mode": "nearest"},
+         {"name": "ElasticDeformation", "spline_order": 2, "alpha": 30, "sigma": 5, "execution_probability": 0.5},
+         {"name": "RandomContrast", "execution_probability": 0.5, "alpha": [1, 3]}
+       ],
+       "label": [
+         {"name": "RandomFlip", "axes": [1], "execution_probability": 0.5},
+         {"name": "RandomRotate", "axes": [[0,1],[0,2],[2,1]], "angle_spectrum": 15, "mode": "constant"},
+         {"name": "ElasticDeformation", "spline_order": 0, "alpha": 30, "sigma": 5, "execution_probability": 0.5}
+       ]
+     },
+     "test": {"raw": [{"name": "Normalize"}], "label": []}
+   }
+ }
+}"#;
+
+fn err_of(text: &str) -> String {
+    match Config::parse(text) {
+        Ok(_) => panic!("config was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_original_config_is_accepted_as_is() {
+    let c = Config::parse(ORIGINAL).expect("original config");
+    assert_eq!(c.training.k_follds_number, 5);
+    assert_eq!(c.training.model_name, "VNet");
+    assert!(c.loss.nll && c.loaders.precrop, "string booleans \"True\"");
+    assert_eq!(c.loaders.voi_shape, [120, 150, 70]);
+    assert_eq!(c.loaders.target, Target::Mc);
+    assert_eq!(c.early_stopping(), Some((30, 0.001)));
+    let t = &c.transforms;
+    assert_eq!(t.train_raw.len(), 5);
+    assert_eq!(t.train_label.len(), 3);
+    assert_eq!(
+        t.train_raw[2],
+        Transform::RandomRotate {
+            angle_spectrum: 15,
+            axes: vec![[0, 1], [0, 2], [2, 1]],
+            mode: Boundary::Nearest,
+            order: 0,
+            p: 1.0
+        }
+    );
+    assert_eq!(c.width(), 16);
+}
+
+#[test]
+fn unknown_keys_list_the_valid_ones() {
+    let e = err_of(&ORIGINAL.replace("\"wd\": 0.01", "\"weight_decay\": 0.01"));
+    assert!(e.contains("training") && e.contains("weight_decay"), "{e}");
+    assert!(e.contains("learning_rate") && e.contains("k_follds_number"), "valid keys listed: {e}");
+    let e = err_of(&ORIGINAL.replacen("\"loaders\"", "\"loaderz\": {}, \"loaders\"", 1));
+    assert!(e.contains("loaderz") && e.contains("training"), "{e}");
+}
+
+#[test]
+fn unknown_transforms_and_parameters_are_errors() {
+    let e = err_of(&ORIGINAL.replace("\"name\": \"RandomContrast\"", "\"name\": \"RandomGamma\""));
+    assert!(e.contains("RandomGamma") && e.contains("ElasticDeformation"), "{e}");
+    assert!(e.contains("train.raw[4]"), "says where: {e}");
+    let e =
+        err_of(&ORIGINAL.replace("\"angle_spectrum\": 15, \"mode\": \"nearest\"", "\"angle\": 15"));
+    assert!(e.contains("angle") && e.contains("angle_spectrum"), "{e}");
+}
+
+#[test]
+fn a_patch_larger_than_the_voi_is_an_error() {
+    let e = err_of(
+        &ORIGINAL.replace("\"train_patch\": [112, 144, 64]", "\"train_patch\": [128, 144, 64]"),
+    );
+    assert!(e.contains("train_patch") && e.contains("[120, 150, 70]"), "{e}");
+}
+
+#[test]
+fn raw_and_label_must_transform_alike() {
+    // The label's flip on another axis would break image/mask alignment.
+    let text = ORIGINAL.replacen(
+        "{\"name\": \"RandomFlip\", \"axes\": [1], \"execution_probability\": 0.5},\n         {\"name\": \"RandomRotate\", \"axes\": [[0,1],[0,2],[2,1]], \"angle_spectrum\": 15, \"mode\": \"constant\"}",
+        "{\"name\": \"RandomFlip\", \"axes\": [2], \"execution_probability\": 0.5},\n         {\"name\": \"RandomRotate\", \"axes\": [[0,1],[0,2],[2,1]], \"angle_spectrum\": 15, \"mode\": \"constant\"}",
+        1,
+    );
+    assert_ne!(text, ORIGINAL);
+    let e = err_of(&text);
+    assert!(e.contains("same geometric transforms"), "{e}");
+}
+
+#[test]
+fn bad_values_are_errors() {
+    let e = err_of(&ORIGINAL.replace("\"loss_type\": \"DCE\"", "\"loss_type\": \"Focal\""));
+    assert!(e.contains("Focal"), "{e}");
+    let e = err_of(&ORIGINAL.replace("\"model_name\": \"VNet\"", "\"model_name\": \"ResNet\""));
+    assert!(e.contains("ResNet") && e.contains("UNetAtt"), "{e}");
+    let e = err_of(&ORIGINAL.replace("\"device\": \"cuda:0\"", "\"device\": \"tpu\""));
+    assert!(e.contains("tpu"), "{e}");
+}
