@@ -665,3 +665,21 @@ fn temp_sibling(path: &Path) -> PathBuf {
         format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     path.with_file_name(unique)
 }
+
+/// A NIfTI header for a volume that has no file of its own yet (a DICOM series), whose images
+/// should be stored as `datatype` when their values fit it: qform = sform = the affine (scanner),
+/// units mm, `descrip` set.
+pub fn generated_header(vol: &Volume, datatype: DataType, descrip: &str) -> Vec<u8> {
+    let mut h = fresh_header(vol);
+    h.dim = [3, vol.dims[0] as u16, vol.dims[1] as u16, vol.dims[2] as u16, 1, 1, 1, 1];
+    h.datatype = datatype.code();
+    h.bitpix = (datatype.size() * 8) as i16;
+    h.vox_offset = DATA_OFFSET as f32;
+    h.scl_slope = 1.0;
+    let mut d = descrip.as_bytes().to_vec();
+    d.truncate(79);
+    h.descrip = d;
+    let mut bytes = serialize_header(&h);
+    bytes.truncate(HEADER_LEN);
+    bytes
+}
