@@ -223,3 +223,210 @@ fn adam_three_steps() {
     assert_eq!(adam.state().step, 3);
     check("adam.param_after", &p, "adam.param_after");
 }
+
+// ---- large shapes: the parallel kernels --------------------------------------------------------
+//
+// The golden cases are small enough that every kernel runs on one thread. Here each op runs on a
+// tensor made of K copies of a small one along the batch axis (above the size where the kernels
+// split work across threads) and must give K copies of the small result, or for a parameter's
+// gradient K times it (for the losses, a weighted mean: the same value and gradients / K).
+
+const K: usize = 100;
+
+fn tile(x: &Tensor) -> Tensor {
+    let mut dims = x.dims().to_vec();
+    dims[0] *= K;
+    Tensor::from_vec(x.to_vec().unwrap().repeat(K), dims).unwrap()
+}
+
+fn scaled(x: &Tensor, s: f32) -> Vec<f32> {
+    x.to_vec().unwrap().iter().map(|v| v * s).collect()
+}
+
+/// `f` on `inputs` (tiled where `tiled[i]`) against `f` on the small inputs.
+fn tiled_case(
+    what: &str,
+    inputs: &[Tensor],
+    tiled: &[bool],
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) {
+    let small: Vec<Tensor> = inputs.iter().map(Tensor::requires_grad).collect();
+    let big: Vec<Tensor> = small
+        .iter()
+        .zip(tiled)
+        .map(|(x, &t)| if t { tile(x) } else { x.clone() }.requires_grad())
+        .collect();
+    let (out_s, out_b) = (f(&small).unwrap(), f(&big).unwrap());
+    let out_tiled = out_s.rank() > 0;
+    let want = if out_tiled { tile(&out_s) } else { out_s.clone() };
+    assert_close(
+        &format!("{what} (K copies): out"),
+        &out_b.to_vec().unwrap(),
+        &want.to_vec().unwrap(),
+        RTOL,
+        ATOL,
+    );
+    let g_s = Tensor::from_vec(common::random_vec(out_s.numel(), 5), out_s.shape()).unwrap();
+    let g_b = if out_tiled { tile(&g_s) } else { g_s.clone() };
+    let (gs, gb) = (backward_with(&out_s, g_s).unwrap(), backward_with(&out_b, g_b).unwrap());
+    for (i, ((s, b), &t)) in small.iter().zip(&big).zip(tiled).enumerate() {
+        let (gs, gb) = (gs.get(s).unwrap(), gb.get(b).unwrap());
+        let want = match (t, out_tiled) {
+            (true, true) => tile(gs).to_vec().unwrap(),
+            (true, false) => scaled(&tile(gs), 1.0 / K as f32),
+            (false, true) => scaled(gs, K as f32),
+            (false, false) => gs.to_vec().unwrap(),
+        };
+        assert_close(
+            &format!("{what} (K copies): grad of input {i}"),
+            &gb.to_vec().unwrap(),
+            &want,
+            RTOL,
+            ATOL,
+        );
+    }
+}
+
+fn small_x(seed: u64) -> Tensor {
+    Tensor::from_vec(common::random_vec(4 * 6 * 6 * 8, seed), [1, 4, 6, 6, 8]).unwrap()
+}
+
+#[test]
+fn large_elementwise_and_softmax() {
+    let (a, b) = (small_x(1), small_x(2));
+    tiled_case("relu", &[a.clone()], &[true], |x| ops::relu(&x[0]));
+    tiled_case("elu", &[a.clone()], &[true], |x| ops::elu(&x[0], 0.7));
+    tiled_case("sigmoid", &[a.clone()], &[true], |x| ops::sigmoid(&x[0]));
+    tiled_case("scale", &[a.clone()], &[true], |x| ops::scale(&x[0], 3.0));
+    tiled_case("add", &[a.clone(), b.clone()], &[true, true], |x| ops::add(&x[0], &x[1]));
+    tiled_case("mul", &[a.clone(), b.clone()], &[true, true], |x| ops::mul(&x[0], &x[1]));
+    let w = Tensor::from_vec(common::random_vec(8, 3), [8]).unwrap();
+    tiled_case("prelu", &[a.clone(), w], &[true, false], |x| ops::prelu(&x[0], &x[1]));
+    let g = Tensor::from_vec(common::random_vec(4 * 6 * 6, 4), [1, 4, 6, 6, 1]).unwrap();
+    tiled_case("gate_mul", &[a.clone(), g], &[true, true], |x| ops::gate_mul(&x[0], &x[1]));
+    tiled_case("softmax", &[a.clone()], &[true], |x| ops::softmax_channels(&x[0]));
+    tiled_case("log_softmax", &[a.clone()], &[true], |x| ops::log_softmax_channels(&x[0]));
+    tiled_case("concat", &[a.clone(), b], &[true, true], |x| {
+        ops::concat_channels(&[&x[0], &x[1], &x[0]])
+    });
+}
+
+#[test]
+fn large_norms_pool_upsample() {
+    let x = small_x(6);
+    let (w, b) = (
+        Tensor::from_vec(common::random_vec(8, 7), [8]).unwrap(),
+        Tensor::from_vec(common::random_vec(8, 8), [8]).unwrap(),
+    );
+    let ins = [x.clone(), w, b];
+    tiled_case("batch_norm", &ins, &[true, false, false], |t| {
+        ops::batch_norm(&t[0], Some(&t[1]), Some(&t[2]), BatchStats::Batch { running: None }, 1e-5)
+    });
+    let mut rs = RunningStats::new(8, 0.1);
+    rs.var = Tensor::from_vec(vec![0.7; 8], [8]).unwrap();
+    tiled_case("batch_norm running", &ins, &[true, false, false], |t| {
+        ops::batch_norm(&t[0], Some(&t[1]), Some(&t[2]), BatchStats::Running(&rs), 1e-5)
+    });
+    tiled_case("group_norm", &ins, &[true, false, false], |t| {
+        ops::group_norm(&t[0], 4, Some(&t[1]), Some(&t[2]), 1e-5)
+    });
+    tiled_case("max_pool3d_k2", &[x.clone()], &[true], |t| ops::max_pool3d_k2(&t[0]));
+    tiled_case("upsample x2", &[x.clone()], &[true], |t| ops::upsample_nearest_x2(&t[0]));
+    tiled_case("upsample size", &[x], &[true], |t| ops::upsample_nearest(&t[0], [7, 9, 5]));
+}
+
+#[test]
+fn large_losses() {
+    let logits = Tensor::from_vec(common::random_vec(4 * 6 * 6 * 2, 9), [1, 4, 6, 6, 2]).unwrap();
+    let target: Vec<f32> =
+        common::random_vec(4 * 6 * 6, 10).iter().map(|v| f32::from(*v > 0.3)).collect();
+    let t_small = Tensor::from_vec(target, [1, 4, 6, 6]).unwrap();
+    let t_big = tile(&t_small);
+    let pick = |x: &Tensor| if x.dims()[0] == 1 { t_small.clone() } else { t_big.clone() };
+    let w = [0.4f32, 2.5];
+    tiled_case("cross_entropy", &[logits.clone()], &[true], |x| {
+        loss::cross_entropy(&x[0], &pick(&x[0]), Some(&w))
+    });
+    let probs = ops::softmax_channels(&logits).unwrap();
+    tiled_case("nll_probs", &[probs.clone()], &[true], |x| {
+        loss::nll_probs(&x[0], &pick(&x[0]), Some(&w))
+    });
+    tiled_case("soft_dice", &[probs.clone()], &[true], |x| loss::soft_dice(&x[0], &pick(&x[0])));
+    tiled_case("hard_dice", &[probs], &[true], |x| Ok(loss::hard_dice(&x[0], &pick(&x[0]))?.loss));
+}
+
+#[test]
+fn large_adam_and_dropout() {
+    let (p, g) = (small_x(11), small_x(12));
+    let cfg = AdamConfig { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+    let (mut a, mut b) = (Adam::new(cfg), Adam::new(cfg));
+    let (mut ps, mut pb) = (p.clone(), tile(&p));
+    for _ in 0..3 {
+        ps = a.step(&[ps], &[g.clone()]).unwrap().remove(0);
+        pb = b.step(&[pb], &[tile(&g)]).unwrap().remove(0);
+    }
+    assert_close(
+        "adam (K copies)",
+        &pb.to_vec().unwrap(),
+        &tile(&ps).to_vec().unwrap(),
+        RTOL,
+        ATOL,
+    );
+    // Dropout on a large tensor: one multiplier (0 or 1/(1-p)) per sample and channel.
+    let x = tile(&small_x(13));
+    let y = ops::channel_dropout(&x, 0.25, 3).unwrap().to_vec().unwrap();
+    let xs = x.to_vec().unwrap();
+    let per = xs.len() / K;
+    for (i, (&yv, &xv)) in y.iter().zip(&xs).enumerate() {
+        let (s, c) = (i / per, i % 8);
+        let first = s * per + c;
+        let m = y[first] / xs[first];
+        assert!(m == 0.0 || (m - 4.0 / 3.0).abs() < 1e-5, "multiplier {m}");
+        assert!(
+            (yv - m * xv).abs() <= 1e-6 * xv.abs().max(1.0),
+            "sample {s} channel {c} is not whole"
+        );
+    }
+}
+
+// ---- timing ------------------------------------------------------------------------------------
+
+/// Rough CPU timings for docs/PERF.md (not a test of correctness):
+/// `cargo test --test ops_golden -- --ignored --nocapture bench_cpu_ops`.
+#[test]
+#[ignore = "timing only; run by hand for docs/PERF.md"]
+fn bench_cpu_ops() {
+    let dims = [1, 64, 64, 32, 16];
+    let n: usize = dims.iter().product();
+    let x = Tensor::from_vec(common::random_vec(n, 1), dims).unwrap().requires_grad();
+    let y = Tensor::from_vec(common::random_vec(n, 2), dims).unwrap();
+    let w = Tensor::from_vec(vec![0.25; 16], [16]).unwrap().requires_grad();
+    let mb = (n * 4) as f64 / 1e6;
+    let time = |name: &str, traffic: f64, f: &dyn Fn() -> Tensor| {
+        let _ = f();
+        let reps = 5;
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            let _ = f();
+        }
+        let s = t0.elapsed().as_secs_f64() / f64::from(reps);
+        println!("cpu/{name}/{dims:?}: {:.2} ms, {:.2} GB/s", s * 1e3, traffic * mb / 1e3 / s);
+    };
+    time("add", 3.0, &|| ops::add(&x, &y).unwrap());
+    time("relu", 2.0, &|| ops::relu(&x).unwrap());
+    time("prelu", 2.0, &|| ops::prelu(&x, &w).unwrap());
+    time("softmax_channels", 2.0, &|| ops::softmax_channels(&x).unwrap());
+    let bn = || {
+        ops::batch_norm(&x, Some(&w), Some(&w), BatchStats::Batch { running: None }, 1e-5).unwrap()
+    };
+    time("batch_norm fwd", 4.0, &bn);
+    time("batch_norm fwd+bwd", 9.0, &|| {
+        let out = bn();
+        backward_with(&out, y.clone()).unwrap();
+        out
+    });
+    time("group_norm fwd", 4.0, &|| ops::group_norm(&x, 8, Some(&w), Some(&w), 1e-5).unwrap());
+    time("max_pool3d_k2", 1.125, &|| ops::max_pool3d_k2(&x).unwrap());
+    time("upsample_nearest_x2 (out 8x)", 9.0, &|| ops::upsample_nearest_x2(&x).unwrap());
+    time("concat_channels (2 inputs)", 4.0, &|| ops::concat_channels(&[&x, &y]).unwrap());
+}

@@ -86,13 +86,26 @@ pub fn elu_grad(x: f32, g: f32, alpha: f32) -> f32 {
 
 // ---- PReLU ------------------------------------------------------------------------------------
 
-/// PReLU with slope `w[c % w.len()]`: `w` has `c` entries (per channel) or one (shared).
+/// The slope of every channel: `w` itself, or its one shared value repeated `c` times.
+fn slopes(w: &[f32], c: usize) -> Vec<f32> {
+    if w.len() == c {
+        w.to_vec()
+    } else {
+        vec![w.first().copied().unwrap_or(0.0); c]
+    }
+}
+
+/// PReLU with slope `w[ch]`: `w` has `c` entries (per channel) or one (shared).
 pub fn prelu_fwd(x: &[f32], w: &[f32], c: usize) -> Vec<f32> {
+    let w = slopes(w, c);
     let mut out = vec![0.0; x.len()];
     for_rows_mut(&mut out, c, |r0, rows| {
         let xs = &x[r0 * c..r0 * c + rows.len()];
-        for (o, (i, &v)) in rows.iter_mut().zip(xs.iter().enumerate()) {
-            *o = if v > 0.0 { v } else { w[(i % c) % w.len()] * v };
+        for (orow, xrow) in rows.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
+            for ((o, &v), &wc) in orow.iter_mut().zip(xrow).zip(&w) {
+                // Branch-free: signs are random in a network, so a branch would mispredict.
+                *o = v.max(0.0) + wc * v.min(0.0);
+            }
         }
     });
     out
@@ -100,12 +113,18 @@ pub fn prelu_fwd(x: &[f32], w: &[f32], c: usize) -> Vec<f32> {
 
 /// Gradient of PReLU with respect to `x`.
 pub fn prelu_bwd_x(x: &[f32], g: &[f32], w: &[f32], c: usize) -> Vec<f32> {
+    let w = slopes(w, c);
     let mut out = vec![0.0; x.len()];
     for_rows_mut(&mut out, c, |r0, rows| {
-        let base = r0 * c;
-        for (i, o) in rows.iter_mut().enumerate() {
-            let v = x[base + i];
-            *o = if v > 0.0 { g[base + i] } else { w[(i % c) % w.len()] * g[base + i] };
+        let span = r0 * c..r0 * c + rows.len();
+        let (xs, gs) = (&x[span.clone()], &g[span]);
+        for ((orow, xrow), grow) in
+            rows.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(gs.chunks_exact(c))
+        {
+            for (((o, &v), &gv), &wc) in orow.iter_mut().zip(xrow).zip(grow).zip(&w) {
+                let pos = f32::from(u8::from(v > 0.0));
+                *o = gv * (pos + (1.0 - pos) * wc);
+            }
         }
     });
     out
@@ -116,9 +135,11 @@ pub fn prelu_bwd_x(x: &[f32], g: &[f32], w: &[f32], c: usize) -> Vec<f32> {
 pub fn prelu_bwd_w(x: &[f32], g: &[f32], c: usize, shared: bool) -> Vec<f32> {
     let partial = |xs: &[f32], gs: &[f32]| {
         let mut acc = vec![0.0f64; c];
-        for (i, (&v, &gv)) in xs.iter().zip(gs).enumerate() {
-            if v <= 0.0 {
-                acc[i % c] += f64::from(v) * f64::from(gv);
+        for (xrow, grow) in xs.chunks_exact(c).zip(gs.chunks_exact(c)) {
+            for ((a, &v), &gv) in acc.iter_mut().zip(xrow).zip(grow) {
+                if v <= 0.0 {
+                    *a += f64::from(v) * f64::from(gv);
+                }
             }
         }
         acc

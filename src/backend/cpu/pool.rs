@@ -8,6 +8,10 @@ use rayon::prelude::*;
 
 use super::elementwise::PAR_MIN;
 
+/// The eight offsets of a 2x2x2 window, in PyTorch's scan order.
+const WINDOW: [(usize, usize, usize); 8] =
+    [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)];
+
 /// Output values and the flat input index of each maximum. Ties go to the first element in
 /// (kd, kh, kw) order and NaN wins, as in PyTorch.
 pub fn max_pool_k2_fwd(x: &[f32], [n, d, h, w, c]: [usize; 5]) -> (Vec<f32>, Vec<u32>) {
@@ -19,26 +23,27 @@ pub fn max_pool_k2_fwd(x: &[f32], [n, d, h, w, c]: [usize; 5]) -> (Vec<f32>, Vec
         let (b, z) = (p / od.max(1), p % od.max(1));
         for y in 0..oh {
             for xx in 0..ow {
-                for ch in 0..c {
-                    let mut best = f32::NEG_INFINITY;
-                    let mut at = usize::MAX;
-                    for dz in 0..2 {
-                        for dy in 0..2 {
-                            for dx in 0..2 {
-                                let i = (((b * d + 2 * z + dz) * h + 2 * y + dy) * w + 2 * xx + dx)
-                                    * c
-                                    + ch;
-                                let v = x[i];
-                                if at == usize::MAX || v > best || v.is_nan() && !best.is_nan() {
-                                    best = v;
-                                    at = i;
-                                }
-                            }
+                let oi = (y * ow + xx) * c;
+                let (orow, arow) = (&mut o[oi..oi + c], &mut a[oi..oi + c]);
+                // Window positions in PyTorch's (kd, kh, kw) order; the channels of a position are
+                // contiguous, so each comparison runs over a whole row.
+                for (k, (dz, dy, dx)) in WINDOW.iter().enumerate() {
+                    let base = (((b * d + 2 * z + dz) * h + 2 * y + dy) * w + 2 * xx + dx) * c;
+                    let xr = &x[base..base + c];
+                    if k == 0 {
+                        orow.copy_from_slice(xr);
+                        for (ch, ai) in arow.iter_mut().enumerate() {
+                            *ai = (base + ch) as u32;
                         }
+                        continue;
                     }
-                    let oi = (y * ow + xx) * c + ch;
-                    o[oi] = best;
-                    a[oi] = at as u32;
+                    for ch in 0..c {
+                        // Selects, not branches: random data would mispredict a branch.
+                        let (v, cur) = (xr[ch], orow[ch]);
+                        let better = v > cur || v.is_nan() && !cur.is_nan();
+                        orow[ch] = if better { v } else { cur };
+                        arow[ch] = if better { (base + ch) as u32 } else { arow[ch] };
+                    }
                 }
             }
         }

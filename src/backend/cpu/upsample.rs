@@ -31,7 +31,13 @@ pub fn nearest_fwd(x: &[f32], [_, d, h, w, c]: [usize; 5], src: [&[usize]; 3]) -
     let mut out = vec![0.0f32; n * od * plane];
     let fill = |p: usize, o: &mut [f32]| {
         let (b, z) = (p / od, p % od);
+        let row = ow * c;
         for (y, &iy) in sh.iter().enumerate() {
+            if y > 0 && sh[y - 1] == iy {
+                // The same source row as the previous output row: one block copy.
+                o.copy_within((y - 1) * row..y * row, y * row);
+                continue;
+            }
             for (xx, &ix) in sw.iter().enumerate() {
                 let i = (((b * d + sd[z]) * h + iy) * w + ix) * c;
                 let oi = (y * ow + xx) * c;
