@@ -150,10 +150,10 @@ fn losses() {
 fn adam() {
     let mut adam = Adam::new(AdamConfig::default());
     let p = Tensor::param(vec![1.0, 2.0], [2]).unwrap();
-    shape_err(adam.step(&[p.clone()], &[zeros(&[3])]), "adam", &["[2]", "[3]"]);
-    shape_err(adam.step(&[p.clone()], &[]), "adam", &["1 gradients", "0"]);
+    shape_err(adam.step(std::slice::from_ref(&p), &[zeros(&[3])]), "adam", &["[2]", "[3]"]);
+    shape_err(adam.step(std::slice::from_ref(&p), &[]), "adam", &["1 gradients", "0"]);
     adam.step(&[p], &[zeros(&[2])]).unwrap();
     // The state holds one parameter of 2 elements; another layout is refused.
     let q = Tensor::param(vec![0.0; 3], [3]).unwrap();
-    shape_err(adam.step(&[q.clone()], &[zeros(&[3])]), "adam", &["[2]", "[3]"]);
+    shape_err(adam.step(std::slice::from_ref(&q), &[zeros(&[3])]), "adam", &["[2]", "[3]"]);
 }

@@ -294,18 +294,20 @@ fn small_x(seed: u64) -> Tensor {
 #[test]
 fn large_elementwise_and_softmax() {
     let (a, b) = (small_x(1), small_x(2));
-    tiled_case("relu", &[a.clone()], &[true], |x| ops::relu(&x[0]));
-    tiled_case("elu", &[a.clone()], &[true], |x| ops::elu(&x[0], 0.7));
-    tiled_case("sigmoid", &[a.clone()], &[true], |x| ops::sigmoid(&x[0]));
-    tiled_case("scale", &[a.clone()], &[true], |x| ops::scale(&x[0], 3.0));
+    tiled_case("relu", std::slice::from_ref(&a), &[true], |x| ops::relu(&x[0]));
+    tiled_case("elu", std::slice::from_ref(&a), &[true], |x| ops::elu(&x[0], 0.7));
+    tiled_case("sigmoid", std::slice::from_ref(&a), &[true], |x| ops::sigmoid(&x[0]));
+    tiled_case("scale", std::slice::from_ref(&a), &[true], |x| ops::scale(&x[0], 3.0));
     tiled_case("add", &[a.clone(), b.clone()], &[true, true], |x| ops::add(&x[0], &x[1]));
     tiled_case("mul", &[a.clone(), b.clone()], &[true, true], |x| ops::mul(&x[0], &x[1]));
     let w = Tensor::from_vec(common::random_vec(8, 3), [8]).unwrap();
     tiled_case("prelu", &[a.clone(), w], &[true, false], |x| ops::prelu(&x[0], &x[1]));
     let g = Tensor::from_vec(common::random_vec(4 * 6 * 6, 4), [1, 4, 6, 6, 1]).unwrap();
     tiled_case("gate_mul", &[a.clone(), g], &[true, true], |x| ops::gate_mul(&x[0], &x[1]));
-    tiled_case("softmax", &[a.clone()], &[true], |x| ops::softmax_channels(&x[0]));
-    tiled_case("log_softmax", &[a.clone()], &[true], |x| ops::log_softmax_channels(&x[0]));
+    tiled_case("softmax", std::slice::from_ref(&a), &[true], |x| ops::softmax_channels(&x[0]));
+    tiled_case("log_softmax", std::slice::from_ref(&a), &[true], |x| {
+        ops::log_softmax_channels(&x[0])
+    });
     tiled_case("concat", &[a.clone(), b], &[true, true], |x| {
         ops::concat_channels(&[&x[0], &x[1], &x[0]])
     });
@@ -330,8 +332,10 @@ fn large_norms_pool_upsample() {
     tiled_case("group_norm", &ins, &[true, false, false], |t| {
         ops::group_norm(&t[0], 4, Some(&t[1]), Some(&t[2]), 1e-5)
     });
-    tiled_case("max_pool3d_k2", &[x.clone()], &[true], |t| ops::max_pool3d_k2(&t[0]));
-    tiled_case("upsample x2", &[x.clone()], &[true], |t| ops::upsample_nearest_x2(&t[0]));
+    tiled_case("max_pool3d_k2", std::slice::from_ref(&x), &[true], |t| ops::max_pool3d_k2(&t[0]));
+    tiled_case("upsample x2", std::slice::from_ref(&x), &[true], |t| {
+        ops::upsample_nearest_x2(&t[0])
+    });
     tiled_case("upsample size", &[x], &[true], |t| ops::upsample_nearest(&t[0], [7, 9, 5]));
 }
 
@@ -344,14 +348,16 @@ fn large_losses() {
     let t_big = tile(&t_small);
     let pick = |x: &Tensor| if x.dims()[0] == 1 { t_small.clone() } else { t_big.clone() };
     let w = [0.4f32, 2.5];
-    tiled_case("cross_entropy", &[logits.clone()], &[true], |x| {
+    tiled_case("cross_entropy", std::slice::from_ref(&logits), &[true], |x| {
         loss::cross_entropy(&x[0], &pick(&x[0]), Some(&w))
     });
     let probs = ops::softmax_channels(&logits).unwrap();
-    tiled_case("nll_probs", &[probs.clone()], &[true], |x| {
+    tiled_case("nll_probs", std::slice::from_ref(&probs), &[true], |x| {
         loss::nll_probs(&x[0], &pick(&x[0]), Some(&w))
     });
-    tiled_case("soft_dice", &[probs.clone()], &[true], |x| loss::soft_dice(&x[0], &pick(&x[0])));
+    tiled_case("soft_dice", std::slice::from_ref(&probs), &[true], |x| {
+        loss::soft_dice(&x[0], &pick(&x[0]))
+    });
     tiled_case("hard_dice", &[probs], &[true], |x| Ok(loss::hard_dice(&x[0], &pick(&x[0]))?.loss));
 }
 
@@ -362,7 +368,7 @@ fn large_adam_and_dropout() {
     let (mut a, mut b) = (Adam::new(cfg), Adam::new(cfg));
     let (mut ps, mut pb) = (p.clone(), tile(&p));
     for _ in 0..3 {
-        ps = a.step(&[ps], &[g.clone()]).unwrap().remove(0);
+        ps = a.step(&[ps], std::slice::from_ref(&g)).unwrap().remove(0);
         pb = b.step(&[pb], &[tile(&g)]).unwrap().remove(0);
     }
     assert_close(
