@@ -72,7 +72,9 @@ fn describe(path: &Path) -> anyhow::Result<()> {
     println!("orientation: {}", orientation::axis_codes(&vol.affine));
     println!("affine (voxel -> RAS mm):");
     for row in &vol.affine {
-        println!("  [{:>12.6} {:>12.6} {:>12.6} {:>12.6}]", row[0], row[1], row[2], row[3]);
+        // `+ 0.0` turns -0.0 (from negating zero terms) into 0.0 for printing.
+        let r = row.map(|v| v + 0.0);
+        println!("  [{:>12.6} {:>12.6} {:>12.6} {:>12.6}]", r[0], r[1], r[2], r[3]);
     }
     match vol.value_range() {
         Some((lo, hi)) => println!("values: {lo} .. {hi}"),

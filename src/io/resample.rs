@@ -29,7 +29,7 @@ pub fn resample_to_spacing(vol: &Volume, spacing: [f64; 3], interp: Interp) -> R
     if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
         return Err(Error::arg("resample_to_spacing", format!("spacing {spacing:?} must be > 0")));
     }
-    if vol.is_empty() || vol.spacing.iter().any(|s| !(*s > 0.0)) {
+    if vol.is_empty() || vol.spacing.iter().any(|s| s.is_nan() || *s <= 0.0) {
         return Err(Error::arg(
             "resample_to_spacing",
             format!("volume {:?} with spacing {:?} cannot be resampled", vol.dims, vol.spacing),
