@@ -1,5 +1,6 @@
 //! Reading and writing: NIfTI, DICOM series, meshes (STL, PLY, OBJ), safetensors with PyTorch names.
 
+pub mod mesh;
 pub mod nifti;
 pub mod volume;
 
