@@ -8,7 +8,9 @@
 //!    negative (refined linearly between the last two samples) is the hit distance `h(p)`;
 //! 3. a voxel outside MC and TB belongs to NV when its nearest surface point `p` (feature
 //!    transform over the voxels holding the surface points) has a hit and the voxel lies within
-//!    `h(p)` of `p` on the normal side (`(v - p) . n > 0`, `|v - p| <= h(p)`).
+//!    `h(p)` of `p` on the normal side (`(v - p) . n > 0`, `|v - p| <= h(p) + e/2`, where `e` is
+//!    the voxel's extent along `n`: the segment's end lies on the TB boundary, inside the cell of
+//!    the last voxel it reaches, and that voxel is counted).
 //!
 //! Work happens in the axis-aligned millimetre frame `index * spacing`; only the NV mesh is mapped
 //! through the volume's affine at the end.
@@ -244,7 +246,11 @@ fn voxelise(
                 along += x * nrm[a] as f64;
                 len2 += x * x;
             }
-            along > 0.0 && len2 <= hp * hp
+            // The segment ends on the TB boundary, inside the cell of the last NV voxel along
+            // it: half the voxel's extent along the normal counts that cell in.
+            let half: f64 =
+                0.5 * (0..3).map(|a| (nrm[a] as f64 * spacing[a]).powi(2)).sum::<f64>().sqrt();
+            along > 0.0 && len2.sqrt() <= hp + half
         })
         .collect())
 }
