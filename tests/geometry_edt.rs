@@ -1,6 +1,8 @@
 //! Exact EDT, feature transform and signed distance against brute force, anisotropic spacing.
 
-use dnvs_engine::geometry::{distance_to, edt, edt::NO_FEATURE, feature_transform, signed_distance};
+use dnvs_engine::geometry::{
+    distance_to, edt, edt::NO_FEATURE, feature_transform, signed_distance,
+};
 
 struct Rng(u64);
 impl Rng {

@@ -40,12 +40,18 @@ fn sphere_in_spherical_cavity() {
     for c in &cases {
         let (mc, tb, dims) = shells(c);
         let cfg = InflateConfig { max_mm: 2.0 * c.big_r };
-        let out = inflate_masks(&mc, &tb, dims, c.spacing, &spacing_affine(c.spacing), cfg).unwrap();
+        let out =
+            inflate_masks(&mc, &tb, dims, c.spacing, &spacing_affine(c.spacing), cfg).unwrap();
         let want = 4.0 / 3.0 * std::f64::consts::PI * (c.big_r.powi(3) - c.r.powi(3));
         let err = (out.volume_mm3 - want) / want;
         println!(
             "r {} R {} spacing {:?}: NV {:.1} mm^3, analytic {want:.1} ({:+.2}%), {:?}",
-            c.r, c.big_r, c.spacing, out.volume_mm3, 100.0 * err, out.stats
+            c.r,
+            c.big_r,
+            c.spacing,
+            out.volume_mm3,
+            100.0 * err,
+            out.stats
         );
         assert!(err.abs() < 0.03);
         assert_eq!(out.stats.hits, out.stats.surface_points);

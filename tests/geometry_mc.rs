@@ -78,9 +78,9 @@ fn random_blobs(dims: [usize; 3], seed: u64, n: usize) -> Vec<f32> {
         for j in 0..dims[1] {
             for k in 0..dims[2] {
                 let p = [i as f64, j as f64, k as f64];
-                let inside = centres.iter().any(|(c, r)| {
-                    (0..3).map(|a| (p[a] - c[a]).powi(2)).sum::<f64>() <= r * r
-                });
+                let inside = centres
+                    .iter()
+                    .any(|(c, r)| (0..3).map(|a| (p[a] - c[a]).powi(2)).sum::<f64>() <= r * r);
                 // Sprinkle single voxels too: the hardest cases for the table.
                 let speck = rng.next() < 0.03;
                 v[(i * dims[1] + j) * dims[2] + k] = (inside || speck) as u8 as f32;

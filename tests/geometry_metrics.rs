@@ -65,7 +65,10 @@ fn identical_and_empty_masks() {
     }
     let empty = vec![false; 1320];
     let same = segmentation_metrics(&a, &a, dims, s).unwrap();
-    assert_eq!((same.dice, same.iou, same.hd_mm, same.hd95_mm, same.assd_mm), (1.0, 1.0, 0.0, 0.0, 0.0));
+    assert_eq!(
+        (same.dice, same.iou, same.hd_mm, same.hd95_mm, same.assd_mm),
+        (1.0, 1.0, 0.0, 0.0, 0.0)
+    );
     let both = segmentation_metrics(&empty, &empty, dims, s).unwrap();
     assert_eq!((both.dice, both.iou, both.hd_mm, both.hd_original_vox), (1.0, 1.0, 0.0, 0.0));
     let one = segmentation_metrics(&a, &empty, dims, s).unwrap();

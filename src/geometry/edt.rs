@@ -115,13 +115,7 @@ fn transform<const FT: bool>(
 }
 
 /// Pass 1 along `W`: two sweeps per row give the nearest seed in the row.
-fn scan_rows<const FT: bool>(
-    seeds: &[bool],
-    w: usize,
-    s: f32,
-    dist: &mut [f32],
-    feat: &mut [u32],
-) {
+fn scan_rows<const FT: bool>(seeds: &[bool], w: usize, s: f32, dist: &mut [f32], feat: &mut [u32]) {
     let body = |(r, (row, seed)): (usize, (&mut [f32], &[bool])), frow: &mut [u32]| {
         let mut last: Option<usize> = None;
         for k in 0..w {

@@ -100,7 +100,8 @@ fn case_triangles(case: u8) -> CaseTriangles {
     for axis in 0..3 {
         let (b, c) = other_axes(axis);
         for side in 0..2 {
-            let corners = [(0, 0), (1, 0), (1, 1), (0, 1)].map(|(x, y)| (side << axis) | (x << b) | (y << c));
+            let corners =
+                [(0, 0), (1, 0), (1, 1), (0, 1)].map(|(x, y)| (side << axis) | (x << b) | (y << c));
             let crosses: Vec<usize> =
                 (0..4).filter(|&q| inside(corners[q]) != inside(corners[(q + 1) % 4])).collect();
             // Each segment: two face edges and the inside corners it cuts off.
@@ -185,9 +186,7 @@ fn share_face(e1: u8, e2: u8) -> bool {
 /// when no such apex exists, fans from a new vertex at the loop's centroid.
 fn triangulate(poly: &[u8], out: &mut CaseTriangles) {
     let n = poly.len();
-    let apex = (0..n).find(|&a| {
-        (2..n - 1).all(|d| !share_face(poly[a], poly[(a + d) % n]))
-    });
+    let apex = (0..n).find(|&a| (2..n - 1).all(|d| !share_face(poly[a], poly[(a + d) % n])));
     match apex {
         Some(a) => {
             for t in 1..n - 1 {
@@ -400,7 +399,8 @@ pub fn marching_cubes(
         .map(|(a, b, verts)| {
             let base = offsets[a];
             let mut flags = [vec![0u8; plane], vec![0u8; plane], vec![0u8; plane]];
-            let new_ids = || SliceIds { ids: [vec![0u32; plane], vec![0u32; plane], vec![0u32; plane]] };
+            let new_ids =
+                || SliceIds { ids: [vec![0u32; plane], vec![0u32; plane], vec![0u32; plane]] };
             let mut ids = [new_ids(), new_ids()];
             let mut tris = Vec::new();
             grid.flags(a, &mut flags[0]);

@@ -69,7 +69,8 @@ impl Mesh {
 
     /// Counts edges that break watertightness or consistent orientation.
     pub fn topology(&self) -> Topology {
-        let mut directed: HashMap<(u32, u32), u32> = HashMap::with_capacity(self.triangles.len() * 3);
+        let mut directed: HashMap<(u32, u32), u32> =
+            HashMap::with_capacity(self.triangles.len() * 3);
         for t in &self.triangles {
             for e in 0..3 {
                 *directed.entry((t[e], t[(e + 1) % 3])).or_insert(0) += 1;
@@ -138,6 +139,7 @@ impl Mesh {
 
 /// Determinant of the upper-left 3x3 block.
 pub(crate) fn det3(a: &[[f64; 4]; 4]) -> f64 {
-    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
         + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
 }

@@ -155,9 +155,7 @@ fn obj(w: &mut impl Write, mesh: &Mesh) -> std::io::Result<()> {
 /// [`Error::Io`] when reading fails, [`Error::Format`] for a truncated file.
 pub fn read_stl(path: &Path) -> Result<Mesh> {
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| Error::io(path, e))?;
+    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
     if bytes.len() < 84 {
         return Err(Error::format(path, "shorter than a binary STL header"));
     }
