@@ -188,7 +188,7 @@ extern "C" __global__ void group_norm_fwd_affine_f32(int n, int c, int groups, i
 }
 
 // s1[s, grp] += sum g * w; s2[s, grp] += sum g * w * xhat. Grid as group_norm_fwd_stats_f32.
-extern "C" __global__ void group_norm_bwd_stats_f32(i64 vox, int c, int groups,
+extern "C" __global__ void group_norm_bwd_input_stats_f32(i64 vox, int c, int groups,
                                                     const float* __restrict__ x,       // (N, V, C)
                                                     const float* __restrict__ g,       // (N, V, C)
                                                     const float* __restrict__ weight,  // (C) or null

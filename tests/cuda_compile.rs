@@ -74,7 +74,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "batch_norm_bwd_input_f32",
             "group_norm_fwd_stats_f32",
             "group_norm_fwd_affine_f32",
-            "group_norm_bwd_stats_f32",
+            "group_norm_bwd_input_stats_f32",
             "group_norm_bwd_input_f32",
             "group_norm_bwd_weight_f32",
             "norm_apply_fwd_f32",
