@@ -63,6 +63,18 @@ pub fn full(shape: impl Into<Shape>, value: f32, ordinal: usize) -> Result<Tenso
     wrap(&gpu, out, shape)
 }
 
+/// Fills `out` with `value` (fill_fwd_f32).
+pub(crate) fn fill_slice(gpu: &Gpu, out: &mut CudaSlice<f32>, value: f32) -> Result<()> {
+    let name = kernel_name("fill", Pass::Fwd, None, "f32");
+    let f = gpu.function(STEM, &name)?;
+    let n = out.len();
+    let nn = long(n);
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(&nn).arg(&value).arg(out);
+    // SAFETY: fill_fwd_f32(n, value, out): out holds n floats, all written.
+    unsafe { launch::launch(gpu, &name, &mut b, grid_1d(gpu, n)) }
+}
+
 fn binary(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape(op, a, b)?;
     let gpu = common_gpu(op, &[a, b])?;

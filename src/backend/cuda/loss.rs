@@ -38,14 +38,22 @@ impl LossSpec {
     }
 }
 
-fn check(x: &Tensor, target: &Tensor, weight: Option<&[f32]>, spec: LossSpec) -> Result<(usize, usize)> {
+fn check(
+    x: &Tensor,
+    target: &Tensor,
+    weight: Option<&[f32]>,
+    spec: LossSpec,
+) -> Result<(usize, usize)> {
     let d = x.shape().ndhwc().ok_or_else(|| Error::shape(OP, "(N, D, H, W, C)", x.dims()))?;
     let c = d[4];
     if target.dims() != &d[..4] {
         return Err(Error::shape(OP, &d[..4], target.dims()));
     }
     if c == 0 || c > MAX_CLASSES {
-        return Err(Error::arg(OP, format!("{c} classes; the CUDA loss supports 1 to {MAX_CLASSES}")));
+        return Err(Error::arg(
+            OP,
+            format!("{c} classes; the CUDA loss supports 1 to {MAX_CLASSES}"),
+        ));
     }
     if spec.dice_w != 0.0 && c < 2 {
         return Err(Error::arg(OP, "Dice needs at least 2 classes (foreground is class 1)"));
@@ -64,7 +72,12 @@ fn upload_weight(gpu: &Gpu, weight: Option<&[f32]>) -> Result<Option<CudaSlice<f
 
 /// The five sums of loss.cu (`(5)`, on the GPU): sum w_t, sum -w_t log p_t, Dice intersection,
 /// sum p_1, sum [t == 1].
-pub fn loss_sums(x: &Tensor, target: &Tensor, weight: Option<&[f32]>, spec: LossSpec) -> Result<Tensor> {
+pub fn loss_sums(
+    x: &Tensor,
+    target: &Tensor,
+    weight: Option<&[f32]>,
+    spec: LossSpec,
+) -> Result<Tensor> {
     let (voxels, c) = check(x, target, weight, spec)?;
     let gpu = common_gpu(OP, &[x, target])?;
     let w = upload_weight(&gpu, weight)?;

@@ -265,11 +265,25 @@ pub(crate) fn wrap(gpu: &Gpu, slice: CudaSlice<f32>, shape: impl Into<Shape>) ->
     )
 }
 
-/// `n` uninitialised f32 on the GPU's stream, for outputs a kernel overwrites entirely.
+static POISON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tests: when on, every output buffer a launcher allocates uninitialised is first filled with
+/// NaN, so an element a kernel forgets to write shows up as a mismatch instead of as stale memory
+/// that happens to hold the right value.
+pub fn poison_outputs(on: bool) {
+    POISON.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `n` uninitialised f32 on the GPU's stream, for outputs a kernel overwrites entirely (NaN-filled
+/// under [`poison_outputs`]).
 pub(crate) fn alloc(gpu: &Gpu, n: usize) -> Result<CudaSlice<f32>> {
     // SAFETY: callers pass the buffer only to kernels that write every element before anything
     // reads it (each call site says which kernel).
-    unsafe { gpu.stream.alloc::<f32>(n) }.map_err(cuda_err)
+    let mut s = unsafe { gpu.stream.alloc::<f32>(n) }.map_err(cuda_err)?;
+    if POISON.load(std::sync::atomic::Ordering::Relaxed) && n > 0 {
+        elementwise::fill_slice(gpu, &mut s, f32::NAN)?;
+    }
+    Ok(s)
 }
 
 /// `n` zeros on the GPU's stream, for outputs kernels accumulate into.

@@ -5,7 +5,9 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::launch::{self, grid_1d, grid_channels, grid_exact, int, kernel_name, long, Pass, THREADS};
+use super::launch::{
+    self, grid_1d, grid_channels, grid_exact, int, kernel_name, long, Pass, THREADS,
+};
 use super::{alloc, common_gpu, f32_slice, wrap, zeros, Gpu};
 use crate::ops::{BatchStats, RunningStats};
 use crate::tensor::Tensor;
@@ -220,7 +222,11 @@ pub fn batch_norm_fused(
         r.var = wrap(&gpu, rv, r.var.shape())?;
     }
     let out = apply(&gpu, BN, x, &scale, &shift, 0, epi)?;
-    let saved = NormSaved { mean: wrap(&gpu, mean, [c])?, invstd: wrap(&gpu, invstd, [c])?, batch: !use_running };
+    let saved = NormSaved {
+        mean: wrap(&gpu, mean, [c])?,
+        invstd: wrap(&gpu, invstd, [c])?,
+        batch: !use_running,
+    };
     Ok((out, saved))
 }
 
@@ -282,7 +288,11 @@ fn group_grid(gpu: &Gpu, count: usize, stats: usize) -> Result<LaunchConfig> {
     }
     let per = count.div_ceil(THREADS as usize).max(1);
     let target = ((gpu.sms as usize) * 4).div_ceil(stats).max(1);
-    Ok(LaunchConfig { grid_dim: (per.min(target) as u32, stats as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
+    Ok(LaunchConfig {
+        grid_dim: (per.min(target) as u32, stats as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 fn group_check(x: &Tensor, groups: usize) -> Result<(usize, usize, usize)> {
@@ -402,7 +412,9 @@ pub fn group_norm_backward(
         b.arg(smean).arg(sinv).arg(&mut s1).arg(&mut s2);
         // SAFETY: group_norm_bwd_input_stats_f32(vox, c, groups, x, g, weight, mean, invstd, s1, s2):
         // x, g (N, vox, c); weight (c) or null; the rest N * groups, s1/s2 zeroed.
-        unsafe { launch::launch(&gpu, &name, &mut b, group_grid(&gpu, vox * (c / groups), stats)?)? };
+        unsafe {
+            launch::launch(&gpu, &name, &mut b, group_grid(&gpu, vox * (c / groups), stats)?)?
+        };
     }
     let total = x.numel();
     let mut gx = alloc(&gpu, total)?;

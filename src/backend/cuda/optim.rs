@@ -70,7 +70,10 @@ impl CudaAdam {
     /// The moments copied to the host (for checkpoints), `(m, v)` per parameter.
     pub fn moments(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
         let down = |s: &CudaSlice<f32>| s.stream().clone_dtoh(s).map_err(cuda_err);
-        Ok((self.m.iter().map(down).collect::<Result<_>>()?, self.v.iter().map(down).collect::<Result<_>>()?))
+        Ok((
+            self.m.iter().map(down).collect::<Result<_>>()?,
+            self.v.iter().map(down).collect::<Result<_>>()?,
+        ))
     }
 
     /// One Adam step over every parameter; returns the new parameters (same order and shapes).
@@ -78,7 +81,12 @@ impl CudaAdam {
     /// # Errors
     /// [`Error::Shape`] when the lists differ in length or a gradient's shape differs from its
     /// parameter's, or when the parameter list changes between steps.
-    pub fn step(&mut self, hp: AdamHyper, params: &[Tensor], grads: &[Tensor]) -> Result<Vec<Tensor>> {
+    pub fn step(
+        &mut self,
+        hp: AdamHyper,
+        params: &[Tensor],
+        grads: &[Tensor],
+    ) -> Result<Vec<Tensor>> {
         if params.len() != grads.len() {
             return Err(Error::shape(OP, format!("{} gradients", params.len()), grads.len()));
         }
@@ -139,7 +147,11 @@ impl CudaAdam {
         let name = kernel_name(OP, Pass::Fwd, None, "f32");
         let f = gpu.function(STEM, &name)?;
         let blocks = longest.div_ceil(THREADS as usize).clamp(1, (gpu.sms as usize) * 4) as u32;
-        let cfg = LaunchConfig { grid_dim: (blocks, params.len() as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, params.len() as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         {
             let mut b = stream.launch_builder(&f);
             b.arg(&ap).arg(&table_dev).arg(&count);
@@ -175,7 +187,10 @@ mod tests {
         assert_eq!(std::mem::offset_of!(AdamTensor, n), 40);
         let src = super::super::sources::OPTIM;
         let f = super::super::conv3d::c_struct_fields;
-        assert_eq!(f(src, "AdamParams"), ["beta1", "beta2", "eps", "weight_decay", "step_size", "inv_sqrt_bc2"]);
+        assert_eq!(
+            f(src, "AdamParams"),
+            ["beta1", "beta2", "eps", "weight_decay", "step_size", "inv_sqrt_bc2"]
+        );
         assert_eq!(f(src, "AdamTensor"), ["p", "g", "m", "v", "p_out", "n"]);
     }
 }

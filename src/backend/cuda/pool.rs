@@ -25,7 +25,8 @@ pub fn max_pool3d_k2(x: &Tensor) -> Result<Tensor> {
     let n_out: usize = od.iter().product();
     let name = kernel_name(OP, Pass::Fwd, None, "f32");
     let f = gpu.function(STEM, &name)?;
-    let (nl, dd, hh, ww, cc) = (long(n_out), int(OP, d[1])?, int(OP, d[2])?, int(OP, d[3])?, int(OP, d[4])?);
+    let (nl, dd, hh, ww, cc) =
+        (long(n_out), int(OP, d[1])?, int(OP, d[2])?, int(OP, d[3])?, int(OP, d[4])?);
     let mut out = alloc(&gpu, n_out)?;
     {
         let mut b = gpu.stream.launch_builder(&f);
@@ -47,7 +48,8 @@ pub fn max_pool3d_k2_backward(x: &Tensor, g: &Tensor) -> Result<Tensor> {
     let n_out: usize = od.iter().product();
     let name = kernel_name(OP, Pass::BwdInput, None, "f32");
     let f = gpu.function(STEM, &name)?;
-    let (nl, dd, hh, ww, cc) = (long(n_out), int(OP, d[1])?, int(OP, d[2])?, int(OP, d[3])?, int(OP, d[4])?);
+    let (nl, dd, hh, ww, cc) =
+        (long(n_out), int(OP, d[1])?, int(OP, d[2])?, int(OP, d[3])?, int(OP, d[4])?);
     let mut gx = zeros(&gpu, x.numel())?;
     {
         let mut b = gpu.stream.launch_builder(&f);
