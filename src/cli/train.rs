@@ -1,10 +1,72 @@
-//! `dnvs-engine train`.
+//! `dnvs-engine train`: trains a network from a config (the original `config.txt` JSON is
+//! accepted), or continues a run with `--resume`.
 
-use super::NotBuilt;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use dnvs_engine::train::config::Config;
+use dnvs_engine::train::trainer::{self, TrainOptions};
 
 #[derive(clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:
+  dnvs-engine train --config configs/default.json
+  dnvs-engine train --config config.txt --device cpu --epochs 2
+  dnvs-engine train --resume runs/default
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    Err(NotBuilt("train").into())
+The run directory (training.run_dir) receives loss_convergence.csv, test_results.csv,
+progress.png, state.json and fold*/{last,best}.safetensors. A killed run continues exactly
+with --resume RUN_DIR (epoch, Adam moments, schedule, random streams).")]
+pub struct Args {
+    /// The config file (JSON: the original's config.txt keys plus the engine's).
+    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
+    config: Option<PathBuf>,
+    /// Continue the run in RUN_DIR (its saved config is used; --epochs may extend it).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+    resume: Option<PathBuf>,
+    /// Override training.device (cpu, cuda, cuda:N, auto).
+    #[arg(long)]
+    device: Option<String>,
+    /// Override training.num_epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Override training.run_dir.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    run_dir: Option<PathBuf>,
+    /// No progress bar or per-epoch lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let (mut cfg, resume) = match (&args.resume, &args.config) {
+        (Some(dir), _) => {
+            (trainer::load_run_config(dir).context("reading the run to resume")?, true)
+        }
+        (None, Some(path)) => (Config::load(path)?, false),
+        (None, None) => anyhow::bail!("give --config FILE or --resume RUN_DIR"),
+    };
+    if let Some(d) = args.device {
+        cfg.training.device = d;
+    }
+    if let Some(e) = args.epochs {
+        cfg.training.num_epochs = e;
+    }
+    if let Some(r) = args.run_dir {
+        cfg.training.run_dir = r;
+    }
+    cfg.validate()?;
+    let opts = TrainOptions { resume, stop_after_epochs: None, quiet: args.quiet };
+    let summary = trainer::train(&cfg, &opts)?;
+    if !summary.tests.is_empty() {
+        let target = format!("{:?}", cfg.loaders.target).to_uppercase();
+        let table = trainer::table_1(
+            &cfg.training.model_name,
+            &cfg.loss.loss_type,
+            &target,
+            &summary.tests,
+        );
+        println!("{table}");
+    }
+    println!("run directory: {}", summary.run_dir.display());
+    Ok(())
 }

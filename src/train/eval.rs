@@ -87,15 +87,14 @@ pub fn eval(cfg: &Config, opts: &EvalOptions) -> Result<EvalReport> {
         net.load_safetensors(&ckpt)?;
         net.to_device(prep.device)?;
         let res = trainer::evaluate(cfg, net.as_mut(), &samples, prep.device, true)?;
-        for (s, (scores, hd, hd_mm)) in samples.iter().zip(res) {
+        for (s, (scores, dist)) in samples.iter().zip(res) {
             rows.push(TestRow {
                 fold,
                 final_epoch,
                 id: s.id.clone(),
                 side: s.side.clone(),
                 scores,
-                hd,
-                hd_mm,
+                dist,
             });
         }
     }

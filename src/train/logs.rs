@@ -3,7 +3,8 @@
 //!
 //! `loss_convergence.csv`: `k, epoch, mode, iter, loss, ce, dice, IoU` (one row per batch, mode
 //! `train` or `test` as the original names validation rows). `test_results.csv`: `k, final_epoch,
-//! patient_id, side, loss, ce, dice, IoU, HD, HD_mm` (HD in voxels as the original; HD_mm added). Rows are appended as they happen (the original
+//! patient_id, side, loss, ce, dice, IoU, HD, HD_mm, HD95_mm, ASSD_mm` (HD in voxels as the
+//! original; the surface distances in mm added). Rows are appended as they happen (the original
 //! writes both only at the very end), so a killed run keeps its history.
 
 use std::fs::{File, OpenOptions};
@@ -32,7 +33,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// Header of `loss_convergence.csv`.
 pub const CONVERGENCE_HEADER: &str = "k,epoch,mode,iter,loss,ce,dice,IoU";
 /// Header of `test_results.csv`.
-pub const TEST_HEADER: &str = "k,final_epoch,patient_id,side,loss,ce,dice,IoU,HD,HD_mm";
+pub const TEST_HEADER: &str = "k,final_epoch,patient_id,side,loss,ce,dice,IoU,HD,HD_mm,HD95_mm,ASSD_mm";
 
 /// An append-only CSV file with a fixed header.
 pub struct Csv {

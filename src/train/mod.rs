@@ -3,7 +3,11 @@
 
 pub mod augment;
 pub mod config;
+pub mod dataset;
+pub mod eval;
 pub mod logs;
 pub mod metrics;
 pub mod rng;
 pub mod sampling;
+pub mod synth_bridge;
+pub mod trainer;

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::autograd;
+use crate::geometry;
 use crate::io::Volume;
 use crate::loss;
 use crate::nn::{self, Arch, Mode, Network};
@@ -120,10 +121,22 @@ pub struct TestRow {
     pub id: String,
     pub side: String,
     pub scores: Scores,
-    /// Hausdorff distance in voxels (the original's unit).
+    /// Distances of the prediction to the truth (see [`Distances`]).
+    pub dist: Distances,
+}
+
+/// Distance scores of one prediction, averaged over a sample's patches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Distances {
+    /// The original's Hausdorff distance: all foreground voxels, voxel units, 0 when a mask is
+    /// empty.
     pub hd: f64,
-    /// The same in millimetres.
+    /// Surface Hausdorff distance in millimetres (infinite when exactly one mask is empty).
     pub hd_mm: f64,
+    /// 95th percentile surface distance (mm).
+    pub hd95_mm: f64,
+    /// Average symmetric surface distance (mm).
+    pub assd_mm: f64,
 }
 
 /// What a finished (or sliced) run reports.
@@ -332,20 +345,19 @@ fn predict(net: &mut dyn Network, img: &Patch, dev: Device) -> Result<Tensor> {
     autograd::no_grad(|| net.forward(&x, Mode::Eval))
 }
 
-/// Scores (and, with `hd`, Hausdorff distances) of `net` on each sample, averaged over its
-/// patches. Returns `(scores, hd_voxels, hd_mm)` per sample.
+/// Scores (and, with `with_hd`, distances) of `net` on each sample, averaged over its patches.
 pub fn evaluate(
     cfg: &Config,
     net: &mut dyn Network,
     samples: &[&Sample],
     dev: Device,
     with_hd: bool,
-) -> Result<Vec<(Scores, f64, f64)>> {
+) -> Result<Vec<(Scores, Distances)>> {
     let stats = stats_of(samples.iter().copied());
     let mut out = Vec::with_capacity(samples.len());
     for s in samples {
         let patches = eval_patches(cfg, s, stats);
-        let mut acc = (Scores::default(), 0.0, 0.0);
+        let mut acc = (Scores::default(), Distances::default());
         for (img, lab) in &patches {
             let probs = predict(net, img, dev)?;
             let [d, h, w] = lab.dims;
@@ -359,8 +371,11 @@ pub fn evaluate(
                 let p = probs.to_device(Device::Cpu)?.to_vec()?;
                 let pred = metrics::argmax_fg(&p);
                 let gt: Vec<bool> = lab.data.iter().map(|v| *v > 0.5).collect();
-                acc.1 += metrics::hausdorff(&pred, &gt, lab.dims, [1.0; 3]);
-                acc.2 += metrics::hausdorff(&pred, &gt, lab.dims, s.spacing);
+                let m = geometry::metrics::segmentation_metrics(&pred, &gt, lab.dims, s.spacing)?;
+                acc.1.hd += m.hd_original_vox;
+                acc.1.hd_mm += m.hd_mm;
+                acc.1.hd95_mm += m.hd95_mm;
+                acc.1.assd_mm += m.assd_mm;
             }
         }
         let n = patches.len().max(1) as f64;
@@ -370,7 +385,14 @@ pub fn evaluate(
             dice: acc.0.dice / n,
             iou: acc.0.iou / n,
         };
-        out.push((sc, acc.1 / n, acc.2 / n));
+        let d = acc.1;
+        let dist = Distances {
+            hd: d.hd / n,
+            hd_mm: d.hd_mm / n,
+            hd95_mm: d.hd95_mm / n,
+            assd_mm: d.assd_mm / n,
+        };
+        out.push((sc, dist));
     }
     Ok(out)
 }
@@ -618,15 +640,14 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
         st.fold_trained = true;
         // Test: the final weights on the held-out cases, per patient and side.
         let res = evaluate(cfg, net.as_mut(), &val_s, prep.device, true)?;
-        for (s, (sc, hd, hd_mm)) in val_s.iter().zip(res) {
+        for (s, (sc, dist)) in val_s.iter().zip(res) {
             let row = TestRow {
                 fold,
                 final_epoch: st.epoch_done,
                 id: s.id.clone(),
                 side: s.side.clone(),
                 scores: sc,
-                hd,
-                hd_mm,
+                dist,
             };
             tests.row(&test_fields(&row))?;
             summary.tests.push(row);
@@ -639,7 +660,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
     Ok(summary)
 }
 
-/// A test row as CSV fields (`HD` in voxels as the original, then `HD_mm`).
+/// A test row as CSV fields (`HD` in voxels as the original, then `HD_mm`, `HD95_mm`,
+/// `ASSD_mm`).
 pub fn test_fields(r: &TestRow) -> Vec<String> {
     vec![
         r.fold.to_string(),
@@ -650,8 +672,10 @@ pub fn test_fields(r: &TestRow) -> Vec<String> {
         fmt_f(r.scores.ce),
         fmt_f(r.scores.dice),
         fmt_f(r.scores.iou),
-        fmt_f(r.hd),
-        fmt_f(r.hd_mm),
+        fmt_f(r.dist.hd),
+        fmt_f(r.dist.hd_mm),
+        fmt_f(r.dist.hd95_mm),
+        fmt_f(r.dist.assd_mm),
     ]
 }
 
@@ -747,7 +771,7 @@ fn run_epoch(
     let train_mean = div_scores(sum, n_batches as f64);
     let res = evaluate(cfg, net, val_s, dev, false)?;
     let mut vsum = Scores::default();
-    for (i, (sc, _, _)) in res.iter().enumerate() {
+    for (i, (sc, _)) in res.iter().enumerate() {
         conv.row(&[
             fold.to_string(),
             (epoch + 1).to_string(),
@@ -793,12 +817,14 @@ fn progress_bar(quiet: bool, n: u64, fold: usize, epoch: usize) -> Option<indica
 pub fn table_1(model: &str, loss_type: &str, target: &str, rows: &[TestRow]) -> String {
     let col = |f: fn(&TestRow) -> f64| metrics::mean_std(&rows.iter().map(f).collect::<Vec<_>>());
     let mut s = format!("| Obj. | Score | {model} {loss_type} |\n|---|---|---|\n");
-    let lines: [(&str, fn(&TestRow) -> f64, f64); 5] = [
+    let lines: [(&str, fn(&TestRow) -> f64, f64); 7] = [
         ("DICE", |r| r.scores.dice, 100.0),
         ("IoU", |r| r.scores.iou, 100.0),
         ("CE", |r| r.scores.ce, 1.0),
-        ("HD (voxels)", |r| r.hd, 1.0),
-        ("HD (mm)", |r| r.hd_mm, 1.0),
+        ("HD (voxels)", |r| r.dist.hd, 1.0),
+        ("HD (mm)", |r| r.dist.hd_mm, 1.0),
+        ("HD95 (mm)", |r| r.dist.hd95_mm, 1.0),
+        ("ASSD (mm)", |r| r.dist.assd_mm, 1.0),
     ];
     for (name, f, k) in lines {
         let (m, sd) = col(f);
