@@ -10,6 +10,15 @@ use crate::backend::cpu::optim::{adam_update, AdamStep};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
+/// [`Error::Shape`] with a described expectation (`Error::shape` would quote a string).
+fn shape_err(
+    op: &'static str,
+    expected: impl std::fmt::Display,
+    got: impl std::fmt::Debug,
+) -> Error {
+    Error::Shape { op, expected: expected.to_string(), got: format!("{got:?}") }
+}
+
 /// Adam's hyper-parameters (`torch.optim.Adam(lr, betas=(beta1, beta2), eps, weight_decay)`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamConfig {
@@ -82,11 +91,16 @@ impl Adam {
     pub fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<Vec<Tensor>> {
         let op = "adam";
         if params.len() != grads.len() {
-            return Err(Error::shape(op, format!("{} gradients", params.len()), grads.len()));
+            return Err(shape_err(
+                op,
+                format!("{} gradients (one per parameter)", params.len()),
+                grads.len(),
+            ));
         }
-        for (p, g) in params.iter().zip(grads) {
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
             if p.dims() != g.dims() {
-                return Err(Error::shape(op, p.dims(), g.dims()));
+                let want = format!("gradient {i} shaped like its parameter {:?}", p.dims());
+                return Err(shape_err(op, want, g.dims()));
             }
         }
         if self.state.m.is_empty() && self.state.step == 0 {
