@@ -6,7 +6,7 @@ use crate::backend::cpu::elementwise as k;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-// ---- helpers shared by the ops of this crate module ---------------------------------------------
+// ---- helpers shared by the op files of `crate::ops` --------------------------------------------
 
 /// [`Error::Shape`] with a described expectation (`Error::shape` would quote a string).
 pub(super) fn shape_err(
