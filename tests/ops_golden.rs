@@ -461,3 +461,25 @@ fn upsample_nearest_downsizes_with_pytorchs_rule() {
     let y = ops::upsample_nearest(&x, [3, 1, 1]).unwrap();
     assert_eq!(y.to_vec().unwrap(), vec![10.0, 11.0, 13.0]);
 }
+
+#[test]
+fn large_reductions_are_reproducible() {
+    // Partial sums are folded in block order, whatever rayon's split: bit-identical reruns.
+    let x = tile(&small_x(14)).requires_grad();
+    let w = Tensor::from_vec(common::random_vec(8, 15), [8]).unwrap().requires_grad();
+    let g = tile(&small_x(16));
+    let run = || {
+        let out =
+            ops::batch_norm(&x, Some(&w), None, BatchStats::Batch { running: None }, 1e-5).unwrap();
+        let grads = backward_with(&out, g.clone()).unwrap();
+        (
+            out.to_vec().unwrap(),
+            grads.get(&x).unwrap().to_vec().unwrap(),
+            grads.get(&w).unwrap().to_vec().unwrap(),
+        )
+    };
+    let first = run();
+    for _ in 0..3 {
+        assert!(run() == first, "batch norm differs between identical runs");
+    }
+}
