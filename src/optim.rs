@@ -85,6 +85,23 @@ impl Adam {
 
     /// One Adam step: returns the updated parameters as new trainable leaves, in order.
     ///
+    /// # Example
+    /// ```
+    /// use dnvs_engine::optim::{Adam, AdamConfig};
+    /// use dnvs_engine::{autograd, ops, Tensor};
+    ///
+    /// let mut adam = Adam::new(AdamConfig { lr: 0.1, ..AdamConfig::default() });
+    /// let mut w = Tensor::param(vec![1.0, -2.0], [2])?;
+    /// for _ in 0..3 {
+    ///     let loss = ops::mul(&w, &w)?; // minimise w^2, summed by the seed below
+    ///     let g = autograd::backward_with(&loss, Tensor::from_vec(vec![1.0; 2], [2])?)?;
+    ///     let grad = g.get(&w).expect("w is used").clone();
+    ///     w = adam.step(&[w], &[grad])?.remove(0);
+    /// }
+    /// assert!(w.to_vec()?.iter().all(|v| v.abs() < 2.0));
+    /// # Ok::<(), dnvs_engine::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Shape`] when `params` and `grads` differ in count or shape, or do not match the
     /// moments of earlier steps; [`Error::Device`] for non-CPU tensors.
