@@ -3,7 +3,8 @@
 //!
 //! Scores are channels-last `(N, D, H, W, C)` (logits or softmax probabilities); targets are
 //! `(N, D, H, W)` tensors of class ids stored as f32. The foreground of the Dice losses is class 1.
-//! Each loss is one fused kernel pass (`backend::cpu::loss`) with its own backward on the tape.
+//! Each loss but `dice_ce` (a sum of two) is one fused kernel pass (`backend::cpu::loss`) with its
+//! own backward on the tape.
 
 use crate::autograd::record;
 use crate::backend::cpu::loss as k;
