@@ -112,33 +112,6 @@ impl DataType {
             _ => None,
         }
     }
-
-    /// Decodes one voxel from its bytes.
-    fn decode(self, b: &[u8], big: bool) -> f64 {
-        macro_rules! get {
-            ($t:ty, $n:expr) => {{
-                let mut a = [0u8; $n];
-                a.copy_from_slice(&b[..$n]);
-                if big {
-                    <$t>::from_be_bytes(a) as f64
-                } else {
-                    <$t>::from_le_bytes(a) as f64
-                }
-            }};
-        }
-        match self {
-            DataType::U8 => b[0] as f64,
-            DataType::I8 => b[0] as i8 as f64,
-            DataType::I16 => get!(i16, 2),
-            DataType::U16 => get!(u16, 2),
-            DataType::I32 => get!(i32, 4),
-            DataType::U32 => get!(u32, 4),
-            DataType::I64 => get!(i64, 8),
-            DataType::U64 => get!(u64, 8),
-            DataType::F32 => get!(f32, 4),
-            DataType::F64 => get!(f64, 8),
-        }
-    }
 }
 
 /// What a NIfTI header says, beyond the geometry a [`Volume`] carries: for `info` and tests.
@@ -359,7 +332,8 @@ fn scaling(slope: f32, inter: f32) -> (f64, f64) {
     }
 }
 
-/// On disk, index `i + nx * (j + ny * k)`; in the engine `(i * ny + j) * nz + k`.
+/// On disk, index `i + nx * (j + ny * k)`; in the engine `(i * ny + j) * nz + k`. Decoded in
+/// disk order first (one sequential pass per type), then the axes are reversed tile by tile.
 fn transpose_from_disk(
     bytes: &[u8],
     dims: [usize; 3],
@@ -368,17 +342,61 @@ fn transpose_from_disk(
     slope: f64,
     inter: f64,
 ) -> Vec<f32> {
+    let disk = decode_all(bytes, dt, big, slope, inter);
     let [nx, ny, nz] = dims;
-    let bpv = dt.size();
-    let mut out = vec![0f32; nx * ny * nz];
+    reverse_axes(&disk, [nz, ny, nx])
+}
+
+/// Every voxel of `bytes` as f32 (`raw * slope + inter`, in f64), same order.
+fn decode_all(bytes: &[u8], dt: DataType, big: bool, slope: f64, inter: f64) -> Vec<f32> {
+    let scale = |v: f64| (v * slope + inter) as f32;
+    macro_rules! each {
+        ($t:ty, $n:expr) => {
+            bytes
+                .par_chunks_exact($n)
+                .map(|c| {
+                    let a: [u8; $n] = c.try_into().expect("chunks_exact gives $n bytes");
+                    scale(if big { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) } as f64)
+                })
+                .collect()
+        };
+    }
+    match dt {
+        DataType::U8 => bytes.par_iter().map(|&b| scale(b as f64)).collect(),
+        DataType::I8 => bytes.par_iter().map(|&b| scale(b as i8 as f64)).collect(),
+        DataType::I16 => each!(i16, 2),
+        DataType::U16 => each!(u16, 2),
+        DataType::I32 => each!(i32, 4),
+        DataType::U32 => each!(u32, 4),
+        DataType::I64 => each!(i64, 8),
+        DataType::U64 => each!(u64, 8),
+        DataType::F32 => each!(f32, 4),
+        DataType::F64 => each!(f64, 8),
+    }
+}
+
+/// `out[c][b][a] = src[a][b][c]` for `src` of dims `[na, nb, nc]`: the conversion between
+/// NIfTI's i-fastest order and the engine's k-fastest one, in both directions. Works on 32x32
+/// tiles of the (a, c) plane so both the reads and the writes stay within a few cache lines.
+fn reverse_axes(src: &[f32], [na, nb, nc]: [usize; 3]) -> Vec<f32> {
+    const T: usize = 32;
+    let mut out = vec![0f32; src.len()];
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(ny * nz).enumerate().for_each(|(i, plane)| {
-        for j in 0..ny {
-            for k in 0..nz {
-                let p = (i + nx * (j + ny * k)) * bpv;
-                plane[j * nz + k] = (dt.decode(&bytes[p..p + bpv], big) * slope + inter) as f32;
+    // Each task owns T consecutive output planes c0..c0+T (each nb * na values).
+    out.par_chunks_mut(T * nb * na).enumerate().for_each(|(block, planes)| {
+        let c0 = block * T;
+        let c1 = (c0 + T).min(nc);
+        for b in 0..nb {
+            for a0 in (0..na).step_by(T) {
+                let a1 = (a0 + T).min(na);
+                for c in c0..c1 {
+                    let dst = &mut planes[((c - c0) * nb + b) * na..][..na];
+                    for a in a0..a1 {
+                        dst[a] = src[(a * nb + b) * nc + c];
+                    }
+                }
             }
         }
     });
@@ -496,36 +514,25 @@ fn output_type(vol: &Volume, kind: VoxelKind, source: Option<&NiftiHeader>) -> R
 
 /// Engine order `(i * ny + j) * nz + k` to disk order `i + nx * (j + ny * k)`, little-endian.
 fn encode_to_disk(vol: &Volume, dt: DataType) -> Vec<u8> {
-    let [nx, ny, nz] = vol.dims;
-    let bpv = dt.size();
-    let mut out = vec![0u8; nx * ny * nz * bpv];
-    out.par_chunks_mut(nx * ny * bpv).enumerate().for_each(|(k, slab)| {
-        for j in 0..ny {
-            for i in 0..nx {
-                let v = vol.data[(i * ny + j) * nz + k];
-                let dst = &mut slab[(i + nx * j) * bpv..(i + nx * j + 1) * bpv];
-                encode_one(v, dt, dst);
-            }
-        }
-    });
-    out
-}
-
-fn encode_one(v: f32, dt: DataType, dst: &mut [u8]) {
+    let disk = reverse_axes(&vol.data, vol.dims);
     // Integer outputs were range-checked (masks rounded) before encoding, so `as` never
     // saturates a value that matters.
-    let r = v.round();
+    macro_rules! each {
+        ($conv:expr) => {
+            disk.par_iter().flat_map_iter(|&v| $conv(v).to_le_bytes()).collect()
+        };
+    }
     match dt {
-        DataType::U8 => dst[0] = r as u8,
-        DataType::I8 => dst[0] = r as i8 as u8,
-        DataType::I16 => dst.copy_from_slice(&(r as i16).to_le_bytes()),
-        DataType::U16 => dst.copy_from_slice(&(r as u16).to_le_bytes()),
-        DataType::I32 => dst.copy_from_slice(&(r as i32).to_le_bytes()),
-        DataType::U32 => dst.copy_from_slice(&(r as u32).to_le_bytes()),
-        DataType::I64 => dst.copy_from_slice(&(r as i64).to_le_bytes()),
-        DataType::U64 => dst.copy_from_slice(&(r as u64).to_le_bytes()),
-        DataType::F32 => dst.copy_from_slice(&v.to_le_bytes()),
-        DataType::F64 => dst.copy_from_slice(&(v as f64).to_le_bytes()),
+        DataType::U8 => disk.par_iter().map(|&v| v.round() as u8).collect(),
+        DataType::I8 => disk.par_iter().map(|&v| v.round() as i8 as u8).collect(),
+        DataType::I16 => each!(|v: f32| v.round() as i16),
+        DataType::U16 => each!(|v: f32| v.round() as u16),
+        DataType::I32 => each!(|v: f32| v.round() as i32),
+        DataType::U32 => each!(|v: f32| v.round() as u32),
+        DataType::I64 => each!(|v: f32| v.round() as i64),
+        DataType::U64 => each!(|v: f32| v.round() as u64),
+        DataType::F32 => each!(|v: f32| v),
+        DataType::F64 => each!(|v: f32| v as f64),
     }
 }
 
