@@ -10,6 +10,8 @@ pub mod volume;
 
 use std::path::Path;
 
+/// British spelling, as CONTRACTS.md names the module.
+pub use self::normalize as normalise;
 pub use dicom::read_dicom_series;
 pub use nifti::{read_nifti, write_nifti};
 pub use orientation::as_closest_canonical;
