@@ -231,10 +231,12 @@ pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
         .checked_mul(dt.size())
         .ok_or_else(|| Error::format(path, format!("dimensions {dims:?} overflow")))?;
     let vox_offset = h.vox_offset;
-    if !(vox_offset.is_finite() && vox_offset >= DATA_OFFSET as f32) {
-        return Err(Error::format(path, format!("vox_offset {vox_offset} is below 352")));
+    if !vox_offset.is_finite() || vox_offset < 0.0 || vox_offset > 1e9 {
+        return Err(Error::format(path, format!("invalid vox_offset {vox_offset}")));
     }
-    let vox_offset = vox_offset as u64;
+    // In a single file the data cannot start before the header and extender end; some writers
+    // leave vox_offset at 0 (nibabel then reads the header bytes as voxels; we start at 352).
+    let vox_offset = (vox_offset as u64).max(DATA_OFFSET as u64);
     let needed = vox_offset + n_bytes as u64;
     if !gz && needed > file_len {
         return Err(Error::format(
