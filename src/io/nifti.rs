@@ -7,7 +7,7 @@
 //! units of the source survive unchanged.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
@@ -190,14 +190,8 @@ pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut reader = BufReader::with_capacity(1 << 16, file);
-    let gz = {
-        let mut magic = [0u8; 2];
-        let n = read_full(&mut reader, &mut magic, path)?;
-        // Re-open rather than seek so the BufReader state stays simple.
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        reader = BufReader::with_capacity(1 << 16, file);
-        n == 2 && magic == [0x1f, 0x8b]
-    };
+    // Peek (without consuming) at the gzip magic: the content decides, not the file name.
+    let gz = reader.fill_buf().map_err(|e| Error::io(path, e))?.starts_with(&[0x1f, 0x8b]);
     let mut stream: Box<dyn Read> =
         if gz { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) };
 
@@ -272,8 +266,9 @@ pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
     Ok((Volume { data, dims, spacing, affine, header: Some(raw) }, info))
 }
 
+/// A read failure inside the file (for `.gz` also a bad or cut deflate stream).
 fn gz_err(path: &Path, e: std::io::Error) -> Error {
-    Error::format(path, format!("truncated or corrupt data (gzip: {e})"))
+    Error::format(path, format!("truncated or corrupt data: {e}"))
 }
 
 fn short_data(path: &Path, dims: [usize; 3], dt: DataType, got: usize, want: usize) -> Error {
