@@ -225,7 +225,7 @@ pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
         .checked_mul(dt.size())
         .ok_or_else(|| Error::format(path, format!("dimensions {dims:?} overflow")))?;
     let vox_offset = h.vox_offset;
-    if !vox_offset.is_finite() || vox_offset < 0.0 || vox_offset > 1e9 {
+    if !(0.0..=1e9).contains(&vox_offset) {
         return Err(Error::format(path, format!("invalid vox_offset {vox_offset}")));
     }
     // In a single file the data cannot start before the header and extender end; some writers
