@@ -438,8 +438,8 @@ fn qform_affine(h: &NiftiHeader) -> Affine {
 /// (a temporary file in the same folder, renamed at the end; removed on error).
 ///
 /// Datatype: masks uint8 (values rounded; outside 0..=255 is an error), probabilities float32,
-/// images keep the source header's integer datatype when every value fits it exactly, float32
-/// otherwise.
+/// images keep the source header's integer datatype and scl_slope/scl_inter when they reproduce
+/// every value exactly, float32 otherwise.
 ///
 /// Geometry: when the volume still has the affine and spacing its header gives, the header's
 /// qform, sform, codes, pixdim and units are written back unchanged. When the geometry changed
@@ -465,9 +465,9 @@ pub fn write_nifti(path: &Path, vol: &Volume, kind: VoxelKind) -> Result<()> {
         Some(bytes) => Some(parse_header(path, bytes)?),
         None => None,
     };
-    let dt = output_type(vol, kind, source.as_ref())?;
-    let header = build_header(vol, dt, source);
-    let body = encode_to_disk(vol, dt);
+    let storage = output_type(vol, kind, source.as_ref())?;
+    let header = build_header(vol, storage, source);
+    let body = encode_to_disk(vol, storage);
     let gz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
     write_atomic(path, |w| {
         if gz {
@@ -483,9 +483,23 @@ pub fn write_nifti(path: &Path, vol: &Volume, kind: VoxelKind) -> Result<()> {
     })
 }
 
-fn output_type(vol: &Volume, kind: VoxelKind, source: Option<&NiftiHeader>) -> Result<DataType> {
+/// How voxels are stored: `value = raw * slope + inter`, raw of type `dt`.
+#[derive(Clone, Copy, Debug)]
+struct Storage {
+    dt: DataType,
+    slope: f64,
+    inter: f64,
+}
+
+impl Storage {
+    fn plain(dt: DataType) -> Storage {
+        Storage { dt, slope: 1.0, inter: 0.0 }
+    }
+}
+
+fn output_type(vol: &Volume, kind: VoxelKind, source: Option<&NiftiHeader>) -> Result<Storage> {
     match kind {
-        VoxelKind::Probability => Ok(DataType::F32),
+        VoxelKind::Probability => Ok(Storage::plain(DataType::F32)),
         VoxelKind::Mask => {
             if let Some(v) = vol.data.iter().find(|v| !(v.round() >= 0.0 && v.round() <= 255.0)) {
                 return Err(Error::arg(
@@ -493,25 +507,33 @@ fn output_type(vol: &Volume, kind: VoxelKind, source: Option<&NiftiHeader>) -> R
                     format!("mask value {v} does not fit uint8 (0..=255)"),
                 ));
             }
-            Ok(DataType::U8)
+            Ok(Storage::plain(DataType::U8))
         }
         VoxelKind::Image => {
-            let src = source.and_then(|h| DataType::from_code(h.datatype));
+            let Some(h) = source else { return Ok(Storage::plain(DataType::F32)) };
+            let src = DataType::from_code(h.datatype);
             let Some((dt, (lo, hi))) = src.and_then(|d| d.integer_range().map(|r| (d, r))) else {
-                return Ok(DataType::F32);
+                return Ok(Storage::plain(DataType::F32));
             };
+            // Keep the source's integer type and scaling when every value is reproduced exactly
+            // by it (a CT stays int16, a scaled uint8 stays uint8 with its slope).
+            let (slope, inter) = scaling(h.scl_slope, h.scl_inter);
             let fits = vol.data.par_iter().all(|&v| {
-                let v = v as f64;
-                v.fract() == 0.0 && v >= lo && v <= hi
+                let raw = ((v as f64 - inter) / slope).round();
+                raw >= lo && raw <= hi && (raw * slope + inter) as f32 == v
             });
-            Ok(if fits { dt } else { DataType::F32 })
+            Ok(if fits { Storage { dt, slope, inter } } else { Storage::plain(DataType::F32) })
         }
     }
 }
 
 /// Engine order `(i * ny + j) * nz + k` to disk order `i + nx * (j + ny * k)`, little-endian.
-fn encode_to_disk(vol: &Volume, dt: DataType) -> Vec<u8> {
-    let disk = reverse_axes(&vol.data, vol.dims);
+fn encode_to_disk(vol: &Volume, storage: Storage) -> Vec<u8> {
+    let mut disk = reverse_axes(&vol.data, vol.dims);
+    let Storage { dt, slope, inter } = storage;
+    if slope != 1.0 || inter != 0.0 {
+        disk.par_iter_mut().for_each(|v| *v = ((*v as f64 - inter) / slope).round() as f32);
+    }
     // Integer outputs were range-checked (masks rounded) before encoding, so `as` never
     // saturates a value that matters.
     macro_rules! each {
@@ -561,7 +583,8 @@ fn set_geometry(h: &mut NiftiHeader, affine: &Affine) {
     }
 }
 
-fn build_header(vol: &Volume, dt: DataType, source: Option<NiftiHeader>) -> Vec<u8> {
+fn build_header(vol: &Volume, storage: Storage, source: Option<NiftiHeader>) -> Vec<u8> {
+    let dt = storage.dt;
     let mut h = match source {
         Some(mut h) => {
             let pixdim = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64];
@@ -581,8 +604,9 @@ fn build_header(vol: &Volume, dt: DataType, source: Option<NiftiHeader>) -> Vec<
     h.datatype = dt.code();
     h.bitpix = (dt.size() * 8) as i16;
     h.vox_offset = DATA_OFFSET as f32;
-    h.scl_slope = 1.0;
-    h.scl_inter = 0.0;
+    // Both came from the source's f32 fields (or are 1 and 0): exact.
+    h.scl_slope = storage.slope as f32;
+    h.scl_inter = storage.inter as f32;
     // The source's display window and value range rarely fit what is written now.
     h.cal_min = 0.0;
     h.cal_max = 0.0;
