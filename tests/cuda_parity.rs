@@ -90,6 +90,14 @@ const CONV_CASES: &[ConvCase] = &[
     ConvCase { name: "k3 C3->5 odd 5x7x3 N2", x: [2, 5, 7, 3, 3], k: 5, ks: 3, stride: 1, pad: 1 },
     ConvCase { name: "k5 C8->70 6x5x9", x: [1, 6, 5, 9, 8], k: 70, ks: 5, stride: 1, pad: 2 },
     ConvCase { name: "k2 s2 C16->32 down", x: [1, 8, 6, 4, 16], k: 32, ks: 2, stride: 2, pad: 0 },
+    ConvCase {
+        name: "k2 s2 C4->6 down, odd 5x7x3",
+        x: [1, 5, 7, 3, 4],
+        k: 6,
+        ks: 2,
+        stride: 2,
+        pad: 0,
+    },
     ConvCase { name: "k5 C1->16 input layer", x: [1, 9, 7, 6, 1], k: 16, ks: 5, stride: 1, pad: 2 },
     ConvCase {
         name: "k1 C16->2 output layer",
