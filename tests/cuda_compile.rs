@@ -73,6 +73,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "norm",
         &[
             "batch_norm_fwd_var_f32",
+            "batch_norm_fwd_from_sums_f32",
             "batch_norm_fwd_affine_f32",
             "batch_norm_bwd_weight_f32",
             "batch_norm_bwd_input_f32",

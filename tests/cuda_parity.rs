@@ -459,6 +459,26 @@ fn batch_norm_batch_and_running() {
             check("batch_norm bwd_weight", name, &gw, &gr[1], 1e-3);
             check("batch_norm bwd_bias", name, &gb, &gr[2], 1e-3);
         }
+        // From the conv epilogue's sums: give it the exact sums of x (f32 one-pass variance, so
+        // a looser tolerance with this mean-5 input).
+        let xv = x.to_vec().unwrap();
+        let mut sums = vec![0f32; 2 * c];
+        for (j, v) in xv.iter().enumerate() {
+            sums[j % c] += v;
+            sums[c + j % c] += v * v;
+        }
+        let sums_g = up(&Tensor::from_vec(sums, [2, c]).unwrap(), o);
+        let (out, _) = cu::norm::batch_norm_after_conv(
+            &xg,
+            &sums_g,
+            Some(&wg),
+            Some(&bg),
+            ops::BatchStats::Batch { running: None },
+            1e-5,
+            cu::norm::Epilogue::default(),
+        )
+        .unwrap();
+        check("batch_norm after conv sums", name, &out, &want, 2e-2);
         // Running statistics (eval).
         if let Some(want) = reference(
             "batch_norm",

@@ -210,25 +210,50 @@ fn forward(
     let (k, taps, c) = (p.k as usize, p.taps(), p.c as usize);
     let m = p.out_voxels();
     let shape = [p.n as usize, p.od as usize, p.oh as usize, p.ow as usize, k];
-    let mut out = alloc(&gpu, m * k)?;
 
-    if !want_stats && c == 1 && k * taps <= SMALL_W_MAX {
-        small_kernel(&gpu, "cin1", &p, sx, sw, sb, &mut out, m)?;
-        return Ok((wrap(&gpu, out, shape)?, None));
-    }
-    if !want_stats && k == 2 && 2 * taps * c <= SMALL_W_MAX {
-        small_kernel(&gpu, "cout2", &p, sx, sw, sb, &mut out, m)?;
+    // The dedicated kernels: 1-channel input (the CT) and 2-channel output (the class layer).
+    let small = if want_stats {
+        None
+    } else if c == 1 && k * taps <= SMALL_W_MAX {
+        Some("cin1")
+    } else if k == 2 && 2 * taps * c <= SMALL_W_MAX {
+        Some("cout2")
+    } else {
+        None
+    };
+    if let Some(which) = small {
+        let mut out = alloc(&gpu, m * k)?;
+        small_kernel(&gpu, which, &p, sx, sw, sb, &mut out, m)?;
         return Ok((wrap(&gpu, out, shape)?, None));
     }
     let mut stats = if want_stats { Some(zeros(&gpu, 2 * k)?) } else { None };
     if want_stats {
         p.flags |= FLAG_STATS;
+    } else {
+        // Deep layers (C128 at 14x18x8: 64 output tiles for 132 SMs) split the reduction; the
+        // epilogue statistics need whole sums, so they keep split 1.
+        let split = split_k(&gpu, m.div_ceil(TILE_M) * k.div_ceil(TILE_N), taps * c);
+        p.split_k = int(OP, split)?;
     }
+    let split = p.split_k.max(1) as usize;
+    let mut out = if split > 1 { zeros(&gpu, m * k)? } else { alloc(&gpu, m * k)? };
     let name = prec_name(Pass::Fwd, prec);
-    // SAFETY: forward mode: a = x (N, D, H, W, C), b = w (K, taps * C), bias (K), out holds
-    // M * K = out voxels * K and is overwritten (split_k 1), stats (2, K) zeroed.
+    // SAFETY: forward mode: a = x (N, D, H, W, C), b = w (K, taps * C), bias (K) added by slice 0
+    // only, out holds M * K = out voxels * K, overwritten (split 1) or zeroed and accumulated
+    // (split > 1), stats (2, K) zeroed and only with split 1.
     unsafe {
-        run_gemm(&gpu, STEM, &name, &p, sx, sw, sb, &mut out, stats.as_mut(), gemm_grid(m, k, 1)?)?
+        run_gemm(
+            &gpu,
+            STEM,
+            &name,
+            &p,
+            sx,
+            sw,
+            sb,
+            &mut out,
+            stats.as_mut(),
+            gemm_grid(m, k, split)?,
+        )?
     };
     let stats = stats.map(|s| wrap(&gpu, s, [2, k])).transpose()?;
     Ok((wrap(&gpu, out, shape)?, stats))
