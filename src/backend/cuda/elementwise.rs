@@ -201,7 +201,7 @@ pub fn prelu_backward(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Ten
 
     // One shared slope: view the tensor as (n / 32, 32) so all 32 lanes of the reduction block
     // work, then add the 32 partial sums; as (n, 1) only one lane in 32 would.
-    let lanes = if nw == 1 && n % 32 == 0 { 32 } else { nw };
+    let lanes = if nw == 1 && n.is_multiple_of(32) { 32 } else { nw };
     let name = kernel_name("prelu", Pass::BwdWeight, None, "f32");
     let f = gpu.function(STEM, &name)?;
     let rows = n / lanes;
