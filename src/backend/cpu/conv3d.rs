@@ -99,7 +99,7 @@ impl ConvGeom {
 
 // ---- GEMM -------------------------------------------------------------------------------------
 
-/// A strided view of a row-major-ish matrix: element `(i, j)` is `data[i * rs + j * cs]`.
+/// A strided view of a matrix: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
 struct Mat<'a> {
     data: &'a [f32],
@@ -107,25 +107,40 @@ struct Mat<'a> {
     cs: usize,
 }
 
-/// `dst (m x n, row stride ldd) = [dst +] a (m x k) * b (k x n)`, single-threaded: callers
+/// Index of the last element of an `rows x cols` matrix with strides `rs`, `cs`.
+fn last_index(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    (rows - 1) * rs + (cols - 1) * cs
+}
+
+/// `dst (m x n, strides drs, dcs) = [dst +] a (m x k) * b (k x n)`, single-threaded: callers
 /// parallelise over tiles.
 #[allow(clippy::too_many_arguments)]
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], ldd: usize, acc: bool, a: Mat, b: Mat) {
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    (drs, dcs): (usize, usize),
+    acc: bool,
+    a: Mat,
+    b: Mat,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(last(m, n, ldd, 1) < dst.len(), "matmul: dst too short");
+    assert!(last_index(m, n, drs, dcs) < dst.len(), "matmul: dst too short");
     if k == 0 {
         if !acc {
-            for row in dst.chunks_mut(ldd).take(m) {
-                row[..n].fill(0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * drs + j * dcs] = 0.0;
+                }
             }
         }
         return;
     }
-    assert!(last(m, k, a.rs, a.cs) < a.data.len(), "matmul: lhs too short");
-    assert!(last(k, n, b.rs, b.cs) < b.data.len(), "matmul: rhs too short");
+    assert!(last_index(m, k, a.rs, a.cs) < a.data.len(), "matmul: lhs too short");
+    assert!(last_index(k, n, b.rs, b.cs) < b.data.len(), "matmul: rhs too short");
     // SAFETY: the asserts above bound every element the call reads or writes inside its slice;
     // `dst` is borrowed mutably, so nothing else aliases it.
     unsafe {
@@ -134,8 +149,8 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], ldd: usize, acc: bool, 
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            ldd as isize,
+            dcs as isize,
+            drs as isize,
             acc,
             a.data.as_ptr(),
             a.cs as isize,
@@ -153,20 +168,58 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], ldd: usize, acc: bool, 
     }
 }
 
+/// `out (rows x n, row-major) = [bias +] a (rows x k) * b (k x n)` for a tile with few columns
+/// (output channels). The GEMM writes a column-major scratch copy first: the microkernel's long
+/// side (24 floats with AVX2) then runs along the tile's rows rather than along `n` (often 16),
+/// which would leave a third of it idle; the transpose back costs `rows * n` moves.
+#[allow(clippy::too_many_arguments)]
+fn tile_matmul(
+    rows: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    if scratch.len() < rows * n {
+        scratch.resize(rows * n, 0.0);
+    }
+    let col = &mut scratch[..rows * n];
+    matmul(rows, n, k, col, (1, rows), false, a, b);
+    for (r, o) in out.chunks_exact_mut(n).take(rows).enumerate() {
+        for (j, v) in o.iter_mut().enumerate() {
+            *v = col[j * rows + r];
+        }
+        if let Some(bias) = bias {
+            o.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+    }
+}
+
+/// Per-thread scratch: the patch matrix and the column-major GEMM result of a tile.
+#[derive(Default)]
+struct Scratch {
+    patch: Vec<f32>,
+    col: Vec<f32>,
+}
+
 thread_local! {
-    /// One patch buffer per rayon worker, reused across tiles and calls.
-    static PATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One scratch per rayon worker, reused across tiles and calls.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Runs `f` on this thread's patch buffer of `len` floats (contents unspecified: callers overwrite
-/// every element they read).
-fn with_patch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    PATCH.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < len {
-            p.resize(len, 0.0);
+/// every element they read) and its column scratch.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32], &mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let Scratch { patch, col } = &mut *s;
+        if patch.len() < len {
+            patch.resize(len, 0.0);
         }
-        f(&mut p[..len])
+        f(&mut patch[..len], col)
     })
 }
 
@@ -242,19 +295,15 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
     out.par_chunks_mut(TILE_ROWS * k).enumerate().for_each(|(t, tile)| {
         let v0 = t * TILE_ROWS;
         let rows = tile.len() / k;
-        if let Some(bias) = bias {
-            for o in tile.chunks_exact_mut(k) {
-                o.copy_from_slice(bias);
-            }
-        }
-        if is_pointwise(g) {
-            let a = Mat { data: &x[v0 * p..(v0 + rows) * p], rs: p, cs: 1 };
-            matmul(rows, k, p, tile, k, bias.is_some(), a, wt);
-            return;
-        }
-        with_patch(rows * p, |patch| {
-            gather_patches(x, g, v0, patch);
-            matmul(rows, k, p, tile, k, bias.is_some(), Mat { data: patch, rs: p, cs: 1 }, wt);
+        let len = if is_pointwise(g) { 0 } else { rows * p };
+        with_scratch(len, |patch, col| {
+            let a = if is_pointwise(g) {
+                Mat { data: &x[v0 * p..(v0 + rows) * p], rs: p, cs: 1 }
+            } else {
+                gather_patches(x, g, v0, patch);
+                Mat { data: patch, rs: p, cs: 1 }
+            };
+            tile_matmul(rows, k, p, a, wt, bias, tile, col);
         });
     });
     out
@@ -297,8 +346,9 @@ fn bwd_input_blocks(grad_out: &[f32], w: &[f32], g: &ConvGeom, gi: &mut [f32]) {
             for r0 in (0..plane).step_by(rows_per_tile) {
                 let rows = rows_per_tile.min(plane - r0);
                 let go = &grad_out[(v_base + r0) * k..(v_base + r0 + rows) * k];
-                with_patch(rows * p, |blocks| {
-                    matmul(rows, p, k, blocks, p, false, Mat { data: go, rs: k, cs: 1 }, wm);
+                with_scratch(rows * p, |blocks, _| {
+                    let go = Mat { data: go, rs: k, cs: 1 };
+                    matmul(rows, p, k, blocks, (p, 1), false, go, wm);
                     for (r, block) in blocks.chunks_exact(p).enumerate() {
                         let (y, xw) = ((r0 + r) / ow, (r0 + r) % ow);
                         scatter_block(block, g, y, xw, gslab);
@@ -342,11 +392,11 @@ fn bwd_input_gather(grad_out: &[f32], w: &[f32], g: &ConvGeom, gi: &mut [f32]) {
     gi.par_chunks_mut(TILE_ROWS * c).enumerate().for_each(|(t, tile)| {
         let v0 = t * TILE_ROWS;
         let rows = tile.len() / c;
-        with_patch(rows * q, |patch| {
+        with_scratch(rows * q, |patch, col| {
             for (r, row) in patch.chunks_exact_mut(q).enumerate() {
                 gather_grad_row(grad_out, g, v0 + r, row);
             }
-            matmul(rows, c, q, tile, c, false, Mat { data: patch, rs: q, cs: 1 }, wm);
+            tile_matmul(rows, c, q, Mat { data: patch, rs: q, cs: 1 }, wm, None, tile, col);
         });
     });
 }
@@ -410,12 +460,13 @@ pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
                 let go = Mat { data: &grad_out[v0 * k..(v0 + rows) * k], rs: 1, cs: k };
                 if is_pointwise(g) {
                     let xs = Mat { data: &x[v0 * p..(v0 + rows) * p], rs: p, cs: 1 };
-                    matmul(k, p, rows, &mut dw, p, true, go, xs);
+                    matmul(k, p, rows, &mut dw, (p, 1), true, go, xs);
                     continue;
                 }
-                with_patch(rows * p, |patch| {
+                with_scratch(rows * p, |patch, _| {
                     gather_patches(x, g, v0, patch);
-                    matmul(k, p, rows, &mut dw, p, true, go, Mat { data: patch, rs: p, cs: 1 });
+                    let a = Mat { data: patch, rs: p, cs: 1 };
+                    matmul(k, p, rows, &mut dw, (p, 1), true, go, a);
                 });
             }
             dw
