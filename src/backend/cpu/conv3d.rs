@@ -16,6 +16,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+mod direct;
+
 /// Output voxels per forward / weight-gradient tile: enough rows that a GEMM call amortises
 /// packing the weight, few enough that the patch (`rows * kvol * C` floats) stays near L2.
 const TILE_ROWS: usize = 128;
@@ -285,6 +287,22 @@ fn is_pointwise(g: &ConvGeom) -> bool {
 /// # Shapes
 /// `x (N, D, H, W, C)`, `w (K, kd, kh, kw, C)`, `bias (K)` -> `(N, D', H', W', K)`.
 pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    if direct_fwd_pays(g) {
+        direct::fwd(x, w, bias, g)
+    } else {
+        fwd_gemm(x, w, bias, g)
+    }
+}
+
+/// The direct kernel pads output channels to a multiple of 16: worth it unless that wastes more
+/// than a quarter of the work (K = 2 or 8 stay on the GEMM path), and not for pointwise
+/// convolutions, where the GEMM reads the input in place anyway.
+fn direct_fwd_pays(g: &ConvGeom) -> bool {
+    direct::available() && !is_pointwise(g) && g.k * 4 >= g.k.div_ceil(16) * 16 * 3
+}
+
+/// Forward convolution through im2col tiles and `gemm`.
+fn fwd_gemm(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let (k, p) = (g.k, g.patch_len());
     let mut out = vec![0.0; g.out_voxels() * k];
     if out.is_empty() {
@@ -322,10 +340,38 @@ pub fn bwd_input(grad_out: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     }
     if g.non_overlapping() {
         bwd_input_blocks(grad_out, w, g, &mut gi);
+    } else if let Some(flipped) = flipped_geometry(g).filter(direct_fwd_pays) {
+        return direct::fwd(grad_out, &flip_weight(w, g), None, &flipped);
     } else {
         bwd_input_gather(grad_out, w, g, &mut gi);
     }
     gi
+}
+
+/// For stride 1 and a cubic kernel no smaller than `padding + 1`, the input gradient is the
+/// forward convolution of `grad_out`, padded by `k - 1 - padding`, with the weight flipped in
+/// space and its channel axes swapped: this geometry.
+fn flipped_geometry(g: &ConvGeom) -> Option<ConvGeom> {
+    let ks = g.kernel[0];
+    if g.stride != 1 || g.kernel.iter().any(|&k| k != ks) || g.padding + 1 > ks {
+        return None;
+    }
+    let f = ConvGeom::new(g.n, g.output, g.k, g.c, g.kernel, 1, ks - 1 - g.padding)?;
+    (f.output == g.input).then_some(f)
+}
+
+/// `w (K, taps, C)` -> `(C, reversed taps, K)`.
+fn flip_weight(w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (k, c, kvol) = (g.k, g.c, g.kvol());
+    let mut out = vec![0.0; w.len()];
+    for kk in 0..k {
+        for t in 0..kvol {
+            for ch in 0..c {
+                out[(ch * kvol + kvol - 1 - t) * k + kk] = w[(kk * kvol + t) * c + ch];
+            }
+        }
+    }
+    out
 }
 
 /// Non-overlapping windows: every output voxel's `kvol*C` gradient block is one GEMM row
@@ -440,6 +486,16 @@ fn gather_grad_row(grad_out: &[f32], g: &ConvGeom, v: usize, row: &mut [f32]) {
 /// # Shapes
 /// `x (N, D, H, W, C)`, `grad_out (N, D', H', W', K)` -> `(K, kd, kh, kw, C)`.
 pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
+    // The direct kernel tiles input channels by 6: below that it would mostly multiply padding.
+    if direct::available() && !is_pointwise(g) && g.c >= 6 {
+        direct::bwd_weight(x, grad_out, g)
+    } else {
+        bwd_weight_gemm(x, grad_out, g)
+    }
+}
+
+/// Gradient of the weight through im2col tiles and `gemm`.
+fn bwd_weight_gemm(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (k, p) = (g.k, g.patch_len());
     let voxels = g.out_voxels();
     if voxels == 0 || k == 0 || p == 0 {
@@ -539,7 +595,7 @@ mod tests {
             2,
             2,
             &mut d,
-            2,
+            (2, 1),
             false,
             Mat { data: &a, rs: 2, cs: 1 },
             Mat { data: &b, rs: 2, cs: 1 },
