@@ -18,25 +18,61 @@ use rayon::prelude::*;
 
 use super::ConvGeom;
 
-/// Rows (voxels or channels) and columns (output channels) of the microkernel's tile.
-const NJ: usize = 6;
+/// Columns (output channels) of the microkernel's tile.
 const NK: usize = 16;
+/// Most rows (voxels or channels) a microkernel tile has on any ISA.
+const MAX_NJ: usize = 8;
 /// Output rows per forward task (they share the task's pass over the weight).
 const FWD_GROUP_ROWS: usize = 4;
 /// Output rows whose voxels one weight-gradient accumulation walks before storing its tile.
 const GROUP_ROWS: usize = 16;
 
-/// Whether the direct kernels can run on this CPU (checked once).
+/// The instruction set the microkernel uses, detected once.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isa {
+    /// 6 rows x 16 columns in 12 ymm accumulators.
+    Avx2,
+    /// 8 rows x 16 columns in 8 zmm accumulators (one broadcast per FMA keeps the two load
+    /// ports and the two FMA ports about equally busy).
+    Avx512,
+    None,
+}
+
+impl Isa {
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+            *ISA.get_or_init(|| {
+                if std::env::var_os("DNVS_CPU_NO_AVX512").is_none()
+                    && is_x86_feature_detected!("avx512f")
+                {
+                    Isa::Avx512
+                } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    Isa::Avx2
+                } else {
+                    Isa::None
+                }
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Isa::None
+        }
+    }
+
+    /// Rows of the microkernel tile.
+    fn nj(self) -> usize {
+        match self {
+            Isa::Avx512 => 8,
+            _ => 6,
+        }
+    }
+}
+
+/// Whether the direct kernels can run on this CPU.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::detect() != Isa::None
 }
 
 fn round_up(v: usize, m: usize) -> usize {
@@ -57,7 +93,7 @@ fn pad_input(x: &[f32], g: &ConvGeom) -> Padded {
     let (p, c) = (g.padding, g.c);
     let dims = [d + 2 * p, h + 2 * p, w + 2 * p];
     let [dp, hp, wp] = dims;
-    let slack = (NJ * g.stride + g.kernel[2] + NJ) * c + NK;
+    let slack = (MAX_NJ * g.stride + g.kernel[2] + MAX_NJ) * c + NK;
     let mut data = vec![0.0; g.n * dp * hp * wp * c + slack];
     let plane = hp * wp * c;
     data[..g.n * dp * plane].par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
@@ -107,7 +143,8 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
     // Output rows go to rayon in groups; inside a group the 16-channel weight block is the
     // outer loop so that its slice (`kvol*C*16` floats) is reused from cache by every row.
     out.par_chunks_mut(FWD_GROUP_ROWS * ow * k).enumerate().for_each(|(grp, out_rows)| {
-        let mut acc = [0.0f32; NJ * NK];
+        let mut acc = [0.0f32; MAX_NJ * NK];
+        let nj_tile = Isa::detect().nj();
         let rows = out_rows.len() / (ow * k);
         for kb in (0..k).step_by(NK) {
             let nk = NK.min(k - kb);
@@ -124,11 +161,11 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
                     })
                     .collect();
                 let out_row = &mut out_rows[r * ow * k..][..ow * k];
-                for x0 in (0..ow).step_by(NJ) {
+                for x0 in (0..ow).step_by(nj_tile) {
                     acc.fill(0.0);
                     let a = Operand { data: &xp.data, base: x0 * s * c, js: s * c, qs: 1 };
                     micro(a, bm, &runs, run, &mut acc);
-                    for j in 0..NJ.min(ow - x0) {
+                    for j in 0..nj_tile.min(ow - x0) {
                         let dst = &mut out_row[(x0 + j) * k + kb..][..nk];
                         dst.copy_from_slice(&acc[j * NK..j * NK + nk]);
                         if let Some(bias) = bias {
@@ -177,7 +214,8 @@ pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
         .map(|part| {
             // dwt[(tap * C + c) * K16 + k]: the microkernel's tile is 6 channels x 16 outputs.
             let mut dwt = vec![0.0f32; kvol * c * k16];
-            let mut acc = [0.0f32; NJ * NK];
+            let mut acc = [0.0f32; MAX_NJ * NK];
+            let nj_tile = Isa::detect().nj();
             for grp in part * per_part..((part + 1) * per_part).min(groups) {
                 let r0 = grp * GROUP_ROWS;
                 // One run per output row: its `ow` voxels, stride `s*C` in the padded input.
@@ -191,8 +229,8 @@ pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
                     let (ta, tb, te) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
                     debug_assert!(ta < kd);
                     let tap_off = ((ta * hp + tb) * wp + te) * c;
-                    for c0 in (0..c).step_by(NJ) {
-                        let nj = NJ.min(c - c0);
+                    for c0 in (0..c).step_by(nj_tile) {
+                        let nj = nj_tile.min(c - c0);
                         for kb in (0..k16).step_by(NK) {
                             let tile = |j: usize| (tap * c + c0 + j) * k16 + kb;
                             acc.fill(0.0);
@@ -242,27 +280,36 @@ struct Operand<'a> {
 
 /// `acc[j][0..16] += sum over runs (ra, rb), q < len: a(ra; j, q) * b(rb; q, 0..16)`, with the
 /// bounds of every read checked first (a panic here is a bug in this file, not a user error).
-fn micro(a: Operand, b: Operand, runs: &[(usize, usize)], len: usize, acc: &mut [f32; NJ * NK]) {
+fn micro(
+    a: Operand,
+    b: Operand,
+    runs: &[(usize, usize)],
+    len: usize,
+    acc: &mut [f32; MAX_NJ * NK],
+) {
     if len == 0 || runs.is_empty() {
         return;
     }
+    let isa = Isa::detect();
     let max_ra = runs.iter().map(|r| r.0).max().expect("runs is not empty");
     let max_rb = runs.iter().map(|r| r.1).max().expect("runs is not empty");
-    assert!(a.base + max_ra + (NJ - 1) * a.js + (len - 1) * a.qs < a.data.len(), "micro: a");
+    let a_last = a.base + max_ra + (isa.nj() - 1) * a.js + (len - 1) * a.qs;
+    assert!(a_last < a.data.len(), "micro: a");
     assert!(b.base + max_rb + (len - 1) * b.qs + NK <= b.data.len(), "micro: b");
-    assert!(available(), "micro: needs AVX2 and FMA");
+    let strides = [a.js, a.qs, b.qs];
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the asserts bound every read; AVX2 and FMA were detected at run time.
-    unsafe {
-        micro_avx2(
-            a.data.as_ptr().add(a.base),
-            b.data.as_ptr().add(b.base),
-            runs,
-            len,
-            [a.js, a.qs, b.qs],
-            acc,
-        );
+    {
+        let (pa, pb) = (a.data[a.base..].as_ptr(), b.data[b.base..].as_ptr());
+        match isa {
+            // SAFETY: the asserts bound every read; AVX-512F was detected at run time.
+            Isa::Avx512 => unsafe { micro_avx512(pa, pb, runs, len, strides, acc) },
+            // SAFETY: the asserts bound every read; AVX2 and FMA were detected at run time.
+            Isa::Avx2 => unsafe { micro_avx2(pa, pb, runs, len, strides, acc) },
+            Isa::None => panic!("micro: the direct kernels need AVX2+FMA; check available()"),
+        }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    panic!("micro: the direct kernels need x86-64; check available() {strides:?}");
 }
 
 /// The 6x16 AVX2 microkernel: twelve accumulators, two weight vectors and one broadcast live in
@@ -279,11 +326,11 @@ unsafe fn micro_avx2(
     runs: &[(usize, usize)],
     len: usize,
     [a_js, a_qs, b_qs]: [usize; 3],
-    acc: &mut [f32; NJ * NK],
+    acc: &mut [f32; MAX_NJ * NK],
 ) {
     use std::arch::x86_64::*;
     let o = acc.as_mut_ptr();
-    let mut c = [[_mm256_setzero_ps(); 2]; NJ];
+    let mut c = [[_mm256_setzero_ps(); 2]; 6];
     for (j, cj) in c.iter_mut().enumerate() {
         cj[0] = _mm256_loadu_ps(o.add(j * NK));
         cj[1] = _mm256_loadu_ps(o.add(j * NK + 8));
@@ -320,6 +367,54 @@ unsafe fn micro_avx2(
     for (j, cj) in c.iter().enumerate() {
         _mm256_storeu_ps(o.add(j * NK), cj[0]);
         _mm256_storeu_ps(o.add(j * NK + 8), cj[1]);
+    }
+}
+
+/// The 8x16 AVX-512 microkernel: eight zmm accumulators, one weight vector, one broadcast per
+/// FMA.
+///
+/// # Safety
+/// The CPU supports AVX-512F; every address `a + ra + j*a_js + q*a_qs` (j < 8, q < len) and
+/// `b + rb + q*b_qs + 0..16` is readable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_avx512(
+    a: *const f32,
+    b: *const f32,
+    runs: &[(usize, usize)],
+    len: usize,
+    [a_js, a_qs, b_qs]: [usize; 3],
+    acc: &mut [f32; MAX_NJ * NK],
+) {
+    use std::arch::x86_64::*;
+    let o = acc.as_mut_ptr();
+    let mut c0 = _mm512_loadu_ps(o);
+    let mut c1 = _mm512_loadu_ps(o.add(NK));
+    let mut c2 = _mm512_loadu_ps(o.add(2 * NK));
+    let mut c3 = _mm512_loadu_ps(o.add(3 * NK));
+    let mut c4 = _mm512_loadu_ps(o.add(4 * NK));
+    let mut c5 = _mm512_loadu_ps(o.add(5 * NK));
+    let mut c6 = _mm512_loadu_ps(o.add(6 * NK));
+    let mut c7 = _mm512_loadu_ps(o.add(7 * NK));
+    for &(ra, rb) in runs {
+        let mut pa = a.add(ra);
+        let mut pb = b.add(rb);
+        for _ in 0..len {
+            let w = _mm512_loadu_ps(pb);
+            c0 = _mm512_fmadd_ps(_mm512_set1_ps(*pa), w, c0);
+            c1 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(a_js)), w, c1);
+            c2 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(2 * a_js)), w, c2);
+            c3 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(3 * a_js)), w, c3);
+            c4 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(4 * a_js)), w, c4);
+            c5 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(5 * a_js)), w, c5);
+            c6 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(6 * a_js)), w, c6);
+            c7 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(7 * a_js)), w, c7);
+            pa = pa.add(a_qs);
+            pb = pb.add(b_qs);
+        }
+    }
+    for (j, cj) in [c0, c1, c2, c3, c4, c5, c6, c7].into_iter().enumerate() {
+        _mm512_storeu_ps(o.add(j * NK), cj);
     }
 }
 
