@@ -225,21 +225,22 @@ pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
                         ((((b * dp + z * s) * hp + y * s) * wp) * c, r * ow * k16)
                     })
                     .collect();
-                for tap in 0..kvol {
-                    let (ta, tb, te) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
-                    debug_assert!(ta < kd);
-                    let tap_off = ((ta * hp + tb) * wp + te) * c;
-                    for c0 in (0..c).step_by(nj_tile) {
-                        let nj = nj_tile.min(c - c0);
-                        for kb in (0..k16).step_by(NK) {
+                // The 16-channel block of grad_out is the outer loop: its slice of the group
+                // (GROUP_ROWS * ow lines of 64 bytes) then stays in L1 across all taps.
+                for kb in (0..k16).step_by(NK) {
+                    let bm = Operand { data: go, base: kb, js: 0, qs: k16 };
+                    for tap in 0..kvol {
+                        let (ta, tb, te) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
+                        debug_assert!(ta < kd);
+                        let tap_off = ((ta * hp + tb) * wp + te) * c;
+                        for c0 in (0..c).step_by(nj_tile) {
+                            let nj = nj_tile.min(c - c0);
                             let tile = |j: usize| (tap * c + c0 + j) * k16 + kb;
-                            acc.fill(0.0);
                             for j in 0..nj {
                                 acc[j * NK..][..NK].copy_from_slice(&dwt[tile(j)..][..NK]);
                             }
                             let a =
                                 Operand { data: &xp.data, base: tap_off + c0, js: 1, qs: s * c };
-                            let bm = Operand { data: go, base: kb, js: 0, qs: k16 };
                             micro(a, bm, &runs, ow, &mut acc);
                             for j in 0..nj {
                                 dwt[tile(j)..][..NK].copy_from_slice(&acc[j * NK..][..NK]);
