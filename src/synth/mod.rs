@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use phantom::{Phantom, Tissue};
 
+use crate::io::nifti::{generated_header, DataType};
 use crate::io::{Volume, VoxelKind};
 use crate::{Error, Result};
 use anatomy::V3;
@@ -209,7 +210,7 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
         (e.hu as f32, label)
     });
     finish_ct(&mut ct, head.dims, cfg, &ph, 0);
-    let head_ct = head.volume(ct);
+    let head_ct = ct_volume(&head, ct);
     let head_labels = head.volume(labels.iter().map(|&l| f32::from(l)).collect());
 
     let vois = Side::BOTH
@@ -225,7 +226,7 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
             let nv_count = labels.iter().filter(|&&l| l == 3).count();
             VoiCase {
                 side,
-                ct: grid.volume(ct),
+                ct: ct_volume(&grid, ct),
                 mc: mask(1),
                 tb: mask(2),
                 nv: mask(3),
@@ -237,12 +238,21 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
     Ok(PhantomCase { id: case_id(index), phantom: ph, head_ct, head_labels, vois })
 }
 
-/// Partial-volume blur, then noise that depends only on the case and voxel.
+/// Partial-volume blur, then noise that depends only on the case and voxel, then whole HU (what
+/// a scanner stores; the files are int16).
 fn finish_ct(ct: &mut [f32], dims: [usize; 3], cfg: &SynthConfig, ph: &Phantom, which: u64) {
     blur(ct, dims, cfg.blur_sigma_vox);
     if cfg.noise {
         add_noise(ct, ph.noise_key(which), ph.noise_sigma);
     }
+    ct.iter_mut().for_each(|v| *v = v.round().clamp(-1024.0, 3071.0));
+}
+
+/// A CT volume on `grid` that is written as int16 (its values are whole HU).
+fn ct_volume(grid: &Grid, data: Vec<f32>) -> Volume {
+    let mut v = grid.volume(data);
+    v.header = Some(generated_header(&v, DataType::I16, "dnvs-engine synthetic TMJ phantom"));
+    v
 }
 
 /// `dataset.json`, as in CONTRACTS.md (plus `voi_dims`).

@@ -1,5 +1,5 @@
 //! Quick-look PNGs of a phantom: axial, coronal and sagittal slices side by side, CT in a bone
-//! window with the labels over it (MC red, TB green, NV blue). Radiological convention: the
+//! window on the top row and with the labels over it below (MC red, TB green, NV blue). Radiological convention: the
 //! patient's right (+x) on the image's left, anterior up in axial, superior up otherwise.
 
 use std::io::BufWriter;
@@ -78,7 +78,7 @@ fn panel(
 }
 
 /// Panels side by side on black, 4 pixels apart.
-fn montage(panels: &[Image]) -> Image {
+fn montage_row(panels: &[Image]) -> Image {
     let gap = 4;
     let w = panels.iter().map(|p| p.w).sum::<usize>() + gap * panels.len().saturating_sub(1);
     let h = panels.iter().map(|p| p.h).max().unwrap_or(0);
@@ -93,6 +93,19 @@ fn montage(panels: &[Image]) -> Image {
         x0 += p.w + gap;
     }
     Image { w, h, rgb }
+}
+
+/// The three planes through `at`: CT alone on the top row, with the labels below.
+fn montage(ct: &Volume, label: &dyn Fn(usize) -> u8, at: [usize; 3], zoom: usize) -> Image {
+    let planes = [Plane::Axial, Plane::Coronal, Plane::Sagittal];
+    let plain = planes.map(|p| panel(ct, &|_| 0, at, p, zoom));
+    let labelled = planes.map(|p| panel(ct, label, at, p, zoom));
+    let (top, bottom) = (montage_row(&plain), montage_row(&labelled));
+    let gap = 4;
+    let mut rgb = top.rgb;
+    rgb.resize(top.w * (top.h + gap) * 3, 0);
+    rgb.extend_from_slice(&bottom.rgb);
+    Image { w: top.w, h: top.h + gap + bottom.h, rgb }
 }
 
 fn write_png(path: &Path, img: &Image) -> Result<()> {
@@ -129,9 +142,7 @@ pub fn write_voi_preview(path: &Path, v: &VoiCase) -> Result<()> {
             u8::from(v.mc.data[i] > 0.5)
         }
     };
-    let panels =
-        [Plane::Axial, Plane::Coronal, Plane::Sagittal].map(|p| panel(&v.ct, &label, at, p, 2));
-    write_png(path, &montage(&panels))
+    write_png(path, &montage(&v.ct, &label, at, 2))
 }
 
 /// Axial and coronal slices through the right condyle and a sagittal one through it, zoomed 2x.
@@ -142,7 +153,5 @@ pub fn write_head_preview(path: &Path, case: &PhantomCase) -> Result<()> {
     let at = voxel_of(&case.head_ct, case.phantom.joint_center_world(super::Side::R));
     let labels = &case.head_labels;
     let label = |i: usize| labels.data[i] as u8;
-    let panels = [Plane::Axial, Plane::Coronal, Plane::Sagittal]
-        .map(|p| panel(&case.head_ct, &label, at, p, 2));
-    write_png(path, &montage(&panels))
+    write_png(path, &montage(&case.head_ct, &label, at, 2))
 }
