@@ -174,19 +174,28 @@ fn labels_have_anatomical_sizes() {
 }
 
 /// Largest distance (mm) from an NV voxel to the nearest MC voxel: the joint space thickness.
+/// Brute force, kept cheap by using only the voxels where the extremes live: NV voxels touching
+/// TB and MC voxels touching non-MC.
 fn nv_thickness(v: &VoiCase) -> f64 {
-    let pts = |m: &[f32]| -> Vec<[f64; 3]> {
-        let [_, h, w] = v.mc.dims;
-        m.iter()
-            .enumerate()
-            .filter(|(_, &x)| x > 0.5)
-            .map(|(i, _)| {
-                [(i / (h * w)) as f64 * 0.4, (i / w % h) as f64 * 0.4, (i % w) as f64 * 0.4]
-            })
-            .collect()
+    let [d, h, w] = v.mc.dims;
+    let touching = |m: &[f32], other: &dyn Fn(usize) -> bool| -> Vec<[f64; 3]> {
+        let mut out = Vec::new();
+        for i in 1..d - 1 {
+            for j in 1..h - 1 {
+                for k in 1..w - 1 {
+                    let n = v.mc.index(i, j, k);
+                    let nb = [n - h * w, n + h * w, n - w, n + w, n - 1, n + 1];
+                    if m[n] > 0.5 && nb.iter().any(|&q| other(q)) {
+                        out.push([i as f64 * 0.4, j as f64 * 0.4, k as f64 * 0.4]);
+                    }
+                }
+            }
+        }
+        out
     };
-    let mc = pts(&v.mc.data);
-    let nv = pts(&v.nv.data);
+    let mc = touching(&v.mc.data, &|q| v.mc.data[q] < 0.5);
+    let nv = touching(&v.nv.data, &|q| v.tb.data[q] > 0.5);
+    assert!(!mc.is_empty() && !nv.is_empty());
     nv.iter()
         .map(|p| {
             mc.iter()
