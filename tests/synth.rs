@@ -236,7 +236,7 @@ fn voi_sits_on_the_joint_inside_the_head() {
     let cfg = small(3);
     let c = case(&cfg, 0);
     let head = &c.head_ct;
-    assert_eq!(head.dims, [42, 51, 60]);
+    assert_eq!(head.dims, [45, 57, 63]);
     for v in &c.vois {
         assert_eq!(v.ct.dims, cfg.voi_dims);
         for m in [&v.mc, &v.tb, &v.nv] {

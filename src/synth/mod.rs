@@ -31,9 +31,9 @@ use phantom::{add_noise, blur, render, Grid};
 /// Spacing of the per-joint VOIs (mm), fixed by the data set contract.
 pub const VOI_SPACING: f64 = 0.4;
 /// Field of view of the whole-head volume (mm along x, y, z).
-pub const HEAD_EXTENT_MM: [f64; 3] = [168.0, 204.0, 240.0];
+pub const HEAD_EXTENT_MM: [f64; 3] = [180.0, 228.0, 252.0];
 /// Scanner-frame centre of the head field of view (mm).
-const HEAD_CENTER: V3 = [0.0, 4.0, 8.0];
+const HEAD_CENTER: V3 = [0.0, 3.0, 15.0];
 /// The VOI centre sits this far above the condylar head's centre, so the fossa roof fits.
 const VOI_RAISE_MM: f64 = 2.0;
 /// Random shift of each VOI around the joint (mm per axis), as a localiser would leave it.

@@ -72,6 +72,7 @@ enum Prim {
     Cylinder(Cylinder, Aabb),
     /// A ring in the axial plane: centre, major radius, minor radius.
     Torus(V3, f64, f64),
+    Ellipsoid(Ellipsoid),
 }
 
 impl Prim {
@@ -81,6 +82,7 @@ impl Prim {
             Prim::Plate(pl) => pl.sdf(p),
             Prim::Box(b) => b.sdf(p),
             Prim::Cylinder(c, _) => c.sdf(p),
+            Prim::Ellipsoid(e) => e.sdf(p),
             Prim::Torus(c, big, small) => {
                 let dx = p[0] - c[0];
                 let dy = p[1] - c[1];
@@ -97,6 +99,9 @@ impl Prim {
             Prim::Box(b) => b.bounds(),
             Prim::Cylinder(_, bb) => *bb,
             Prim::Torus(c, big, small) => Aabb::around(&[*c], big + small),
+            Prim::Ellipsoid(e) => {
+                Aabb { lo: super::anatomy::sub(e.c, e.semi), hi: add(e.c, e.semi) }
+            }
         }
     }
 }
@@ -181,7 +186,8 @@ pub struct Phantom {
     cortex_vertebra: f64,
     skin: (Ellipsoid, Ellipsoid, Capsule),
     subcut_mm: f64,
-    airway: Capsule,
+    /// Pharynx, nasal cavity and maxillary sinuses: air inside the head.
+    air_spaces: Group,
     hu: Hu,
     texture: ValueNoise,
     soft_texture: ValueNoise,
@@ -206,15 +212,15 @@ impl Phantom {
     pub fn new(seed: u64, case: u64) -> Self {
         let key = hash_words(&[seed, case, 0x7a6d_6a21]);
         let mut rng = Rng::new(key);
-        let k = rng.uniform(0.94, 1.06);
+        let k = rng.uniform(0.95, 1.05);
 
         // Skull vault: an ellipsoidal shell; skull base plate below it.
         let skull = Ellipsoid {
             c: [0.0, rng.uniform(0.0, 6.0) * k, rng.uniform(28.0, 36.0) * k],
             semi: [
-                rng.uniform(68.0, 75.0) * k,
-                rng.uniform(86.0, 95.0) * k,
-                rng.uniform(80.0, 88.0) * k,
+                rng.uniform(68.0, 74.0) * k,
+                rng.uniform(84.0, 93.0) * k,
+                rng.uniform(78.0, 86.0) * k,
             ],
         };
         let skull_thickness = rng.uniform(5.5, 7.5);
@@ -377,11 +383,25 @@ impl Phantom {
             Ellipsoid { c: [0.0, 28.0 * k, -42.0 * k], semi: [60.0 * k, 72.0 * k, 54.0 * k] },
             Capsule { a: [0.0, -8.0 * k, -170.0], b: [0.0, -8.0 * k, -45.0 * k], r: 52.0 * k },
         );
-        let airway = Capsule {
+        let mut air_spaces = Group::default();
+        air_spaces.push(Prim::Capsule(Capsule {
             a: [0.0, 16.0 * k, -110.0],
             b: [0.0, 14.0 * k, base_z - 4.0],
             r: rng.uniform(6.0, 8.0),
-        };
+        }));
+        // Nasal cavity from the nasopharynx forward, maxillary sinuses beside it.
+        air_spaces.push(Prim::Box(RoundBox {
+            c: [0.0, 52.0 * k, -14.0 * k],
+            half: [rng.uniform(7.0, 10.0), 34.0 * k, 13.0 * k],
+            r: 4.0,
+        }));
+        let sinus = [rng.uniform(11.0, 15.0), rng.uniform(14.0, 18.0), rng.uniform(14.0, 18.0)];
+        for s in [-1.0, 1.0] {
+            air_spaces.push(Prim::Ellipsoid(Ellipsoid {
+                c: [s * 27.0 * k, 55.0 * k, -20.0 * k],
+                semi: sinus.map(|v| v * k),
+            }));
+        }
         let hu = Hu {
             cortical: rng.uniform(1250.0, 1550.0),
             cancellous: rng.uniform(270.0, 330.0),
@@ -413,7 +433,7 @@ impl Phantom {
             cortex_vertebra,
             skin,
             subcut_mm,
-            airway,
+            air_spaces,
             hu,
             texture: ValueNoise::new(key ^ 1, 1.6),
             soft_texture: ValueNoise::new(key ^ 2, 6.0),
@@ -460,7 +480,7 @@ impl Phantom {
     pub fn eval_anatomy(&self, a: V3) -> PointEval {
         let air = PointEval { tissue: Tissue::Air, bone: Bone::None, hu: -1000.0 };
         let d_skin = self.skin_sdf(a);
-        if d_skin > 0.0 || self.airway.sdf(a) < 0.0 {
+        if d_skin > 0.0 || self.air_spaces.sdf(a, 0.0) < 0.0 {
             return air;
         }
         let d_outer = self.skull.sdf(a);
