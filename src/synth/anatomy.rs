@@ -5,22 +5,27 @@
 /// A point or direction in millimetres.
 pub type V3 = [f64; 3];
 
+/// `a + b`.
 pub fn add(a: V3, b: V3) -> V3 {
     [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
 }
 
+/// `a - b`.
 pub fn sub(a: V3, b: V3) -> V3 {
     [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
 }
 
+/// `s a`.
 pub fn scale(a: V3, s: f64) -> V3 {
     [a[0] * s, a[1] * s, a[2] * s]
 }
 
+/// Scalar product.
 pub fn dot(a: V3, b: V3) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
+/// Euclidean length.
 pub fn norm(a: V3) -> f64 {
     dot(a, a).sqrt()
 }
@@ -53,6 +58,7 @@ pub struct Capsule {
 }
 
 impl Capsule {
+    /// Signed distance (mm) from `p`, negative inside.
     pub fn sdf(&self, p: V3) -> f64 {
         norm(sub(p, closest_on_segment(p, self.a, self.b))) - self.r
     }
@@ -62,6 +68,7 @@ impl Capsule {
         normalize_or(sub(p, closest_on_segment(p, self.a, self.b)), [0.0, 0.0, 1.0])
     }
 
+    /// A box that contains the solid.
     pub fn bounds(&self) -> Aabb {
         Aabb::around(&[self.a, self.b], self.r)
     }
@@ -88,6 +95,7 @@ impl Plate {
         Plate { c, u, v, r }
     }
 
+    /// Signed distance (mm) from `p`, negative inside.
     pub fn sdf(&self, p: V3) -> f64 {
         let d = sub(p, self.c);
         let mut nearest = self.c;
@@ -100,6 +108,7 @@ impl Plate {
         norm(sub(p, nearest)) - self.r
     }
 
+    /// A box that contains the solid.
     pub fn bounds(&self) -> Aabb {
         let corners = [
             add(add(self.c, self.u), self.v),
@@ -120,6 +129,7 @@ pub struct RoundBox {
 }
 
 impl RoundBox {
+    /// Signed distance (mm) from `p`, negative inside.
     pub fn sdf(&self, p: V3) -> f64 {
         let q = [
             (p[0] - self.c[0]).abs() - self.half[0] + self.r,
@@ -130,6 +140,7 @@ impl RoundBox {
         outside + q[0].max(q[1]).max(q[2]).min(0.0) - self.r
     }
 
+    /// A box that contains the solid.
     pub fn bounds(&self) -> Aabb {
         Aabb { lo: sub(self.c, self.half), hi: add(self.c, self.half) }
     }
@@ -144,6 +155,7 @@ pub struct Ellipsoid {
 }
 
 impl Ellipsoid {
+    /// Signed distance (mm) from `p`, negative inside.
     pub fn sdf(&self, p: V3) -> f64 {
         let d = sub(p, self.c);
         let k0 = norm([d[0] / self.semi[0], d[1] / self.semi[1], d[2] / self.semi[2]]);
@@ -169,6 +181,7 @@ pub struct Cylinder {
 }
 
 impl Cylinder {
+    /// Signed distance (mm) from `p`, negative inside.
     pub fn sdf(&self, p: V3) -> f64 {
         let d = sub(p, self.c);
         let radial = (d[0] * d[0] + d[1] * d[1]).sqrt() - self.radius;
@@ -206,6 +219,7 @@ impl Aabb {
         Aabb { lo, hi }
     }
 
+    /// The box around both.
     pub fn union(&self, o: &Aabb) -> Aabb {
         Aabb {
             lo: [self.lo[0].min(o.lo[0]), self.lo[1].min(o.lo[1]), self.lo[2].min(o.lo[2])],
@@ -233,6 +247,7 @@ pub fn rotation_xyz(ax: f64, ay: f64, az: f64) -> M3 {
     matmul(rz, matmul(ry, rx))
 }
 
+/// `a b`.
 pub fn matmul(a: M3, b: M3) -> M3 {
     let mut out = [[0.0; 3]; 3];
     for (i, row) in out.iter_mut().enumerate() {
@@ -243,6 +258,7 @@ pub fn matmul(a: M3, b: M3) -> M3 {
     out
 }
 
+/// `m v`.
 pub fn mat_vec(m: &M3, v: V3) -> V3 {
     [dot(m[0], v), dot(m[1], v), dot(m[2], v)]
 }
@@ -264,10 +280,12 @@ pub struct Pose {
 }
 
 impl Pose {
+    /// Anatomy point -> scanner point.
     pub fn to_world(&self, a: V3) -> V3 {
         add(mat_vec(&self.rot, a), self.shift)
     }
 
+    /// Scanner point -> anatomy point.
     pub fn to_anatomy(&self, w: V3) -> V3 {
         mat_t_vec(&self.rot, sub(w, self.shift))
     }

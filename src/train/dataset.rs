@@ -104,16 +104,13 @@ impl Dataset {
             .ok_or_else(|| Error::arg("dataset", format!("case `{case_id}` has no side {side}")))?;
         let ct_path = self.dir.join(&s.image);
         let ct = read_nifti(&ct_path)?;
-        let mut masks = Vec::with_capacity(3);
-        for rel in [&s.mc, &s.tb, &s.nv] {
+        let load_mask = |rel: &str| -> Result<Volume> {
             let p = self.dir.join(rel);
             let m = read_nifti(&p)?;
             check_aligned(&ct, &ct_path, &m, &p)?;
-            masks.push(m);
-        }
-        let nv = masks.pop().expect("three masks pushed");
-        let tb = masks.pop().expect("three masks pushed");
-        let mc = masks.pop().expect("three masks pushed");
+            Ok(m)
+        };
+        let (mc, tb, nv) = (load_mask(&s.mc)?, load_mask(&s.tb)?, load_mask(&s.nv)?);
         Ok(VoiSample { ct, mc, tb, nv, nv_mm3: s.nv_mm3, joint_space_mm: s.joint_space_mm })
     }
 
