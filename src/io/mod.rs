@@ -2,6 +2,7 @@
 
 pub mod nifti;
 pub mod volume;
+pub mod weights;
 
 pub use nifti::{read_nifti, write_nifti};
 pub use volume::{Volume, VoxelKind};
