@@ -1,19 +1,685 @@
-//! NIfTI-1 read (.nii, .nii.gz) and write, keeping the geometry exactly.
+//! NIfTI-1 read (`.nii`, `.nii.gz`) and write, keeping the geometry exactly.
+//!
+//! The `nifti` crate parses the 348-byte header (either byte order); voxel data are read here so
+//! that a header whose dimensions do not fit the file is rejected before anything large is
+//! allocated, and so that the on-disk order (i fastest) is transposed to the engine's (k fastest)
+//! in one pass. Headers are written by hand, field by field, so the qform/sform codes, pixdim and
+//! units of the source survive unchanged.
 
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use nifti::{Endianness, NiftiHeader};
+use rayon::prelude::*;
+
+use super::orientation::{self, Affine, Quatern};
 use super::volume::{Volume, VoxelKind};
 use crate::{Error, Result};
 
-/// Reads a 3-D NIfTI-1 file (`.nii` or `.nii.gz`), applying scl_slope/scl_inter and choosing the
-/// affine as nibabel does (sform when its code > 0, else qform, else the spacing diagonal).
-pub fn read_nifti(_path: &Path) -> Result<Volume> {
-    Err(Error::NotImplemented("read_nifti"))
+/// Size of a NIfTI-1 header; voxel data of a single file start at 352 (after 4 extender bytes).
+const HEADER_LEN: usize = 348;
+const DATA_OFFSET: usize = 352;
+/// `NIFTI_UNITS_MM`.
+const UNITS_MM: u8 = 2;
+
+/// The datatypes the reader understands (NIfTI-1 `datatype` codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataType {
+    U8,
+    I8,
+    I16,
+    U16,
+    I32,
+    U32,
+    I64,
+    U64,
+    F32,
+    F64,
 }
 
-/// Writes `vol` to `path` (`.nii` or `.nii.gz`) atomically (temp file + rename), as uint8 for
-/// masks and float32 otherwise, keeping the affine, qform/sform codes, spacing and units of the
-/// header the volume came with.
-pub fn write_nifti(_path: &Path, _vol: &Volume, _kind: VoxelKind) -> Result<()> {
-    Err(Error::NotImplemented("write_nifti"))
+impl DataType {
+    /// From the header's `datatype` code.
+    pub fn from_code(code: i16) -> Option<DataType> {
+        Some(match code {
+            2 => DataType::U8,
+            4 => DataType::I16,
+            8 => DataType::I32,
+            16 => DataType::F32,
+            64 => DataType::F64,
+            256 => DataType::I8,
+            512 => DataType::U16,
+            768 => DataType::U32,
+            1024 => DataType::I64,
+            1280 => DataType::U64,
+            _ => return None,
+        })
+    }
+
+    /// The header's `datatype` code.
+    pub fn code(self) -> i16 {
+        match self {
+            DataType::U8 => 2,
+            DataType::I16 => 4,
+            DataType::I32 => 8,
+            DataType::F32 => 16,
+            DataType::F64 => 64,
+            DataType::I8 => 256,
+            DataType::U16 => 512,
+            DataType::U32 => 768,
+            DataType::I64 => 1024,
+            DataType::U64 => 1280,
+        }
+    }
+
+    /// Bytes per voxel.
+    pub fn size(self) -> usize {
+        match self {
+            DataType::U8 | DataType::I8 => 1,
+            DataType::I16 | DataType::U16 => 2,
+            DataType::I32 | DataType::U32 | DataType::F32 => 4,
+            DataType::I64 | DataType::U64 | DataType::F64 => 8,
+        }
+    }
+
+    /// Name as numpy spells it (`uint8`, `int16`, `float32`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::U8 => "uint8",
+            DataType::I8 => "int8",
+            DataType::I16 => "int16",
+            DataType::U16 => "uint16",
+            DataType::I32 => "int32",
+            DataType::U32 => "uint32",
+            DataType::I64 => "int64",
+            DataType::U64 => "uint64",
+            DataType::F32 => "float32",
+            DataType::F64 => "float64",
+        }
+    }
+
+    /// The integer range this type holds exactly in an f32, or `None` for floats.
+    fn integer_range(self) -> Option<(f64, f64)> {
+        match self {
+            DataType::U8 => Some((0.0, 255.0)),
+            DataType::I8 => Some((-128.0, 127.0)),
+            DataType::I16 => Some((-32768.0, 32767.0)),
+            DataType::U16 => Some((0.0, 65535.0)),
+            DataType::I32 => Some((-2147483648.0, 2147483647.0)),
+            DataType::U32 => Some((0.0, 4294967295.0)),
+            _ => None,
+        }
+    }
+
+    /// Decodes one voxel from its bytes.
+    fn decode(self, b: &[u8], big: bool) -> f64 {
+        macro_rules! get {
+            ($t:ty, $n:expr) => {{
+                let mut a = [0u8; $n];
+                a.copy_from_slice(&b[..$n]);
+                if big {
+                    <$t>::from_be_bytes(a) as f64
+                } else {
+                    <$t>::from_le_bytes(a) as f64
+                }
+            }};
+        }
+        match self {
+            DataType::U8 => b[0] as f64,
+            DataType::I8 => b[0] as i8 as f64,
+            DataType::I16 => get!(i16, 2),
+            DataType::U16 => get!(u16, 2),
+            DataType::I32 => get!(i32, 4),
+            DataType::U32 => get!(u32, 4),
+            DataType::I64 => get!(i64, 8),
+            DataType::U64 => get!(u64, 8),
+            DataType::F32 => get!(f32, 4),
+            DataType::F64 => get!(f64, 8),
+        }
+    }
+}
+
+/// What a NIfTI header says, beyond the geometry a [`Volume`] carries: for `info` and tests.
+#[derive(Clone, Debug)]
+pub struct NiftiInfo {
+    /// On-disk datatype.
+    pub datatype: DataType,
+    /// `qform_code`, `sform_code`.
+    pub qform_code: i16,
+    pub sform_code: i16,
+    /// `scl_slope`, `scl_inter` as stored.
+    pub scl_slope: f32,
+    pub scl_inter: f32,
+    /// `xyzt_units`.
+    pub xyzt_units: u8,
+}
+
+/// Reads the header of a NIfTI volume (`header` as a [`Volume`] holds it).
+///
+/// # Errors
+/// [`Error::Format`] naming `path` when the bytes are not a NIfTI-1 header.
+pub fn header_info(path: &Path, header: &[u8]) -> Result<NiftiInfo> {
+    let h = parse_header(path, header)?;
+    let datatype = DataType::from_code(h.datatype).ok_or_else(|| {
+        Error::format(path, format!("unsupported NIfTI datatype code {}", h.datatype))
+    })?;
+    Ok(NiftiInfo {
+        datatype,
+        qform_code: h.qform_code,
+        sform_code: h.sform_code,
+        scl_slope: h.scl_slope,
+        scl_inter: h.scl_inter,
+        xyzt_units: h.xyzt_units,
+    })
+}
+
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<NiftiHeader> {
+    if bytes.len() < HEADER_LEN {
+        return Err(Error::format(path, "header shorter than 348 bytes"));
+    }
+    let h = NiftiHeader::from_reader(&bytes[..HEADER_LEN])
+        .map_err(|e| Error::format(path, format!("not a NIfTI-1 header: {e}")))?;
+    if h.sizeof_hdr != HEADER_LEN as i32 {
+        let msg = if h.sizeof_hdr == 540 || h.sizeof_hdr.swap_bytes() == 540 {
+            "NIfTI-2 files are not supported (sizeof_hdr 540); convert to NIfTI-1".to_string()
+        } else {
+            format!("not a NIfTI-1 file (sizeof_hdr {} instead of 348)", h.sizeof_hdr)
+        };
+        return Err(Error::format(path, msg));
+    }
+    Ok(h)
+}
+
+/// Reads a 3-D NIfTI-1 file (`.nii` or `.nii.gz`, detected by content), applying
+/// scl_slope/scl_inter (slope 0 or not finite means no scaling) and choosing the affine as
+/// nibabel does: the sform when `sform_code > 0`, else the qform when `qform_code > 0`, else the
+/// NIfTI-1 "method 1" diagonal of pixdim (nibabel would centre and x-flip that last one, a
+/// legacy Analyze convention; files without codes are rare and the standard says diagonal).
+///
+/// A 4-D file with one time point (and any further axes of length 1) reads as 3-D.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be opened; [`Error::Format`] naming the file for anything
+/// wrong in it: not NIfTI-1, 2-D or 4-D data, an unsupported datatype, dimensions that need more
+/// voxel bytes than the file holds (found before the voxel buffer is allocated), a truncated or
+/// corrupt gzip stream.
+pub fn read_nifti(path: &Path) -> Result<Volume> {
+    read_nifti_with_info(path).map(|(v, _)| v)
+}
+
+/// [`read_nifti`] that also returns what the header says about datatype, codes and units.
+///
+/// # Errors
+/// As [`read_nifti`].
+pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let gz = {
+        let mut magic = [0u8; 2];
+        let n = read_full(&mut reader, &mut magic, path)?;
+        // Re-open rather than seek so the BufReader state stays simple.
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        reader = BufReader::with_capacity(1 << 16, file);
+        n == 2 && magic == [0x1f, 0x8b]
+    };
+    let mut stream: Box<dyn Read> =
+        if gz { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) };
+
+    let mut raw = vec![0u8; HEADER_LEN];
+    let n = read_full(&mut stream, &mut raw, path)?;
+    if n < HEADER_LEN {
+        return Err(Error::format(
+            path,
+            format!("not a NIfTI-1 file: only {n} bytes, a header needs {HEADER_LEN}"),
+        ));
+    }
+    let h = parse_header(path, &raw)?;
+    let info = header_info(path, &raw)?;
+    let magic = &h.magic[..3];
+    if magic != b"n+1" {
+        let msg = if magic == b"ni1" {
+            "a NIfTI header/image pair (.hdr/.img); only single-file .nii / .nii.gz is supported"
+                .to_string()
+        } else {
+            format!("not a NIfTI-1 file (magic {:?})", String::from_utf8_lossy(&h.magic))
+        };
+        return Err(Error::format(path, msg));
+    }
+    let dims = spatial_dims(path, &h)?;
+    let dt = info.datatype;
+    let n_vox = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::format(path, format!("dimensions {dims:?} overflow")))?;
+    let n_bytes = n_vox
+        .checked_mul(dt.size())
+        .ok_or_else(|| Error::format(path, format!("dimensions {dims:?} overflow")))?;
+    let vox_offset = h.vox_offset;
+    if !(vox_offset.is_finite() && vox_offset >= DATA_OFFSET as f32) {
+        return Err(Error::format(path, format!("vox_offset {vox_offset} is below 352")));
+    }
+    let vox_offset = vox_offset as u64;
+    let needed = vox_offset + n_bytes as u64;
+    if !gz && needed > file_len {
+        return Err(Error::format(
+            path,
+            format!(
+                "header dimensions {dims:?} of {} need {needed} bytes, the file has {file_len}",
+                dt.name()
+            ),
+        ));
+    }
+
+    // Skip extensions up to vox_offset.
+    let skip = vox_offset - HEADER_LEN as u64;
+    let skipped = std::io::copy(&mut (&mut stream).take(skip), &mut std::io::sink())
+        .map_err(|e| gz_err(path, e))?;
+    if skipped < skip {
+        return Err(short_data(path, dims, dt, 0, n_bytes));
+    }
+    // Grow the buffer as data arrive: a lying header cannot make us allocate its claimed size.
+    let mut bytes = Vec::with_capacity(n_bytes.min(64 << 20));
+    (&mut stream).take(n_bytes as u64).read_to_end(&mut bytes).map_err(|e| gz_err(path, e))?;
+    if bytes.len() < n_bytes {
+        return Err(short_data(path, dims, dt, bytes.len(), n_bytes));
+    }
+
+    let (slope, inter) = scaling(h.scl_slope, h.scl_inter);
+    let big = h.endianness == Endianness::Big;
+    let data = transpose_from_disk(&bytes, dims, dt, big, slope, inter);
+
+    let pixdim = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64];
+    let spacing = pixdim.map(f64::abs);
+    let affine = best_affine(&h);
+    Ok((Volume { data, dims, spacing, affine, header: Some(raw) }, info))
+}
+
+fn gz_err(path: &Path, e: std::io::Error) -> Error {
+    Error::format(path, format!("truncated or corrupt data (gzip: {e})"))
+}
+
+fn short_data(path: &Path, dims: [usize; 3], dt: DataType, got: usize, want: usize) -> Error {
+    Error::format(
+        path,
+        format!(
+            "truncated: header dimensions {dims:?} of {} need {want} voxel bytes, the file holds {got}",
+            dt.name()
+        ),
+    )
+}
+
+/// Reads until `buf` is full or the stream ends; returns how many bytes were read.
+fn read_full(r: &mut impl Read, buf: &mut [u8], path: &Path) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(gz_err(path, e)),
+        }
+    }
+    Ok(n)
+}
+
+/// The three spatial extents, refusing 1-D/2-D data and more than one time point.
+fn spatial_dims(path: &Path, h: &NiftiHeader) -> Result<[usize; 3]> {
+    let ndim = h.dim[0] as usize;
+    if !(1..=7).contains(&ndim) {
+        return Err(Error::format(path, format!("invalid dim[0] = {ndim}")));
+    }
+    let dim: Vec<i64> = h.dim[1..=ndim].iter().map(|&d| d as i16 as i64).collect();
+    if let Some(d) = dim.iter().find(|&&d| d < 1) {
+        return Err(Error::format(path, format!("invalid dimension {d} in dim {dim:?}")));
+    }
+    if ndim < 3 {
+        return Err(Error::format(
+            path,
+            format!("{ndim}-D image (dim {dim:?}); a 3-D volume is needed"),
+        ));
+    }
+    if dim[3..].iter().any(|&d| d > 1) {
+        return Err(Error::format(
+            path,
+            format!("{ndim}-D image (dim {dim:?}); a 3-D volume (or one time point) is needed"),
+        ));
+    }
+    Ok([dim[0] as usize, dim[1] as usize, dim[2] as usize])
+}
+
+/// The (slope, intercept) applied to stored values; identity when the slope is 0 or not finite.
+fn scaling(slope: f32, inter: f32) -> (f64, f64) {
+    if slope == 0.0 || !slope.is_finite() {
+        (1.0, 0.0)
+    } else {
+        (slope as f64, if inter.is_finite() { inter as f64 } else { 0.0 })
+    }
+}
+
+/// On disk, index `i + nx * (j + ny * k)`; in the engine `(i * ny + j) * nz + k`.
+fn transpose_from_disk(
+    bytes: &[u8],
+    dims: [usize; 3],
+    dt: DataType,
+    big: bool,
+    slope: f64,
+    inter: f64,
+) -> Vec<f32> {
+    let [nx, ny, nz] = dims;
+    let bpv = dt.size();
+    let mut out = vec![0f32; nx * ny * nz];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(ny * nz).enumerate().for_each(|(i, plane)| {
+        for j in 0..ny {
+            for k in 0..nz {
+                let p = (i + nx * (j + ny * k)) * bpv;
+                plane[j * nz + k] = (dt.decode(&bytes[p..p + bpv], big) * slope + inter) as f32;
+            }
+        }
+    });
+    out
+}
+
+/// The affine nibabel's `get_best_affine` picks (sform, then qform, then pixdim diagonal).
+fn best_affine(h: &NiftiHeader) -> Affine {
+    if h.sform_code > 0 {
+        sform_affine(h)
+    } else if h.qform_code > 0 {
+        qform_affine(h)
+    } else {
+        let mut a = orientation::identity();
+        for axis in 0..3 {
+            a[axis][axis] = h.pixdim[axis + 1] as f64;
+        }
+        a
+    }
+}
+
+fn sform_affine(h: &NiftiHeader) -> Affine {
+    let mut a = orientation::identity();
+    for (row, srow) in [h.srow_x, h.srow_y, h.srow_z].iter().enumerate() {
+        for col in 0..4 {
+            a[row][col] = srow[col] as f64;
+        }
+    }
+    a
+}
+
+fn qform_affine(h: &NiftiHeader) -> Affine {
+    orientation::quatern_to_affine(&Quatern {
+        bcd: [h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64],
+        offset: [h.quatern_x as f64, h.quatern_y as f64, h.quatern_z as f64],
+        pixdim: [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64],
+        qfac: h.pixdim[0] as f64,
+    })
+}
+
+/// Writes `vol` to `path` (`.nii`, or gzip-compressed when the name ends in `.gz`) atomically
+/// (a temporary file in the same folder, renamed at the end; removed on error).
+///
+/// Datatype: masks uint8 (values rounded; outside 0..=255 is an error), probabilities float32,
+/// images keep the source header's integer datatype when every value fits it exactly, float32
+/// otherwise.
+///
+/// Geometry: when the volume still has the affine and spacing its header gives, the header's
+/// qform, sform, codes, pixdim and units are written back unchanged. When the geometry changed
+/// (crop, resample, reorientation), both forms are re-derived from the new affine with the
+/// source's codes (1 = scanner when the source had none). Generated volumes (`header: None`) get
+/// qform = sform = the affine, codes 1, units mm.
+///
+/// # Errors
+/// [`Error::Shape`] when `data` does not match `dims`; [`Error::Arg`] for a mask value that is
+/// not a uint8; [`Error::Io`] naming the output when it cannot be written.
+pub fn write_nifti(path: &Path, vol: &Volume, kind: VoxelKind) -> Result<()> {
+    let n: usize = vol.dims.iter().product();
+    if vol.data.len() != n {
+        return Err(Error::shape("write_nifti", vol.dims, vol.data.len()));
+    }
+    if let Some(d) = vol.dims.iter().find(|&&d| d == 0 || d > i16::MAX as usize) {
+        return Err(Error::arg(
+            "write_nifti",
+            format!("dimension {d} cannot be stored in NIfTI-1"),
+        ));
+    }
+    let source = match &vol.header {
+        Some(bytes) => Some(parse_header(path, bytes)?),
+        None => None,
+    };
+    let dt = output_type(vol, kind, source.as_ref())?;
+    let header = build_header(vol, dt, source);
+    let body = encode_to_disk(vol, dt);
+    let gz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+    write_atomic(path, |w| {
+        if gz {
+            let mut enc = GzEncoder::new(w, flate2::Compression::new(3));
+            enc.write_all(&header)?;
+            enc.write_all(&body)?;
+            enc.finish()?.flush()
+        } else {
+            w.write_all(&header)?;
+            w.write_all(&body)?;
+            w.flush()
+        }
+    })
+}
+
+fn output_type(vol: &Volume, kind: VoxelKind, source: Option<&NiftiHeader>) -> Result<DataType> {
+    match kind {
+        VoxelKind::Probability => Ok(DataType::F32),
+        VoxelKind::Mask => {
+            if let Some(v) = vol.data.iter().find(|v| !(v.round() >= 0.0 && v.round() <= 255.0)) {
+                return Err(Error::arg(
+                    "write_nifti",
+                    format!("mask value {v} does not fit uint8 (0..=255)"),
+                ));
+            }
+            Ok(DataType::U8)
+        }
+        VoxelKind::Image => {
+            let src = source.and_then(|h| DataType::from_code(h.datatype));
+            let Some((dt, (lo, hi))) = src.and_then(|d| d.integer_range().map(|r| (d, r))) else {
+                return Ok(DataType::F32);
+            };
+            let fits = vol.data.par_iter().all(|&v| {
+                let v = v as f64;
+                v.fract() == 0.0 && v >= lo && v <= hi
+            });
+            Ok(if fits { dt } else { DataType::F32 })
+        }
+    }
+}
+
+/// Engine order `(i * ny + j) * nz + k` to disk order `i + nx * (j + ny * k)`, little-endian.
+fn encode_to_disk(vol: &Volume, dt: DataType) -> Vec<u8> {
+    let [nx, ny, nz] = vol.dims;
+    let bpv = dt.size();
+    let mut out = vec![0u8; nx * ny * nz * bpv];
+    out.par_chunks_mut(nx * ny * bpv).enumerate().for_each(|(k, slab)| {
+        for j in 0..ny {
+            for i in 0..nx {
+                let v = vol.data[(i * ny + j) * nz + k];
+                let dst = &mut slab[(i + nx * j) * bpv..(i + nx * j + 1) * bpv];
+                encode_one(v, dt, dst);
+            }
+        }
+    });
+    out
+}
+
+fn encode_one(v: f32, dt: DataType, dst: &mut [u8]) {
+    // Integer outputs were range-checked (masks rounded) before encoding, so `as` never
+    // saturates a value that matters.
+    let r = v.round();
+    match dt {
+        DataType::U8 => dst[0] = r as u8,
+        DataType::I8 => dst[0] = r as i8 as u8,
+        DataType::I16 => dst.copy_from_slice(&(r as i16).to_le_bytes()),
+        DataType::U16 => dst.copy_from_slice(&(r as u16).to_le_bytes()),
+        DataType::I32 => dst.copy_from_slice(&(r as i32).to_le_bytes()),
+        DataType::U32 => dst.copy_from_slice(&(r as u32).to_le_bytes()),
+        DataType::I64 => dst.copy_from_slice(&(r as i64).to_le_bytes()),
+        DataType::U64 => dst.copy_from_slice(&(r as u64).to_le_bytes()),
+        DataType::F32 => dst.copy_from_slice(&v.to_le_bytes()),
+        DataType::F64 => dst.copy_from_slice(&(v as f64).to_le_bytes()),
+    }
+}
+
+/// A generated header: qform = sform = the affine (scanner), units mm.
+fn fresh_header(vol: &Volume) -> NiftiHeader {
+    let mut h =
+        NiftiHeader { sform_code: 1, qform_code: 1, xyzt_units: UNITS_MM, ..Default::default() };
+    set_geometry(&mut h, &vol.affine);
+    h
+}
+
+/// Sets qform, sform and pixdim from `affine`.
+fn set_geometry(h: &mut NiftiHeader, affine: &Affine) {
+    let q = orientation::affine_to_quatern(affine);
+    h.quatern_b = q.bcd[0] as f32;
+    h.quatern_c = q.bcd[1] as f32;
+    h.quatern_d = q.bcd[2] as f32;
+    h.quatern_x = q.offset[0] as f32;
+    h.quatern_y = q.offset[1] as f32;
+    h.quatern_z = q.offset[2] as f32;
+    h.pixdim[0] = q.qfac as f32;
+    for a in 0..3 {
+        h.pixdim[a + 1] = q.pixdim[a] as f32;
+    }
+    for (row, srow) in [&mut h.srow_x, &mut h.srow_y, &mut h.srow_z].into_iter().enumerate() {
+        for col in 0..4 {
+            srow[col] = affine[row][col] as f32;
+        }
+    }
+}
+
+fn build_header(vol: &Volume, dt: DataType, source: Option<NiftiHeader>) -> Vec<u8> {
+    let mut h = match source {
+        Some(mut h) => {
+            let pixdim = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64];
+            let same = best_affine(&h) == vol.affine && pixdim.map(f64::abs) == vol.spacing;
+            if !same {
+                if h.qform_code <= 0 && h.sform_code <= 0 {
+                    h.qform_code = 1;
+                    h.sform_code = 1;
+                }
+                set_geometry(&mut h, &vol.affine);
+            }
+            h
+        }
+        None => fresh_header(vol),
+    };
+    h.dim = [3, vol.dims[0] as u16, vol.dims[1] as u16, vol.dims[2] as u16, 1, 1, 1, 1];
+    h.datatype = dt.code();
+    h.bitpix = (dt.size() * 8) as i16;
+    h.vox_offset = DATA_OFFSET as f32;
+    h.scl_slope = 1.0;
+    h.scl_inter = 0.0;
+    // The source's display window and value range rarely fit what is written now.
+    h.cal_min = 0.0;
+    h.cal_max = 0.0;
+    h.glmin = 0;
+    h.glmax = 0;
+    serialize_header(&h)
+}
+
+/// The 348 header bytes plus 4 zero extender bytes, little-endian, at the NIfTI-1 offsets.
+fn serialize_header(h: &NiftiHeader) -> Vec<u8> {
+    let mut b = Vec::with_capacity(DATA_OFFSET);
+    b.extend_from_slice(&(HEADER_LEN as i32).to_le_bytes());
+    b.extend_from_slice(&h.data_type);
+    b.extend_from_slice(&h.db_name);
+    b.extend_from_slice(&h.extents.to_le_bytes());
+    b.extend_from_slice(&h.session_error.to_le_bytes());
+    b.push(h.regular);
+    b.push(h.dim_info);
+    for d in h.dim {
+        b.extend_from_slice(&(d as i16).to_le_bytes());
+    }
+    for f in [h.intent_p1, h.intent_p2, h.intent_p3] {
+        b.extend_from_slice(&f.to_le_bytes());
+    }
+    for s in [h.intent_code, h.datatype, h.bitpix, h.slice_start] {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    for f in h.pixdim.iter().chain([h.vox_offset, h.scl_slope, h.scl_inter].iter()) {
+        b.extend_from_slice(&f.to_le_bytes());
+    }
+    b.extend_from_slice(&h.slice_end.to_le_bytes());
+    b.push(h.slice_code);
+    b.push(h.xyzt_units);
+    for f in [h.cal_max, h.cal_min, h.slice_duration, h.toffset] {
+        b.extend_from_slice(&f.to_le_bytes());
+    }
+    b.extend_from_slice(&h.glmax.to_le_bytes());
+    b.extend_from_slice(&h.glmin.to_le_bytes());
+    let mut descrip = [0u8; 80];
+    let n = h.descrip.len().min(80);
+    descrip[..n].copy_from_slice(&h.descrip[..n]);
+    b.extend_from_slice(&descrip);
+    b.extend_from_slice(&h.aux_file);
+    b.extend_from_slice(&h.qform_code.to_le_bytes());
+    b.extend_from_slice(&h.sform_code.to_le_bytes());
+    let q = [h.quatern_b, h.quatern_c, h.quatern_d, h.quatern_x, h.quatern_y, h.quatern_z];
+    for f in q.iter().chain(&h.srow_x).chain(&h.srow_y).chain(&h.srow_z) {
+        b.extend_from_slice(&f.to_le_bytes());
+    }
+    b.extend_from_slice(&h.intent_name);
+    b.extend_from_slice(b"n+1\0");
+    debug_assert_eq!(b.len(), HEADER_LEN);
+    b.extend_from_slice(&[0u8; 4]);
+    b
+}
+
+/// Writes through `f` into a temporary sibling of `path`, then renames it over `path`; on any
+/// error the temporary file is removed and `path` is left as it was.
+pub(crate) fn write_atomic(
+    path: &Path,
+    f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let file = File::create(&tmp)?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        f(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+fn temp_sibling(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let unique =
+        format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    path.with_file_name(unique)
+}
+
+/// A NIfTI header for a volume that has no file of its own yet (a DICOM series), whose images
+/// should be stored as `datatype` when their values fit it: qform = sform = the affine (scanner),
+/// units mm, `descrip` set.
+pub fn generated_header(vol: &Volume, datatype: DataType, descrip: &str) -> Vec<u8> {
+    let mut h = fresh_header(vol);
+    h.dim = [3, vol.dims[0] as u16, vol.dims[1] as u16, vol.dims[2] as u16, 1, 1, 1, 1];
+    h.datatype = datatype.code();
+    h.bitpix = (datatype.size() * 8) as i16;
+    h.vox_offset = DATA_OFFSET as f32;
+    h.scl_slope = 1.0;
+    let mut d = descrip.as_bytes().to_vec();
+    d.truncate(79);
+    h.descrip = d;
+    let mut bytes = serialize_header(&h);
+    bytes.truncate(HEADER_LEN);
+    bytes
 }

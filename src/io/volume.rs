@@ -1,5 +1,7 @@
 //! A medical volume: voxels plus the geometry that places them in the patient (RAS millimetres).
 
+use crate::{Error, Result};
+
 /// How the voxels of a volume are meant: a CT in HU, a label mask, a probability map. Decides the
 /// datatype a volume is written with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,10 +42,12 @@ impl Volume {
         Volume { data: vec![0.0; dims.iter().product()], dims, spacing, affine, header: None }
     }
 
+    /// Number of voxels.
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
+    /// True when the volume holds no voxels.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
@@ -68,5 +72,49 @@ impl Volume {
             affine: self.affine,
             header: self.header.clone(),
         }
+    }
+}
+
+/// Largest difference between two affines (mm for the translation, mm per voxel for the rest)
+/// that still counts as the same geometry: float32 header rounding stays far below it.
+pub const ALIGN_TOL_MM: f64 = 1e-3;
+
+/// Checks that `b` lies on the same voxel grid as `a` (same dims, affines within
+/// [`ALIGN_TOL_MM`]), e.g. a CT and its mask. `what` names the pair in the error.
+///
+/// # Errors
+/// [`Error::Shape`] for different dims, [`Error::Arg`] for different geometry, both saying which
+/// values differ.
+pub fn check_aligned(a: &Volume, b: &Volume, what: &str) -> Result<()> {
+    if a.dims != b.dims {
+        return Err(Error::Shape {
+            op: "check_aligned",
+            expected: format!("{what}: dims {:?}", a.dims),
+            got: format!("{:?}", b.dims),
+        });
+    }
+    for row in 0..3 {
+        for col in 0..4 {
+            let d = (a.affine[row][col] - b.affine[row][col]).abs();
+            if !(d <= ALIGN_TOL_MM) {
+                return Err(Error::arg(
+                    "check_aligned",
+                    format!(
+                        "{what}: geometry differs: affine[{row}][{col}] is {} vs {} (affines {:?} vs {:?})",
+                        a.affine[row][col], b.affine[row][col], a.affine, b.affine
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Volume {
+    /// Smallest and largest finite value, `None` when there is none.
+    pub fn value_range(&self) -> Option<(f32, f32)> {
+        let mut it = self.data.iter().copied().filter(|v| v.is_finite());
+        let first = it.next()?;
+        Some(it.fold((first, first), |(lo, hi), v| (lo.min(v), hi.max(v))))
     }
 }
