@@ -27,7 +27,7 @@ pub struct Args {
     /// Width of the first level (V-Net channels, U-Net f_maps); read from the weights if omitted.
     #[arg(long)]
     width: Option<usize>,
-    /// Input volume (.nii or .nii.gz).
+    /// Input volume: .nii / .nii.gz file or DICOM series folder.
     #[arg(long)]
     input: PathBuf,
     /// Output mask (uint8 labels 0/1, argmax of the two classes).
@@ -75,7 +75,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     let device = args.device.unwrap_or_else(Device::auto);
     net.to_device(device)?;
-    let vol = io::read_nifti(&args.input)?;
+    let vol = if args.input.is_dir() {
+        io::read_dicom_series(&args.input, None)?
+    } else {
+        io::read_nifti(&args.input)?
+    };
     let opt = segment::Options { window: args.window, overlap: args.overlap, blend: args.blend };
     let start = std::time::Instant::now();
     let probs = segment::sliding_window_with(net.as_mut(), &vol, &opt)?;
