@@ -128,3 +128,49 @@ fn bad_options_are_errors() {
     let empty = Volume::zeros([0, 16, 16], [1.0; 3]);
     assert!(segment::sliding_window(net.as_mut(), &empty, [16, 16, 16], 0.5).is_err());
 }
+
+#[test]
+#[ignore = "needs the conv/ops helpers merged (ops return NotImplemented until then)"]
+fn cli_writes_mask_and_probs_in_the_input_geometry() {
+    use dnvs_engine::io::{self, VoxelKind};
+    let (vol, want) = golden_volume("vnet_b2");
+    let dir = std::env::temp_dir().join(format!("dnvs-segment-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (input, mask, probs) =
+        (dir.join("ct.nii.gz"), dir.join("mask.nii.gz"), dir.join("probs.nii.gz"));
+    io::write_nifti(&input, &vol, VoxelKind::Image).unwrap();
+    let model = data_path("golden/vnet_b2.weights.safetensors");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dnvs-engine"))
+        .args(["segment", "--arch", "vnet", "--device", "cpu", "--window", "32,32,16"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&mask)
+        .arg("--probs")
+        .arg(&probs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (m, p) = (io::read_nifti(&mask).unwrap(), io::read_nifti(&probs).unwrap());
+    io::check_aligned(&vol, &m, "ct/mask").unwrap();
+    io::check_aligned(&vol, &p, "ct/probs").unwrap();
+    assert_close("cli probs", &p.data, &want, 1e-3, 1e-4);
+    let agree = m.data.iter().zip(&want).filter(|(m, w)| (**m == 1.0) == (**w > 0.5)).count();
+    assert_eq!(agree, want.len());
+
+    // Weights of another width are refused with a hint.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dnvs-engine"))
+        .args(["segment", "--arch", "vnet", "--width", "4", "--device", "cpu"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&mask)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--width"));
+}
