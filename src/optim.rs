@@ -1,1 +1,158 @@
 //! Optimisers and schedules: Adam with L2 weight decay exactly as `torch.optim.Adam`, StepLR.
+//!
+//! Parameters are immutable tensors, so [`Adam::step`] returns new leaves in the order it was
+//! given them; the moments live in the optimiser, indexed by that order, and serialise with
+//! serde so a run can resume bit for bit.
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::cpu::optim::{adam_update, AdamStep};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Adam's hyper-parameters (`torch.optim.Adam(lr, betas=(beta1, beta2), eps, weight_decay)`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamConfig {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// L2 penalty added to the gradient (`grad += weight_decay * param`), not AdamW's decay.
+    pub weight_decay: f32,
+}
+
+impl Default for AdamConfig {
+    /// PyTorch's defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, no weight decay.
+    fn default() -> Self {
+        AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+/// Adam's state: the step count and the first and second moments of every parameter.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdamState {
+    /// Steps taken (PyTorch's `state["step"]`).
+    pub step: u64,
+    /// First moments, one vector per parameter (empty before the first step).
+    pub m: Vec<Vec<f32>>,
+    /// Second moments, one vector per parameter.
+    pub v: Vec<Vec<f32>>,
+}
+
+/// `torch.optim.Adam` with L2 weight decay and bias-corrected moments.
+#[derive(Clone, Debug)]
+pub struct Adam {
+    cfg: AdamConfig,
+    state: AdamState,
+}
+
+impl Adam {
+    pub fn new(cfg: AdamConfig) -> Self {
+        Adam { cfg, state: AdamState::default() }
+    }
+
+    /// Resumes from a saved state (its moments must match the parameters at the next step).
+    pub fn from_state(cfg: AdamConfig, state: AdamState) -> Self {
+        Adam { cfg, state }
+    }
+
+    pub fn lr(&self) -> f32 {
+        self.cfg.lr
+    }
+
+    /// Sets the learning rate for the following steps (schedules call this per epoch).
+    pub fn set_lr(&mut self, lr: f32) {
+        self.cfg.lr = lr;
+    }
+
+    pub fn config(&self) -> &AdamConfig {
+        &self.cfg
+    }
+
+    /// The state to save for a resume.
+    pub fn state(&self) -> AdamState {
+        self.state.clone()
+    }
+
+    /// One Adam step: returns the updated parameters as new trainable leaves, in order.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `params` and `grads` differ in count or shape, or do not match the
+    /// moments of earlier steps; [`Error::Device`] for non-CPU tensors.
+    pub fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<Vec<Tensor>> {
+        let op = "adam";
+        if params.len() != grads.len() {
+            return Err(Error::shape(op, format!("{} gradients", params.len()), grads.len()));
+        }
+        for (p, g) in params.iter().zip(grads) {
+            if p.dims() != g.dims() {
+                return Err(Error::shape(op, p.dims(), g.dims()));
+            }
+        }
+        if self.state.m.is_empty() && self.state.step == 0 {
+            self.state.m = params.iter().map(|p| vec![0.0; p.numel()]).collect();
+            self.state.v = self.state.m.clone();
+        }
+        let sizes_ok = self.state.m.len() == params.len()
+            && self.state.v.len() == params.len()
+            && params
+                .iter()
+                .zip(&self.state.m)
+                .zip(&self.state.v)
+                .all(|((p, m), v)| m.len() == p.numel() && v.len() == p.numel());
+        if !sizes_ok {
+            let want: Vec<usize> = self.state.m.iter().map(Vec::len).collect();
+            let got: Vec<usize> = params.iter().map(Tensor::numel).collect();
+            return Err(Error::Shape {
+                op,
+                expected: format!("parameters of {want:?} elements (the optimiser's state)"),
+                got: format!("{got:?}"),
+            });
+        }
+        let t = self.state.step + 1;
+        // PyTorch computes the bias corrections in double precision on the host.
+        let (b1, b2) = (f64::from(self.cfg.beta1), f64::from(self.cfg.beta2));
+        let s = AdamStep {
+            beta1: self.cfg.beta1,
+            beta2: self.cfg.beta2,
+            eps: self.cfg.eps,
+            weight_decay: self.cfg.weight_decay,
+            step_size: (f64::from(self.cfg.lr) / (1.0 - b1.powf(t as f64))) as f32,
+            bias2_sqrt: (1.0 - b2.powf(t as f64)).sqrt() as f32,
+        };
+        let mut out = Vec::with_capacity(params.len());
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            let (ps, gs) = (cpu(p)?, cpu(g)?);
+            let new = adam_update(&s, ps, gs, &mut self.state.m[i], &mut self.state.v[i]);
+            out.push(Tensor::param(new, p.shape())?);
+        }
+        self.state.step = t;
+        Ok(out)
+    }
+}
+
+fn cpu(t: &Tensor) -> Result<&[f32]> {
+    t.as_slice().map_err(|_| Error::Device {
+        op: "adam",
+        msg: format!(
+            "the CPU optimiser needs CPU f32 tensors, got {:?} {:?}",
+            t.device(),
+            t.dtype()
+        ),
+    })
+}
+
+/// `torch.optim.lr_scheduler.StepLR`: the learning rate times `gamma` every `step_size` epochs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepLR {
+    pub step_size: usize,
+    pub gamma: f32,
+}
+
+impl StepLR {
+    /// `base_lr * gamma^(epoch / step_size)` (integer division; a `step_size` of 0 is read as 1).
+    pub fn lr_at(&self, base_lr: f32, epoch: usize) -> f32 {
+        let k = epoch / self.step_size.max(1);
+        (f64::from(base_lr) * f64::from(self.gamma).powi(k as i32)) as f32
+    }
+}

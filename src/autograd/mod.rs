@@ -3,6 +3,7 @@
 //! behind a loss topologically and replays the closures in reverse, summing gradients that meet.
 //! Under [`no_grad`] nothing is recorded and no tensors are kept alive for a backward pass.
 
+pub mod gradcheck;
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 

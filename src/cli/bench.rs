@@ -1,10 +1,204 @@
-//! `dnvs-engine bench`.
+//! `dnvs-engine bench`: times the conv3d kernels on the V-Net's layer shapes (forward on the CPU;
+//! forward, backward-input and backward-weight in fp32 and bf16 on a GPU) and reports
+//! TFLOP/s (GPU) or GFLOP/s (CPU), after warm-up, synchronised before every clock read. The
+//! V-Net training-step slot says "not wired" until the network lands.
 
-use super::NotBuilt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use dnvs_engine::backend::cuda::{self as cu, Precision};
+use dnvs_engine::tensor::{Device, Tensor};
+use dnvs_engine::Error;
 
 #[derive(clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:\n  dnvs-engine bench --device cpu --quick\n  \
+                        dnvs-engine bench --device cuda --json bench-h100.json")]
+pub struct Args {
+    /// cpu or cuda (cuda:N for another GPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Fewer repetitions (and quarter-size shapes on the CPU): a smoke run, not a measurement.
+    #[arg(long)]
+    quick: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    Err(NotBuilt("bench").into())
+/// One conv3d layer shape: C in = C out = `c`, a cube kernel `k`, padding `k / 2`, stride 1.
+struct Layer {
+    k: usize,
+    c: usize,
+    dhw: [usize; 3],
+}
+
+const GPU_LAYERS: &[Layer] = &[
+    Layer { k: 5, c: 16, dhw: [112, 144, 64] },
+    Layer { k: 5, c: 32, dhw: [56, 72, 32] },
+    Layer { k: 5, c: 128, dhw: [14, 18, 8] },
+    Layer { k: 3, c: 32, dhw: [112, 144, 64] },
+    Layer { k: 3, c: 64, dhw: [56, 72, 32] },
+];
+
+const CPU_LAYERS: &[Layer] = &[
+    Layer { k: 5, c: 16, dhw: [56, 72, 32] },
+    Layer { k: 5, c: 32, dhw: [56, 72, 32] },
+    Layer { k: 5, c: 64, dhw: [28, 36, 16] },
+    Layer { k: 3, c: 32, dhw: [56, 72, 32] },
+];
+
+impl Layer {
+    fn name(&self, dhw: [usize; 3]) -> String {
+        format!("k{} C{} {}x{}x{}", self.k, self.c, dhw[0], dhw[1], dhw[2])
+    }
+    /// Multiply-adds x 2 of one pass (forward, backward-input and backward-weight all equal).
+    fn flops(&self, dhw: [usize; 3]) -> f64 {
+        let vox = (dhw[0] * dhw[1] * dhw[2]) as f64;
+        2.0 * vox * (self.c * self.c * self.k.pow(3)) as f64
+    }
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+/// Median seconds of `iters` runs of `f` after `warm` warm-up runs; `sync` is called before every
+/// clock read so GPU work is timed, not its queueing.
+fn time(
+    warm: usize,
+    iters: usize,
+    mut f: impl FnMut() -> dnvs_engine::Result<()>,
+    sync: &dyn Fn() -> dnvs_engine::Result<()>,
+) -> dnvs_engine::Result<f64> {
+    for _ in 0..warm {
+        f()?;
+    }
+    sync()?;
+    let mut t = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        f()?;
+        sync()?;
+        t.push(start.elapsed().as_secs_f64());
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+fn result(
+    device: &str,
+    pass: &str,
+    prec: &str,
+    layer: &Layer,
+    dhw: [usize; 3],
+    secs: f64,
+) -> Value {
+    let flops = layer.flops(dhw);
+    let name = format!("{device}/conv3d_{pass}_{prec}/{}", layer.name(dhw));
+    let rate = if device == "cpu" { flops / secs / 1e9 } else { flops / secs / 1e12 };
+    let unit = if device == "cpu" { "GFLOP/s" } else { "TFLOP/s" };
+    println!("{name:<48} {:>9.3} ms {rate:>9.2} {unit}", secs * 1e3);
+    json!({ "name": name, "pass": pass, "precision": prec, "shape": layer.name(dhw),
+            "ms": secs * 1e3, "flops": flops, unit: rate })
+}
+
+fn skipped(device: &str, pass: &str, layer: &Layer, dhw: [usize; 3], why: &str) -> Value {
+    let name = format!("{device}/conv3d_{pass}/{}", layer.name(dhw));
+    println!("{name:<48} {why}");
+    json!({ "name": name, "pass": pass, "shape": layer.name(dhw), "status": why })
+}
+
+fn bench_cpu(quick: bool) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let (warm, iters) = if quick { (0, 1) } else { (1, 3) };
+    for layer in CPU_LAYERS {
+        let dhw = if quick { layer.dhw.map(|v| v / 4) } else { layer.dhw };
+        let xd = [1, dhw[0], dhw[1], dhw[2], layer.c];
+        let wd = [layer.c, layer.k, layer.k, layer.k, layer.c];
+        let x = Tensor::from_vec(random(xd.iter().product(), 1), xd)?;
+        let w = Tensor::from_vec(random(wd.iter().product(), 2), wd)?;
+        let pad = layer.k / 2;
+        let run = || dnvs_engine::ops::conv3d(&x, &w, None, 1, pad).map(|_| ());
+        match time(warm, iters, run, &|| Ok(())) {
+            Ok(s) => out.push(result("cpu", "fwd", "f32", layer, dhw, s)),
+            Err(Error::NotImplemented(_)) => {
+                out.push(skipped("cpu", "fwd", layer, dhw, "not implemented yet (ops::conv3d)"))
+            }
+            Err(e) => return Err(e).context(format!("cpu conv3d {}", layer.name(dhw))),
+        }
+    }
+    Ok(out)
+}
+
+fn bench_cuda(ordinal: usize, quick: bool) -> anyhow::Result<Vec<Value>> {
+    let name = cu::probe(ordinal).map_err(|why| anyhow::anyhow!("cuda:{ordinal}: {why}"))?;
+    println!("cuda:{ordinal}: {name}");
+    let dev = format!("cuda:{ordinal}");
+    let sync = || cu::synchronize(ordinal);
+    let (warm, iters) = if quick { (1, 3) } else { (3, 10) };
+    let mut out = Vec::new();
+    for layer in GPU_LAYERS {
+        let dhw = layer.dhw;
+        let xd = [1, dhw[0], dhw[1], dhw[2], layer.c];
+        let wd = [layer.c, layer.k, layer.k, layer.k, layer.c];
+        let pad = layer.k / 2;
+        let up = |v: Vec<f32>, d: [usize; 5]| -> dnvs_engine::Result<Tensor> {
+            Tensor::from_vec(v, d)?.to_device(Device::Cuda(ordinal))
+        };
+        let x = up(random(xd.iter().product(), 1), xd)?;
+        let w = up(random(wd.iter().product(), 2), wd)?;
+        let g = up(random(xd.iter().product(), 3), xd)?;
+        for prec in [Precision::F32, Precision::Bf16] {
+            let p = prec.suffix();
+            let fwd = || cu::conv3d::conv3d(&x, &w, None, 1, pad, prec).map(|_| ());
+            out.push(result(&dev, "fwd", p, layer, dhw, time(warm, iters, fwd, &sync)?));
+            let bi = || cu::conv3d::conv3d_backward_input(&g, &w, &xd, 1, pad, prec).map(|_| ());
+            out.push(result(&dev, "bwd_input", p, layer, dhw, time(warm, iters, bi, &sync)?));
+            let bw = || cu::conv3d::conv3d_backward_weight(&g, &x, &wd, 1, pad, prec).map(|_| ());
+            out.push(result(&dev, "bwd_weight", p, layer, dhw, time(warm, iters, bw, &sync)?));
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device: Device = args.device.parse()?;
+    let kernels = match device {
+        Device::Cpu => bench_cpu(args.quick)?,
+        Device::Cuda(o) => {
+            if cfg!(debug_assertions) {
+                eprintln!(
+                    "note: a debug build synchronises after every launch; time a --release build"
+                );
+            }
+            bench_cuda(o, args.quick)?
+        }
+    };
+    let step = "not wired: the V-Net training step lands with the network";
+    println!("{device}/vnet_train_step {step}");
+    let report = json!({
+        "device": device.to_string(),
+        "quick": args.quick,
+        "kernels": kernels,
+        "vnet_train_step": { "status": step },
+    });
+    if let Some(path) = args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if kernels.is_empty() {
+        bail!("no kernels were timed");
+    }
+    Ok(())
 }

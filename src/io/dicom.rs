@@ -57,7 +57,7 @@ struct SliceInfo {
 /// uneven spacing (> 1 %), a gantry tilt, multi-frame files, pixel data that cannot be decoded.
 pub fn read_dicom_series(dir: &Path, series: Option<&str>) -> Result<Volume> {
     let files = list_files(dir)?;
-    let infos: Vec<SliceInfo> = files.par_iter().map(|p| read_info(p)).collect::<Result<_>>()?;
+    let infos: Vec<SliceInfo> = files.par_iter().map(read_info).collect::<Result<_>>()?;
     let mut slices = choose_series(dir, infos, series)?;
     let geometry = stack_geometry(dir, &mut slices)?;
 
@@ -253,7 +253,8 @@ fn stack_geometry(dir: &Path, slices: &mut [SliceInfo]) -> Result<StackGeometry>
     let col_dir = [o[3], o[4], o[5]];
     let normal = cross(row_dir, col_dir);
     let norm = dot(normal, normal).sqrt();
-    if !(norm > 0.5) {
+    // Rows and columns of a valid slice are orthonormal; NaN lands here too.
+    if norm.is_nan() || norm <= 0.5 {
         return Err(Error::format(
             &first.path,
             format!("degenerate ImageOrientationPatient {o:?}"),

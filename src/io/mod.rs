@@ -2,6 +2,7 @@
 //! Also the volume plumbing around them: reorientation, resampling, cropping, normalisation.
 
 pub mod dicom;
+pub mod mesh;
 pub mod nifti;
 pub mod normalize;
 pub mod orientation;

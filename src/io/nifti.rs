@@ -393,8 +393,8 @@ fn best_affine(h: &NiftiHeader) -> Affine {
         qform_affine(h)
     } else {
         let mut a = orientation::identity();
-        for axis in 0..3 {
-            a[axis][axis] = h.pixdim[axis + 1] as f64;
+        for (axis, row) in a.iter_mut().take(3).enumerate() {
+            row[axis] = h.pixdim[axis + 1] as f64;
         }
         a
     }

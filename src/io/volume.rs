@@ -96,7 +96,7 @@ pub fn check_aligned(a: &Volume, b: &Volume, what: &str) -> Result<()> {
     for row in 0..3 {
         for col in 0..4 {
             let d = (a.affine[row][col] - b.affine[row][col]).abs();
-            if !(d <= ALIGN_TOL_MM) {
+            if d.is_nan() || d > ALIGN_TOL_MM {
                 return Err(Error::arg(
                     "check_aligned",
                     format!(

@@ -1,0 +1,329 @@
+// implicit_gemm.cuh: the implicit-GEMM convolution body shared by conv3d.cu and
+// conv_transpose3d.cu (see conv3d.cu for the why). Each .cu instantiates the modes it needs, so a
+// module compiles only its own kernels.
+#pragma once
+#include "common.cuh"
+
+// ---- modes -------------------------------------------------------------------------------------
+// mode             rows (M)            cols (N)      reduction (R)      A gathered from       B
+// CONV_FWD         out voxels          k             taps*c             x, forward taps       w[col][r]
+// CONV_BWD_INPUT   x voxels            c             taps*k             gout, reversed taps   w[ko][tap][col]
+// CONV_BWD_WEIGHT  k                   taps*c        out voxels         gout[r][row]          x, forward taps
+// TCONV_FWD        out voxels          k             taps*c             x, reversed taps      w[col][r]
+// TCONV_BWD_INPUT  x voxels            c             taps*k             gout, forward taps    w[ko][tap][col]
+// TCONV_BWD_WEIGHT k (per tap: grid z) c             x voxels           gout, forward taps    x[r][col]
+// "forward taps": source position = q*stride - pad + tap; "reversed taps": source position
+// = (q + pad - tap) / stride when that divides exactly.
+#define CONV_FWD 0
+#define CONV_BWD_INPUT 1
+#define CONV_BWD_WEIGHT 2
+#define TCONV_FWD 3
+#define TCONV_BWD_INPUT 4
+#define TCONV_BWD_WEIGHT 5
+
+#define BM 64
+#define BN 64
+#define BK 32
+#define THREADS 256
+#define PAD_H 8  // bf16 row padding: 80-byte rows put the 8 fragment rows on distinct banks
+#define PAD_F 4
+
+// Reads src (N, SD, SH, SW, SC) at voxel (b, q) shifted by kernel tap `tap`, channel ch; 0 outside
+// the volume or (reversed) where the stride does not divide.
+__device__ __forceinline__ float gather(const float* __restrict__ src, int sd, int sh, int sw,
+                                        int sc, int b, int qz, int qy, int qx, int tap, int ch,
+                                        const ConvParams& p, bool reversed) {
+    int tx = tap % p.kw;
+    int t2 = tap / p.kw;
+    int ty = t2 % p.kh;
+    int tz = t2 / p.kh;
+    int z, y, x;
+    if (!reversed) {
+        z = qz * p.stride - p.pad + tz;
+        y = qy * p.stride - p.pad + ty;
+        x = qx * p.stride - p.pad + tx;
+    } else {
+        int az = qz + p.pad - tz, ay = qy + p.pad - ty, ax = qx + p.pad - tx;
+        if (az < 0 || ay < 0 || ax < 0) return 0.0f;
+        if (az % p.stride || ay % p.stride || ax % p.stride) return 0.0f;
+        z = az / p.stride;
+        y = ay / p.stride;
+        x = ax / p.stride;
+    }
+    if (z < 0 || y < 0 || x < 0 || z >= sd || y >= sh || x >= sw) return 0.0f;
+    return src[((((i64)b * sd + z) * sh + y) * sw + x) * sc + ch];
+}
+
+struct Voxel {
+    int b, z, y, x;
+};
+
+__device__ __forceinline__ Voxel split_voxel(i64 m, int dd, int hh, int ww) {
+    Voxel v;
+    v.x = (int)(m % ww);
+    i64 t = m / ww;
+    v.y = (int)(t % hh);
+    t /= hh;
+    v.z = (int)(t % dd);
+    v.b = (int)(t / dd);
+    return v;
+}
+
+// GEMM extents of a mode.
+__device__ __forceinline__ void gemm_dims(int mode, const ConvParams& p, i64& M, int& N, i64& R) {
+    int taps = p.kd * p.kh * p.kw;
+    i64 out_vox = (i64)p.n * p.od * p.oh * p.ow;
+    i64 in_vox = (i64)p.n * p.d * p.h * p.w;
+    switch (mode) {
+        case CONV_FWD: case TCONV_FWD: M = out_vox; N = p.k; R = (i64)taps * p.c; break;
+        case CONV_BWD_INPUT: case TCONV_BWD_INPUT: M = in_vox; N = p.c; R = (i64)taps * p.k; break;
+        case CONV_BWD_WEIGHT: M = p.k; N = taps * p.c; R = out_vox; break;
+        default: M = p.k; N = p.c; R = in_vox; break;  // TCONV_BWD_WEIGHT, one tap
+    }
+}
+
+// Operand A at (row m, reduction r). `rv` is the decomposed row voxel (valid for the modes whose
+// rows are voxels); `a` is the gathered tensor, `tap_z` the tap of TCONV_BWD_WEIGHT.
+template <int MODE>
+__device__ __forceinline__ float load_a(const float* __restrict__ a, const ConvParams& p, i64 m,
+                                        const Voxel& rv, i64 r, int tap_z) {
+    if (MODE == CONV_FWD || MODE == TCONV_FWD) {
+        int tap = (int)(r / p.c), ch = (int)(r % p.c);
+        return gather(a, p.d, p.h, p.w, p.c, rv.b, rv.z, rv.y, rv.x, tap, ch, p,
+                      MODE == TCONV_FWD);
+    } else if (MODE == CONV_BWD_INPUT || MODE == TCONV_BWD_INPUT) {
+        int tap = (int)(r / p.k), ko = (int)(r % p.k);
+        return gather(a, p.od, p.oh, p.ow, p.k, rv.b, rv.z, rv.y, rv.x, tap, ko, p,
+                      MODE == CONV_BWD_INPUT);
+    } else if (MODE == CONV_BWD_WEIGHT) {
+        return a[r * p.k + m];  // gout (out voxels, k): row m is the output channel
+    } else {  // TCONV_BWD_WEIGHT: r is an x voxel, the tap moves it into gout
+        Voxel v = split_voxel(r, p.d, p.h, p.w);
+        return gather(a, p.od, p.oh, p.ow, p.k, v.b, v.z, v.y, v.x, tap_z, (int)m, p, false);
+    }
+}
+
+// Operand B at (reduction r, col n).
+template <int MODE>
+__device__ __forceinline__ float load_b(const float* __restrict__ bsrc, const ConvParams& p, i64 r,
+                                        int n) {
+    if (MODE == CONV_FWD || MODE == TCONV_FWD) {
+        int taps = p.kd * p.kh * p.kw;
+        return bsrc[(i64)n * taps * p.c + r];  // w (k, taps*c)
+    } else if (MODE == CONV_BWD_INPUT || MODE == TCONV_BWD_INPUT) {
+        int taps = p.kd * p.kh * p.kw;
+        int tap = (int)(r / p.k), ko = (int)(r % p.k);
+        return bsrc[((i64)ko * taps + tap) * p.c + n];
+    } else if (MODE == CONV_BWD_WEIGHT) {
+        Voxel v = split_voxel(r, p.od, p.oh, p.ow);
+        int tap = n / p.c, ch = n % p.c;
+        return gather(bsrc, p.d, p.h, p.w, p.c, v.b, v.z, v.y, v.x, tap, ch, p, false);
+    } else {
+        return bsrc[r * p.c + n];  // x (x voxels, c)
+    }
+}
+
+// Where output (row m, col n) lives; `tap_z` only for TCONV_BWD_WEIGHT.
+template <int MODE>
+__device__ __forceinline__ i64 out_index(const ConvParams& p, i64 m, int n, int N, int tap_z) {
+    if (MODE == TCONV_BWD_WEIGHT) {
+        int taps = p.kd * p.kh * p.kw;
+        return (m * taps + tap_z) * p.c + n;
+    }
+    return m * N + n;
+}
+
+// ---- the implicit-GEMM kernel body ---------------------------------------------------------------
+
+template <int MODE, bool BF16>
+__device__ __forceinline__ void conv_gemm(const ConvParams& p,
+                                          const float* __restrict__ a,   // gathered operand
+                                          const float* __restrict__ b,   // second operand
+                                          const float* __restrict__ bias,  // (N) or null
+                                          float* __restrict__ out,
+                                          float* __restrict__ stats) {    // (2, N) or null
+    i64 M, R;
+    int N;
+    gemm_dims(MODE, p, M, N, R);
+    const int tid = threadIdx.x;
+    const i64 m0 = (i64)blockIdx.x * BM;
+    const int n0 = blockIdx.y * BN;
+    int split = p.split_k > 0 ? p.split_k : 1;
+    int slice = blockIdx.z % split;
+    int tap_z = blockIdx.z / split;
+
+    // Reduction tiles of this slice.
+    i64 tiles = (R + BK - 1) / BK;
+    i64 per = (tiles + split - 1) / split;
+    i64 t_begin = slice * per;
+    i64 t_end = t_begin + per < tiles ? t_begin + per : tiles;
+
+    __shared__ Voxel row_vox[BM];
+    __shared__ float col_sum[BN], col_sq[BN];
+    const bool rows_are_voxels = MODE == CONV_FWD || MODE == TCONV_FWD ||
+                                 MODE == CONV_BWD_INPUT || MODE == TCONV_BWD_INPUT;
+    if (tid < BM) {
+        i64 m = m0 + tid;
+        Voxel v = {0, 0, 0, 0};
+        if (rows_are_voxels && m < M) {
+            if (MODE == CONV_FWD || MODE == TCONV_FWD)
+                v = split_voxel(m, p.od, p.oh, p.ow);
+            else
+                v = split_voxel(m, p.d, p.h, p.w);
+        }
+        row_vox[tid] = v;
+    }
+    if (tid < BN) {
+        col_sum[tid] = 0.0f;
+        col_sq[tid] = 0.0f;
+    }
+
+    // Staging: thread tid owns reduction column kk = tid % 32 and rows (tid / 32) + 8 i of A,
+    // cols (tid / 32) + 8 i of B, i < 8.
+    const int kk = tid & 31;
+    const int rbase = tid >> 5;
+    float ra[8], rb[8];
+
+    __shared__ __align__(16) bf16_t sa_h[BF16 ? BM : 1][BK + PAD_H];
+    __shared__ __align__(16) bf16_t sb_h[BF16 ? BN : 1][BK + PAD_H];
+    __shared__ float sa_f[BF16 ? 1 : BK][BM + PAD_F];
+    __shared__ float sb_f[BF16 ? 1 : BK][BN + PAD_F];
+    __syncthreads();
+
+    auto load_tile = [&](i64 t) {
+        i64 r = t * BK + kk;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            int row = rbase + 8 * i;
+            i64 m = m0 + row;
+            ra[i] = (m < M && r < R) ? load_a<MODE>(a, p, m, row_vox[row], r, tap_z) : 0.0f;
+            int n = n0 + row;
+            rb[i] = (n < N && r < R) ? load_b<MODE>(b, p, r, n) : 0.0f;
+        }
+    };
+    auto store_tile = [&]() {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            int row = rbase + 8 * i;
+            if constexpr (BF16) {
+                sa_h[row][kk] = f32_to_bf16(ra[i]);
+                sb_h[row][kk] = f32_to_bf16(rb[i]);
+            } else {
+                sa_f[kk][row] = ra[i];
+                sb_f[kk][row] = rb[i];
+            }
+        }
+    };
+
+    // Accumulators. bf16: warp (wm, wn) in a 2 x 4 grid owns rows wm*32 + {0,16} + [0,16) and
+    // cols wn*16 + {0,8} + [0,8); mma fragment element e of tile (i, j) sits at row
+    // g + 8 (e / 2), col 2 t + (e % 2) with g = lane / 4, t = lane % 4.
+    // fp32: thread (ty, tx) = (tid / 16, tid % 16) owns rows ty + 16 i and cols tx + 16 j.
+    float acc[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) acc[i] = 0.0f;
+    const int warp = tid >> 5, lane = tid & 31;
+    const int wm = warp >> 2, wn = warp & 3;
+    const int g = lane >> 2, tq = lane & 3;
+    const int ty = tid >> 4, tx = tid & 15;
+
+    if (t_begin < t_end) load_tile(t_begin);
+    for (i64 t = t_begin; t < t_end; ++t) {
+        store_tile();
+        __syncthreads();
+        if (t + 1 < t_end) load_tile(t + 1);
+        if constexpr (BF16) {
+#pragma unroll
+            for (int ks = 0; ks < BK; ks += 16) {
+                unsigned af[2][4], bfr[2][2];
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    int r0 = wm * 32 + i * 16 + g;
+                    af[i][0] = *(const unsigned*)&sa_h[r0][ks + 2 * tq];
+                    af[i][1] = *(const unsigned*)&sa_h[r0 + 8][ks + 2 * tq];
+                    af[i][2] = *(const unsigned*)&sa_h[r0][ks + 2 * tq + 8];
+                    af[i][3] = *(const unsigned*)&sa_h[r0 + 8][ks + 2 * tq + 8];
+                }
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    int c0 = wn * 16 + j * 8 + g;
+                    bfr[j][0] = *(const unsigned*)&sb_h[c0][ks + 2 * tq];
+                    bfr[j][1] = *(const unsigned*)&sb_h[c0][ks + 2 * tq + 8];
+                }
+#pragma unroll
+                for (int i = 0; i < 2; ++i)
+#pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                        float* d = &acc[(i * 2 + j) * 4];
+                        asm volatile(
+                            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                            "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                            : "r"(af[i][0]), "r"(af[i][1]), "r"(af[i][2]), "r"(af[i][3]),
+                              "r"(bfr[j][0]), "r"(bfr[j][1]));
+                    }
+            }
+        } else {
+#pragma unroll 8
+            for (int k = 0; k < BK; ++k) {
+                float av[4], bv[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) av[i] = sa_f[k][ty + 16 * i];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) bv[j] = sb_f[k][tx + 16 * j];
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[i * 4 + j] = fmaf(av[i], bv[j], acc[i * 4 + j]);
+            }
+        }
+        __syncthreads();
+    }
+
+    // Epilogue: bias (forward only, first slice only), optional channel statistics, store or
+    // accumulate.
+    const bool accumulate = split > 1;
+    const bool want_stats = stats != nullptr && (p.flags & CONV_FLAG_STATS);
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+        int row, col;
+        if constexpr (BF16) {
+            int tile = e >> 2, i = tile >> 1, j = tile & 1, q = e & 3;
+            row = wm * 32 + i * 16 + g + 8 * (q >> 1);
+            col = wn * 16 + j * 8 + 2 * tq + (q & 1);
+        } else {
+            row = ty + 16 * (e >> 2);
+            col = tx + 16 * (e & 3);
+        }
+        i64 m = m0 + row;
+        int n = n0 + col;
+        if (m >= M || n >= N) continue;
+        float v = acc[e];
+        if (bias != nullptr && slice == 0) v += bias[n];
+        i64 o = out_index<MODE>(p, m, n, N, tap_z);
+        if (accumulate)
+            atomicAdd(out + o, v);
+        else
+            out[o] = v;
+        if (want_stats) {
+            atomicAdd(&col_sum[col], v);
+            atomicAdd(&col_sq[col], v * v);
+        }
+    }
+    if (want_stats) {
+        __syncthreads();
+        if (tid < BN && n0 + tid < N) {
+            atomicAdd(stats + n0 + tid, col_sum[tid]);
+            atomicAdd(stats + N + n0 + tid, col_sq[tid]);
+        }
+    }
+}
+
+
+#define CONV_ENTRY(name, mode, bf)                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                \
+        name(ConvParams p, const float* __restrict__ a, const float* __restrict__ b,     \
+             const float* __restrict__ bias, float* __restrict__ out,                    \
+             float* __restrict__ stats) {                                                \
+        conv_gemm<mode, bf>(p, a, b, bias, out, stats);                                  \
+    }

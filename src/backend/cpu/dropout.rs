@@ -1,0 +1,44 @@
+//! Channel dropout: a multiplier per (sample, channel), applied to every voxel of that channel.
+
+use super::elementwise::for_rows_mut;
+
+/// SplitMix64: a fast, well-mixed 64-bit hash, so a mask is a pure function of (seed, index).
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// One multiplier per (sample, channel): 0 with probability `p`, else `1 / (1 - p)`.
+pub fn channel_mask(n: usize, c: usize, p: f32, seed: u64) -> Vec<f32> {
+    let keep = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    let base = splitmix64(seed);
+    (0..n * c)
+        .map(|i| {
+            // The top 24 bits give a uniform f32 in [0, 1) exactly.
+            let u = (splitmix64(base ^ i as u64) >> 40) as f32 / (1u64 << 24) as f32;
+            if u < p {
+                0.0
+            } else {
+                keep
+            }
+        })
+        .collect()
+}
+
+/// `out[s, v, ch] = x[s, v, ch] * mask[s * c + ch]` with `per` elements per sample.
+pub fn apply_mask(x: &[f32], mask: &[f32], c: usize, per: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    for_rows_mut(&mut out, c, |r0, block| {
+        for (r, orow) in block.chunks_exact_mut(c).enumerate() {
+            let i = (r0 + r) * c;
+            let s = i / per.max(1);
+            let m = &mask[s * c..(s + 1) * c];
+            for ((o, &xv), &mv) in orow.iter_mut().zip(&x[i..i + c]).zip(m) {
+                *o = xv * mv;
+            }
+        }
+    });
+    out
+}

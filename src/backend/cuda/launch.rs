@@ -1,0 +1,141 @@
+//! Launch helpers: kernel names, launch configurations and the checked launch. Every launcher
+//! builds its grid here, so block sizes match what the kernels were written for (`THREADS` = 256,
+//! the (32, 8) channel-reduction block) in one place.
+
+use cudarc::driver::{LaunchArgs, LaunchConfig};
+
+use super::Gpu;
+use crate::{Error, Result};
+
+/// Operand precision of the convolutions: bf16 tensor cores with f32 accumulation, or f32
+/// throughout. Everything else (norms, losses, optimizer) is always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    F32,
+    #[default]
+    Bf16,
+}
+
+impl Precision {
+    /// The kernel-name suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Which pass of an op a kernel computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Fwd,
+    BwdInput,
+    BwdWeight,
+}
+
+impl Pass {
+    fn as_str(self) -> &'static str {
+        match self {
+            Pass::Fwd => "fwd",
+            Pass::BwdInput => "bwd_input",
+            Pass::BwdWeight => "bwd_weight",
+        }
+    }
+}
+
+/// A kernel's symbol, built from the op's name (habit 2: no literal names a kernel at a call site):
+/// `<op>_<pass>[_<stage>]_<dtype>`, e.g. `conv3d_bwd_weight_bf16`, `batch_norm_fwd_var_f32`.
+pub fn kernel_name(op: &str, pass: Pass, stage: Option<&str>, dtype: &str) -> String {
+    match stage {
+        Some(s) => format!("{op}_{}_{s}_{dtype}", pass.as_str()),
+        None => format!("{op}_{}_{dtype}", pass.as_str()),
+    }
+}
+
+/// Threads per block of the 1-D kernels and of the implicit GEMM (`THREADS` in the .cu files).
+pub const THREADS: u32 = 256;
+/// The channel-reduction block of common.cuh (`CHANNEL_REDUCE_BLOCK_X/Y`).
+pub const REDUCE_BLOCK: (u32, u32) = (32, 8);
+
+/// Grid-stride 1-D launch over `n` items: enough blocks to fill the GPU several times over, no
+/// more (the kernels loop).
+pub fn grid_1d(gpu: &Gpu, n: usize) -> LaunchConfig {
+    let want = n.div_ceil(THREADS as usize).max(1);
+    let cap = (gpu.sms as usize) * 16;
+    LaunchConfig {
+        grid_dim: (want.min(cap) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One thread per item, all at once (kernels that return when the index is out of range).
+pub fn grid_exact(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(THREADS as usize).max(1) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A per-channel reduction over `(rows, c)`: grid y covers the channels in 32s, grid x the rows,
+/// about four blocks per SM in all (each block ends in one atomicAdd per channel).
+pub fn grid_channels(gpu: &Gpu, rows: usize, c: usize) -> LaunchConfig {
+    let (bx, by) = REDUCE_BLOCK;
+    let cy = c.div_ceil(bx as usize).max(1);
+    let row_blocks = rows.div_ceil(by as usize).max(1);
+    let target = ((gpu.sms as usize) * 4).div_ceil(cy).max(1);
+    LaunchConfig {
+        grid_dim: (row_blocks.min(target) as u32, cy as u32, 1),
+        block_dim: (bx, by, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launches `builder` (kernel `name`) with `cfg`, maps a failure to [`Error::Cuda`] naming the
+/// kernel, and in debug builds waits for the kernel so that an asynchronous fault is reported
+/// here, against its own name, rather than at some later call.
+///
+/// # Safety
+/// The caller guarantees that the arguments pushed on `builder` match the kernel's signature in
+/// order and type, and that every buffer is large enough for the indices the kernel computes
+/// from those arguments and `cfg`.
+pub unsafe fn launch(
+    gpu: &Gpu,
+    name: &str,
+    builder: &mut LaunchArgs<'_>,
+    cfg: LaunchConfig,
+) -> Result<()> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { builder.launch(cfg) }.map_err(|e| Error::Cuda(format!("launching {name}: {e}")))?;
+    if cfg!(debug_assertions) {
+        gpu.stream.synchronize().map_err(|e| Error::Cuda(format!("{name} failed: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Narrows a size to the kernels' `int` parameters.
+pub fn int(op: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v)
+        .map_err(|_| Error::arg(op, format!("size {v} exceeds the kernels' 32-bit int")))
+}
+
+/// Narrows a count to the kernels' `long long` parameters.
+pub fn long(v: usize) -> i64 {
+    i64::try_from(v).expect("tensor sizes fit in i64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_op_pass_dtype() {
+        assert_eq!(kernel_name("conv3d", Pass::BwdWeight, None, "bf16"), "conv3d_bwd_weight_bf16");
+        assert_eq!(
+            kernel_name("batch_norm", Pass::Fwd, Some("var"), "f32"),
+            "batch_norm_fwd_var_f32"
+        );
+    }
+}

@@ -1,0 +1,578 @@
+//! Marching cubes with a case table generated in code from one consistent rule, so every mesh is
+//! watertight and outward-oriented.
+//!
+//! # The table
+//! On each cube face the sign changes along its four edges are joined by segments that cut off the
+//! *inside* corners (value > level): a face with two diagonal inside corners (the classic face
+//! ambiguity) always gets two segments, one around each inside corner. The rule looks only at the
+//! face's own corners, so the two cubes sharing a face draw the same segments, and each segment is
+//! oriented with the outside on its left seen from outside the cube, so the two cubes traverse it
+//! in opposite directions. The segments of a cube close into loops, and each loop is fanned into
+//! triangles. Hence: every edge is in exactly two triangles and every directed edge appears once.
+//!
+//! # Borders
+//! The volume is padded by one virtual layer of background, so a foreground that touches the
+//! border is closed half a voxel outside it: the mesh is always closed.
+//!
+//! # Parallelism
+//! Vertices live on sample-grid edges. A first pass counts the crossing edges owned by each sample
+//! slice (the `+i`, `+j`, `+k` edges from its samples) and a prefix sum gives each slice its range
+//! of vertex ids; a second pass, parallel over chunks of slices, numbers the edges of each slice in
+//! the same order, writes the vertices of the slices it owns and emits the triangles. Shared
+//! vertices get one id without any locking.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::mesh::Mesh;
+use super::{check_len, spacing_affine};
+use crate::io::Volume;
+use crate::Result;
+
+// ---- the case table ---------------------------------------------------------------------------
+
+/// Cube corner `c` sits at offset `(c & 1, (c >> 1) & 1, (c >> 2) & 1)` along `(i, j, k)`.
+fn corner_offset(c: usize) -> [usize; 3] {
+    [c & 1, (c >> 1) & 1, (c >> 2) & 1]
+}
+
+/// Edge `e = 4 * axis + m` runs along `axis` from the corner whose other two bits are `m`.
+fn edge_origin(e: usize) -> (usize, usize) {
+    let axis = e / 4;
+    let m = e % 4;
+    let (b, c) = other_axes(axis);
+    (axis, ((m & 1) << b) | (((m >> 1) & 1) << c))
+}
+
+fn edge_between(c1: usize, c2: usize) -> usize {
+    let d = c1 ^ c2;
+    let axis = d.trailing_zeros() as usize;
+    let o = c1.min(c2);
+    let (b, c) = other_axes(axis);
+    4 * axis + ((o >> b) & 1) + 2 * ((o >> c) & 1)
+}
+
+fn other_axes(a: usize) -> (usize, usize) {
+    match a {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    }
+}
+
+/// Triangles (as cube edge numbers) for each of the 256 inside/outside corner patterns.
+struct CaseTable {
+    /// `tris[offsets[c]..offsets[c + 1]]` are the triangles of case `c`.
+    offsets: [u16; 257],
+    tris: Vec<[u8; 3]>,
+    /// Loops that need a centroid vertex, per case (rare: ambiguous faces crossed twice).
+    centres: Vec<Vec<Vec<u8>>>,
+}
+
+fn table() -> &'static CaseTable {
+    static TABLE: OnceLock<CaseTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut offsets = [0u16; 257];
+        let mut tris = Vec::new();
+        let mut centres = Vec::with_capacity(256);
+        for case in 0..256 {
+            let ct = case_triangles(case as u8);
+            tris.extend(ct.tris);
+            centres.push(ct.centres);
+            offsets[case + 1] = tris.len() as u16;
+        }
+        CaseTable { offsets, tris, centres }
+    })
+}
+
+fn midpoint(e: usize) -> [f64; 3] {
+    let (axis, o) = edge_origin(e);
+    let mut p = corner_offset(o).map(|x| x as f64);
+    p[axis] += 0.5;
+    p
+}
+
+/// Builds one case from the face rule described in the module docs.
+fn case_triangles(case: u8) -> CaseTriangles {
+    let inside = |c: usize| (case >> c) & 1 == 1;
+    let mut next = [usize::MAX; 12];
+    for axis in 0..3 {
+        let (b, c) = other_axes(axis);
+        for side in 0..2 {
+            let corners =
+                [(0, 0), (1, 0), (1, 1), (0, 1)].map(|(x, y)| (side << axis) | (x << b) | (y << c));
+            let crosses: Vec<usize> =
+                (0..4).filter(|&q| inside(corners[q]) != inside(corners[(q + 1) % 4])).collect();
+            // Each segment: two face edges and the inside corners it cuts off.
+            let mut segments: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+            match crosses.len() {
+                2 => {
+                    let e1 = edge_between(corners[crosses[0]], corners[(crosses[0] + 1) % 4]);
+                    let e2 = edge_between(corners[crosses[1]], corners[(crosses[1] + 1) % 4]);
+                    let ins = corners.iter().copied().filter(|&q| inside(q)).collect();
+                    segments.push((e1, e2, ins));
+                }
+                4 => {
+                    for q in 0..4 {
+                        if inside(corners[q]) {
+                            let prev = corners[(q + 3) % 4];
+                            let e1 = edge_between(prev, corners[q]);
+                            let e2 = edge_between(corners[q], corners[(q + 1) % 4]);
+                            segments.push((e1, e2, vec![corners[q]]));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            let mut normal = [0.0; 3];
+            normal[axis] = if side == 1 { 1.0 } else { -1.0 };
+            for (e1, e2, ins) in segments {
+                let (m1, m2) = (midpoint(e1), midpoint(e2));
+                let d = [m2[0] - m1[0], m2[1] - m1[1], m2[2] - m1[2]];
+                let left = [
+                    normal[1] * d[2] - normal[2] * d[1],
+                    normal[2] * d[0] - normal[0] * d[2],
+                    normal[0] * d[1] - normal[1] * d[0],
+                ];
+                let mut cin = [0.0; 3];
+                for &q in &ins {
+                    let o = corner_offset(q);
+                    for a in 0..3 {
+                        cin[a] += o[a] as f64 / ins.len() as f64;
+                    }
+                }
+                let to_in: f64 = (0..3).map(|a| left[a] * (cin[a] - 0.5 * (m1[a] + m2[a]))).sum();
+                // The outside must be on the left: swap when the inside corners are there.
+                let (from, to) = if to_in > 0.0 { (e2, e1) } else { (e1, e2) };
+                next[from] = to;
+            }
+        }
+    }
+    let mut out = CaseTriangles::default();
+    let mut seen = [false; 12];
+    for start in 0..12 {
+        if next[start] == usize::MAX || seen[start] {
+            continue;
+        }
+        let mut poly = Vec::new();
+        let mut e = start;
+        while !seen[e] {
+            seen[e] = true;
+            poly.push(e as u8);
+            e = next[e];
+        }
+        triangulate(&poly, &mut out);
+    }
+    out
+}
+
+/// Two crossing edges lie on a common cube face.
+fn share_face(e1: u8, e2: u8) -> bool {
+    let corners = |e: u8| {
+        let (axis, o) = edge_origin(e as usize);
+        [o, o | (1 << axis)]
+    };
+    let (a, b) = (corners(e1), corners(e2));
+    // A face is where one coordinate bit is constant over all four corners.
+    (0..3).any(|bit| {
+        let v = (a[0] >> bit) & 1;
+        [a[1], b[0], b[1]].iter().all(|c| (c >> bit) & 1 == v)
+    })
+}
+
+/// Fans a loop from a vertex whose chords touch no face the apex shares (a chord between two
+/// vertices of one face would also be drawn by the neighbouring cube across that ambiguous face);
+/// when no such apex exists, fans from a new vertex at the loop's centroid.
+fn triangulate(poly: &[u8], out: &mut CaseTriangles) {
+    let n = poly.len();
+    let apex = (0..n).find(|&a| (2..n - 1).all(|d| !share_face(poly[a], poly[(a + d) % n])));
+    match apex {
+        Some(a) => {
+            for t in 1..n - 1 {
+                out.tris.push([poly[a], poly[(a + t) % n], poly[(a + t + 1) % n]]);
+            }
+        }
+        None => {
+            let c = CENTRE + out.centres.len() as u8;
+            for t in 0..n {
+                out.tris.push([c, poly[t], poly[(t + 1) % n]]);
+            }
+            out.centres.push(poly.to_vec());
+        }
+    }
+}
+
+/// Triangles of one case. Corner numbers below [`CENTRE`] are cube edges; `CENTRE + c` is the
+/// centroid vertex of loop `centres[c]`.
+#[derive(Default)]
+struct CaseTriangles {
+    tris: Vec<[u8; 3]>,
+    centres: Vec<Vec<u8>>,
+}
+
+/// First index of the loop-centroid vertices in a case's triangles.
+const CENTRE: u8 = 12;
+
+// ---- the two passes ---------------------------------------------------------------------------
+
+/// The padded sample grid: sample `s` along an axis is voxel `s - 1`; samples `0` and `dim + 1`
+/// are the virtual background layer.
+struct Grid<'a> {
+    field: &'a [f32],
+    dims: [usize; 3],
+    level: f32,
+    /// Padded extents `dims + 2`.
+    p: [usize; 3],
+}
+
+impl Grid<'_> {
+    /// Inside flags of padded slice `si` (all background for the padding slices).
+    fn flags(&self, si: usize, out: &mut [u8]) {
+        out.fill(0);
+        if si == 0 || si > self.dims[0] {
+            return;
+        }
+        let [_, h, w] = self.dims;
+        let plane = &self.field[(si - 1) * h * w..si * h * w];
+        for j in 0..h {
+            let row = &plane[j * w..(j + 1) * w];
+            let dst = &mut out[(j + 1) * self.p[2] + 1..(j + 1) * self.p[2] + 1 + w];
+            for (d, &v) in dst.iter_mut().zip(row) {
+                *d = (v > self.level) as u8;
+            }
+        }
+    }
+
+    fn value(&self, s: [usize; 3]) -> Option<f32> {
+        if (0..3).any(|a| s[a] == 0 || s[a] > self.dims[a]) {
+            return None;
+        }
+        Some(self.field[((s[0] - 1) * self.dims[1] + s[1] - 1) * self.dims[2] + s[2] - 1])
+    }
+
+    /// Voxel coordinates of the crossing on the edge from sample `s` along `axis`.
+    fn crossing(&self, s: [usize; 3], axis: usize) -> [f32; 3] {
+        let mut s1 = s;
+        s1[axis] += 1;
+        let t = match (self.value(s), self.value(s1)) {
+            (Some(v0), Some(v1)) => {
+                let t = (self.level - v0) / (v1 - v0);
+                if t.is_finite() {
+                    t.clamp(0.0, 1.0)
+                } else {
+                    0.5
+                }
+            }
+            // An edge into the padding: the border surface sits half a voxel outside.
+            _ => 0.5,
+        };
+        let mut v = s.map(|x| x as f32 - 1.0);
+        v[axis] += t;
+        v
+    }
+}
+
+/// Visits the crossing edges owned by slice `si` in the one fixed order both passes use.
+#[inline]
+fn for_each_crossing(
+    p: [usize; 3],
+    f0: &[u8],
+    f1: Option<&[u8]>,
+    mut visit: impl FnMut(usize, usize, usize),
+) {
+    let (ph, pw) = (p[1], p[2]);
+    for j in 0..ph {
+        for k in 0..pw {
+            let q = j * pw + k;
+            let a = f0[q];
+            if let Some(f1) = f1 {
+                if a != f1[q] {
+                    visit(0, j, k);
+                }
+            }
+            if j + 1 < ph && a != f0[q + pw] {
+                visit(1, j, k);
+            }
+            if k + 1 < pw && a != f0[q + 1] {
+                visit(2, j, k);
+            }
+        }
+    }
+}
+
+/// Vertex ids of a slice's edges, one plane per axis.
+struct SliceIds {
+    ids: [Vec<u32>; 3],
+}
+
+/// Case number of the cube at `(j, k)` between two slices' flags.
+#[inline]
+fn cube_case(f0: &[u8], f1: &[u8], q: usize, pw: usize) -> usize {
+    (f0[q]
+        | (f1[q] << 1)
+        | (f0[q + pw] << 2)
+        | (f1[q + pw] << 3)
+        | (f0[q + 1] << 4)
+        | (f1[q + 1] << 5)
+        | (f0[q + pw + 1] << 6)
+        | (f1[q + pw + 1] << 7)) as usize
+}
+
+/// Centroid vertices needed by the cubes between two slices.
+fn count_centres(p: [usize; 3], table: &CaseTable, f0: &[u8], f1: &[u8]) -> usize {
+    let pw = p[2];
+    let mut n = 0;
+    for j in 0..p[1] - 1 {
+        for k in 0..pw - 1 {
+            n += table.centres[cube_case(f0, f1, j * pw + k, pw)].len();
+        }
+    }
+    n
+}
+
+/// Marching cubes of `field` (row-major `(D, H, W)`) at `level`: foreground is `value > level`,
+/// vertices are mapped to world millimetres by `affine` (voxel index -> world, NIfTI rows).
+///
+/// # Shapes
+/// `field.len() == dims[0] * dims[1] * dims[2]`.
+///
+/// # Errors
+/// [`crate::Error::Shape`] when the length does not match `dims`; [`crate::Error::Arg`] when the
+/// mesh would need more than `u32::MAX` vertices.
+pub fn marching_cubes(
+    field: &[f32],
+    dims: [usize; 3],
+    level: f32,
+    affine: &[[f64; 4]; 4],
+) -> Result<Mesh> {
+    check_len("marching_cubes", field.len(), dims)?;
+    let p = dims.map(|d| d + 2);
+    let plane = p[1] * p[2];
+    let grid = Grid { field, dims, level, p };
+    let table = table();
+
+    // Pass 1: crossing edges owned by each slice, and centroid vertices of the slab above it.
+    let counts: Vec<(usize, usize)> = (0..p[0])
+        .into_par_iter()
+        .map_init(
+            || (vec![0u8; plane], vec![0u8; plane]),
+            |(f0, f1), si| {
+                grid.flags(si, f0);
+                let has_next = si + 1 < p[0];
+                if has_next {
+                    grid.flags(si + 1, f1);
+                }
+                let mut n = 0;
+                for_each_crossing(p, f0, has_next.then_some(&f1[..]), |_, _, _| n += 1);
+                let c = if has_next { count_centres(p, table, f0, f1) } else { 0 };
+                (n, c)
+            },
+        )
+        .collect();
+    let mut offsets = vec![0usize; p[0] + 1];
+    for (i, (e, c)) in counts.iter().enumerate() {
+        offsets[i + 1] = offsets[i] + e + c;
+    }
+    let total = offsets[p[0]];
+    if total > u32::MAX as usize {
+        return Err(crate::Error::arg("marching_cubes", format!("{total} vertices exceed u32")));
+    }
+
+    // Pass 2: chunks of cube slabs; slab `si` (cubes between slices si and si+1) owns slice si's
+    // edge vertices and its own centroid vertices. The last padded slice has no crossings.
+    let slabs = p[0] - 1;
+    let n_chunks = (rayon::current_num_threads() * 4).min(slabs).max(1);
+    let bounds: Vec<usize> = (0..=n_chunks).map(|c| c * slabs / n_chunks).collect();
+    let mut vertices = vec![[0f32; 3]; total];
+    let mut parts: Vec<(usize, usize, &mut [[f32; 3]])> = Vec::with_capacity(n_chunks);
+    let mut rest: &mut [[f32; 3]] = &mut vertices;
+    for c in 0..n_chunks {
+        let (a, b) = (bounds[c], bounds[c + 1]);
+        let (mine, tail) = rest.split_at_mut(offsets[b] - offsets[a]);
+        parts.push((a, b, mine));
+        rest = tail;
+    }
+
+    let tri_parts: Vec<Vec<[u32; 3]>> = parts
+        .into_par_iter()
+        .map(|(a, b, verts)| {
+            let base = offsets[a];
+            let mut flags = [vec![0u8; plane], vec![0u8; plane], vec![0u8; plane]];
+            let new_ids =
+                || SliceIds { ids: [vec![0u32; plane], vec![0u32; plane], vec![0u32; plane]] };
+            let mut ids = [new_ids(), new_ids()];
+            let mut tris = Vec::new();
+            grid.flags(a, &mut flags[0]);
+            grid.flags(a + 1, &mut flags[1]);
+            let own = Some((&mut *verts, base));
+            number_slice(&grid, a, offsets[a], &flags[0], &flags[1], &mut ids[0], own);
+            for si in a..b {
+                // flags[0] = slice si, flags[1] = si+1; load si+2.
+                if si + 2 < p[0] {
+                    grid.flags(si + 2, &mut flags[2]);
+                } else {
+                    flags[2].fill(0);
+                }
+                let own = if si + 1 < b { Some((&mut *verts, base)) } else { None };
+                let (lo, hi) = ids.split_at_mut(1);
+                number_slice(&grid, si + 1, offsets[si + 1], &flags[1], &flags[2], &mut hi[0], own);
+                let slab = Slab {
+                    si,
+                    f0: &flags[0],
+                    f1: &flags[1],
+                    ids0: &lo[0],
+                    ids1: &hi[0],
+                    first_centre: offsets[si] + counts[si].0,
+                };
+                emit_slab(&grid, table, &slab, verts, base, &mut tris);
+                flags.rotate_left(1);
+                ids.swap(0, 1);
+            }
+            tris
+        })
+        .collect();
+
+    let mut triangles = Vec::with_capacity(tri_parts.iter().map(Vec::len).sum());
+    for t in tri_parts {
+        triangles.extend(t);
+    }
+    let mut mesh = Mesh { vertices, normals: Vec::new(), triangles };
+    // Vertices are in voxel coordinates so far; `transform` maps them, fixes the winding of a
+    // mirroring affine and computes the normals.
+    mesh.transform(affine);
+    Ok(mesh)
+}
+
+/// Gives the crossing edges of slice `si` their ids (from `first`) and, when `out` is given,
+/// writes their vertices into it (`out[id - base]`).
+fn number_slice(
+    grid: &Grid,
+    si: usize,
+    first: usize,
+    f0: &[u8],
+    f1: &[u8],
+    ids: &mut SliceIds,
+    mut out: Option<(&mut [[f32; 3]], usize)>,
+) {
+    let p = grid.p;
+    let has_next = si + 1 < p[0];
+    let mut id = first;
+    for_each_crossing(p, f0, has_next.then_some(f1), |axis, j, k| {
+        ids.ids[axis][j * p[2] + k] = id as u32;
+        if let Some((buf, base)) = out.as_mut() {
+            buf[id - *base] = grid.crossing([si, j, k], axis);
+        }
+        id += 1;
+    });
+}
+
+/// The two slices around one slab of cubes.
+struct Slab<'a> {
+    si: usize,
+    f0: &'a [u8],
+    f1: &'a [u8],
+    ids0: &'a SliceIds,
+    ids1: &'a SliceIds,
+    /// Id of the slab's first centroid vertex.
+    first_centre: usize,
+}
+
+/// Emits the triangles of the cubes of one slab (and writes its centroid vertices).
+fn emit_slab(
+    grid: &Grid,
+    table: &CaseTable,
+    slab: &Slab,
+    verts: &mut [[f32; 3]],
+    base: usize,
+    tris: &mut Vec<[u32; 3]>,
+) {
+    let p = grid.p;
+    let pw = p[2];
+    let mut next_centre = slab.first_centre;
+    for j in 0..p[1] - 1 {
+        for k in 0..pw - 1 {
+            let q = j * pw + k;
+            let case = cube_case(slab.f0, slab.f1, q, pw);
+            if case == 0 || case == 255 {
+                continue;
+            }
+            let centres = &table.centres[case];
+            let c0 = next_centre;
+            for lp in centres {
+                let mut c = [0f32; 3];
+                for &e in lp {
+                    let (axis, o) = edge_origin(e as usize);
+                    let [di, dj, dk] = corner_offset(o);
+                    let x = grid.crossing([slab.si + di, j + dj, k + dk], axis);
+                    for a in 0..3 {
+                        c[a] += x[a] / lp.len() as f32;
+                    }
+                }
+                verts[next_centre - base] = c;
+                next_centre += 1;
+            }
+            let lo = table.offsets[case] as usize;
+            let hi = table.offsets[case + 1] as usize;
+            for t in &table.tris[lo..hi] {
+                tris.push(t.map(|e| {
+                    if e >= CENTRE {
+                        (c0 + (e - CENTRE) as usize) as u32
+                    } else {
+                        edge_id(e as usize, j, k, pw, slab.ids0, slab.ids1)
+                    }
+                }));
+            }
+        }
+    }
+}
+
+#[inline]
+fn edge_id(e: usize, j: usize, k: usize, pw: usize, ids0: &SliceIds, ids1: &SliceIds) -> u32 {
+    let (axis, o) = edge_origin(e);
+    let [di, dj, dk] = corner_offset(o);
+    let s = if di == 0 { ids0 } else { ids1 };
+    s.ids[axis][(j + dj) * pw + k + dk]
+}
+
+/// [`marching_cubes`] with a diagonal affine of `spacing` (origin at voxel 0).
+pub fn marching_cubes_spacing(
+    field: &[f32],
+    dims: [usize; 3],
+    level: f32,
+    spacing: [f64; 3],
+) -> Result<Mesh> {
+    super::check_spacing("marching_cubes", spacing)?;
+    marching_cubes(field, dims, level, &spacing_affine(spacing))
+}
+
+/// Marching cubes of a volume at `level` in its world frame (the volume's affine).
+pub fn mesh_volume(vol: &Volume, level: f32) -> Result<Mesh> {
+    marching_cubes(&vol.data, vol.dims, level, &vol.affine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each case alone is a closed, consistently oriented set of faces once its neighbours are
+    /// added; here: every loop closed and the table uses each crossing edge exactly once per loop.
+    #[test]
+    fn every_case_uses_each_crossing_edge() {
+        for case in 0..=255u8 {
+            let tris = case_triangles(case).tris;
+            let inside = |c: usize| (case >> c) & 1 == 1;
+            let crossing: Vec<usize> = (0..12)
+                .filter(|&e| {
+                    let (axis, o) = edge_origin(e);
+                    inside(o) != inside(o | (1 << axis))
+                })
+                .collect();
+            for e in 0..12 {
+                let used = tris.iter().any(|t| t.contains(&(e as u8)));
+                assert!(tris.iter().flatten().all(|&x| x < CENTRE + 4));
+                assert_eq!(used, crossing.contains(&e), "case {case} edge {e}");
+            }
+        }
+    }
+}
