@@ -118,31 +118,26 @@ fn check_golden(c: &Case, device: Device) {
 }
 
 #[test]
-#[ignore = "needs the conv/ops helpers merged (ops return NotImplemented until then)"]
 fn vnet_b2_matches_pytorch() {
     check_golden(case("vnet_b2"), Device::Cpu);
 }
 
 #[test]
-#[ignore = "needs the conv/ops helpers merged (ops return NotImplemented until then)"]
 fn vnet_att_b2_matches_pytorch() {
     check_golden(case("vnet_att_b2"), Device::Cpu);
 }
 
 #[test]
-#[ignore = "needs the conv/ops helpers merged (ops return NotImplemented until then)"]
 fn unet3d_f8_matches_pytorch() {
     check_golden(case("unet3d_f8"), Device::Cpu);
 }
 
 #[test]
-#[ignore = "needs the conv/ops helpers merged (ops return NotImplemented until then)"]
 fn unet3d_att_f8_matches_pytorch() {
     check_golden(case("unet3d_att_f8"), Device::Cpu);
 }
 
 #[test]
-#[ignore = "needs the conv/ops helpers merged (ops return NotImplemented until then)"]
 fn networks_match_pytorch_on_cuda() {
     let Some(dev) = common::cuda_device() else { return };
     for c in &CASES {
@@ -281,7 +276,6 @@ fn set_parameters_keeps_leaves_and_checks_shapes() {
 }
 
 #[test]
-#[ignore = "needs the conv/ops helpers merged (ops return NotImplemented until then)"]
 fn train_mode_drops_channels_and_updates_running_stats() {
     let c = case("vnet_att_b2");
     let io = Golden::load(&format!("{}.io.safetensors", c.name));

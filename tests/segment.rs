@@ -38,7 +38,6 @@ fn same_geometry(a: &Volume, b: &Volume) {
 }
 
 #[test]
-#[ignore = "needs the conv/ops helpers merged (ops return NotImplemented until then)"]
 fn one_window_reproduces_golden_probabilities() {
     for (name, arch, width) in [("vnet_b2", Arch::VNet, 2), ("unet3d_att_f8", Arch::UNetAtt, 8)] {
         let mut net = golden_net(name, arch, width);
@@ -75,7 +74,6 @@ fn window_probs(
 }
 
 #[test]
-#[ignore = "needs the conv/ops helpers merged (ops return NotImplemented until then)"]
 fn overlapping_windows_blend_in_the_input_geometry() {
     let mut net = golden_net("unet3d_f8", Arch::UNet, 8);
     // 24 x 16 x 16 from two copies of the golden input: windows of 16 at D offsets 0 and 8.
@@ -101,7 +99,6 @@ fn overlapping_windows_blend_in_the_input_geometry() {
 }
 
 #[test]
-#[ignore = "needs the conv/ops helpers merged (ops return NotImplemented until then)"]
 fn small_volumes_are_padded_and_cropped() {
     let mut net = golden_net("vnet_b2", Arch::VNet, 2);
     let (g, _) = golden_volume("vnet_b2");
@@ -130,7 +127,6 @@ fn bad_options_are_errors() {
 }
 
 #[test]
-#[ignore = "needs the conv/ops helpers merged (ops return NotImplemented until then)"]
 fn cli_writes_mask_and_probs_in_the_input_geometry() {
     use dnvs_engine::io::{self, VoxelKind};
     let (vol, want) = golden_volume("vnet_b2");
