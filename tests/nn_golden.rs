@@ -88,6 +88,10 @@ fn check_golden(c: &Case, device: Device) {
         rtol,
         atol,
     );
+    // With the tape off: the same values, nothing recorded.
+    let quiet = autograd::no_grad(|| net.forward(&x, Mode::Eval)).unwrap();
+    assert!(!quiet.tracks_grad() && out.tracks_grad());
+    assert_eq!(quiet.to_vec().unwrap(), out.to_vec().unwrap(), "{} no_grad forward", c.name);
     let (target, _) = io.raw("target");
     let loss = nll_of_probs(&out, &target);
     assert_close(
