@@ -3,12 +3,22 @@
 //!
 //! Scores are channels-last `(N, D, H, W, C)` (logits or softmax probabilities); targets are
 //! `(N, D, H, W)` tensors of class ids stored as f32. The foreground of the Dice losses is class 1.
-//! Each loss is one fused kernel pass (`backend::cpu::loss`) with its own backward on the tape.
+//! Each loss but `dice_ce` (a sum of two) is one fused kernel pass (`backend::cpu::loss`) with its
+//! own backward on the tape.
 
 use crate::autograd::record;
 use crate::backend::cpu::loss as k;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
+
+/// [`Error::Shape`] with a described expectation (`Error::shape` would quote a string).
+fn shape_err(
+    op: &'static str,
+    expected: impl std::fmt::Display,
+    got: impl std::fmt::Debug,
+) -> Error {
+    Error::Shape { op, expected: expected.to_string(), got: format!("{got:?}") }
+}
 
 /// The f32 elements of a CPU tensor, or an [`Error::Device`] naming `op`.
 fn cpu<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a [f32]> {
@@ -50,12 +60,12 @@ fn class_weights(op: &'static str, weight: Option<&[f32]>, c: usize) -> Result<V
     match weight {
         None => Ok(vec![1.0; c]),
         Some(w) if w.len() == c => Ok(w.to_vec()),
-        Some(w) => Err(Error::shape(op, format!("{c} class weights"), w.len())),
+        Some(w) => Err(shape_err(op, format!("{c} class weights"), w.len())),
     }
 }
 
 fn upstream(op: &'static str, g: &Tensor) -> Result<f32> {
-    cpu(op, g)?.first().copied().ok_or_else(|| Error::shape(op, "a scalar gradient", g.dims()))
+    cpu(op, g)?.first().copied().ok_or_else(|| shape_err(op, "a scalar gradient", g.dims()))
 }
 
 /// Cross-entropy of logits, the weighted mean of `F.cross_entropy(logits, target, weight)`:
@@ -105,7 +115,7 @@ pub fn nll_probs(probs: &Tensor, target: &Tensor, weight: Option<&[f32]>) -> Res
 
 fn need_foreground(op: &'static str, probs: &Tensor, c: usize) -> Result<()> {
     if c < 2 {
-        return Err(Error::shape(op, "probabilities with a foreground channel 1", probs.dims()));
+        return Err(shape_err(op, "probabilities with a foreground channel 1", probs.dims()));
     }
     Ok(())
 }
@@ -162,7 +172,7 @@ pub fn hard_dice(probs: &Tensor, target: &Tensor) -> Result<HardDice> {
     let op = "hard_dice";
     let (c, ids) = class_ids(op, probs, target)?;
     if c != 2 {
-        return Err(Error::shape(op, "two-class probabilities (N, D, H, W, 2)", probs.dims()));
+        return Err(shape_err(op, "two-class probabilities (N, D, H, W, 2)", probs.dims()));
     }
     let [inter, sr, sg] = k::hard_dice_sums(cpu(op, probs)?, &ids, c);
     let union = sr + sg + 2e-6;

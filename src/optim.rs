@@ -10,6 +10,15 @@ use crate::backend::cpu::optim::{adam_update, AdamStep};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
+/// [`Error::Shape`] with a described expectation (`Error::shape` would quote a string).
+fn shape_err(
+    op: &'static str,
+    expected: impl std::fmt::Display,
+    got: impl std::fmt::Debug,
+) -> Error {
+    Error::Shape { op, expected: expected.to_string(), got: format!("{got:?}") }
+}
+
 /// Adam's hyper-parameters (`torch.optim.Adam(lr, betas=(beta1, beta2), eps, weight_decay)`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamConfig {
@@ -76,17 +85,39 @@ impl Adam {
 
     /// One Adam step: returns the updated parameters as new trainable leaves, in order.
     ///
+    /// # Example
+    /// ```
+    /// use dnvs_engine::optim::{Adam, AdamConfig};
+    /// use dnvs_engine::{autograd, ops, Tensor};
+    ///
+    /// let mut adam = Adam::new(AdamConfig { lr: 0.1, ..AdamConfig::default() });
+    /// let mut w = Tensor::param(vec![1.0, -2.0], [2])?;
+    /// for _ in 0..3 {
+    ///     let loss = ops::mul(&w, &w)?; // minimise w^2, summed by the seed below
+    ///     let g = autograd::backward_with(&loss, Tensor::from_vec(vec![1.0; 2], [2])?)?;
+    ///     let grad = g.get(&w).expect("w is used").clone();
+    ///     w = adam.step(&[w], &[grad])?.remove(0);
+    /// }
+    /// assert!(w.to_vec()?.iter().all(|v| v.abs() < 2.0));
+    /// # Ok::<(), dnvs_engine::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Shape`] when `params` and `grads` differ in count or shape, or do not match the
     /// moments of earlier steps; [`Error::Device`] for non-CPU tensors.
     pub fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<Vec<Tensor>> {
         let op = "adam";
         if params.len() != grads.len() {
-            return Err(Error::shape(op, format!("{} gradients", params.len()), grads.len()));
+            return Err(shape_err(
+                op,
+                format!("{} gradients (one per parameter)", params.len()),
+                grads.len(),
+            ));
         }
-        for (p, g) in params.iter().zip(grads) {
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
             if p.dims() != g.dims() {
-                return Err(Error::shape(op, p.dims(), g.dims()));
+                let want = format!("gradient {i} shaped like its parameter {:?}", p.dims());
+                return Err(shape_err(op, want, g.dims()));
             }
         }
         if self.state.m.is_empty() && self.state.step == 0 {

@@ -6,16 +6,23 @@ mod common;
 
 use common::data_path;
 use dnvs_engine::io::orientation::axis_codes;
+use std::sync::OnceLock;
+
 use dnvs_engine::io::{
-    as_closest_canonical, read_dicom_series, read_nifti, read_volume, write_nifti, VoxelKind,
+    as_closest_canonical, read_nifti, read_volume, write_nifti, Volume, VoxelKind,
 };
+
+/// The series, decoded once for all tests here (20 JPEG 2000 slices take a while on 2 cores).
+fn series() -> &'static Volume {
+    static CT: OnceLock<Volume> = OnceLock::new();
+    CT.get_or_init(|| read_volume(&data_path("real/totalseg_example_ct_dicom")).unwrap())
+}
 
 #[test]
 fn series_geometry_matches_dcm2niix_and_values_are_hu() {
-    let dir = data_path("real/totalseg_example_ct_dicom");
-    let ct = read_dicom_series(&dir, None).unwrap();
+    let ct = series();
     let seg = read_nifti(&data_path("real/totalseg_example_ct_dicom_seg.nii.gz")).unwrap();
-    let (a, b) = (as_closest_canonical(&ct), as_closest_canonical(&seg));
+    let (a, b) = (as_closest_canonical(ct), as_closest_canonical(&seg));
     assert_eq!(a.dims, [512, 512, 20]);
     assert_eq!(a.dims, b.dims);
     for r in 0..4 {
@@ -54,9 +61,9 @@ fn series_geometry_matches_dcm2niix_and_values_are_hu() {
 
 #[test]
 fn series_converts_to_int16_nifti_and_back() {
-    let ct = read_volume(&data_path("real/totalseg_example_ct_dicom")).unwrap();
+    let ct = series();
     let out = std::env::temp_dir().join(format!("dnvs_io_dicom_{}.nii.gz", std::process::id()));
-    write_nifti(&out, &ct, VoxelKind::Image).unwrap();
+    write_nifti(&out, ct, VoxelKind::Image).unwrap();
     let (back, info) = dnvs_engine::io::nifti::read_nifti_with_info(&out).unwrap();
     std::fs::remove_file(&out).ok();
     assert_eq!(info.datatype.name(), "int16");

@@ -280,3 +280,15 @@ fn cli_convert_and_info_fail_cleanly() {
         &["175 x 248 x 58", "uint8", "qform_code 2 sform_code 2", "RAS", "0 .. 255"],
     );
 }
+
+#[test]
+fn vox_offset_zero_in_a_single_file_reads_from_352() {
+    let tmp = TempDir::new("vox0");
+    let mut bytes = small_nii_bytes();
+    bytes[108..112].copy_from_slice(&0f32.to_le_bytes());
+    let p = tmp.path("v0.nii");
+    std::fs::write(&p, &bytes).unwrap();
+    let vol = read_nifti(&p).unwrap();
+    let sum: f64 = vol.data.iter().map(|&v| v as f64).sum();
+    assert_eq!(sum, -130894872.0);
+}

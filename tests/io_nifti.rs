@@ -207,6 +207,10 @@ fn write_read_round_trip_keeps_data_geometry_and_codes() {
         let src = read_nifti(&data_path(case.file)).unwrap();
         let back = assert_round_trip(&src, VoxelKind::Image, "rt.nii.gz");
         let (a, b) = (src.header.unwrap(), back.header.unwrap());
+        // The datatype (70..72) and, for the AVM's uint8 with slope 2.2086, scl_slope/scl_inter
+        // (112..120) are kept too: the values are reproduced exactly by them.
+        assert_eq!(a[70..72], b[70..72], "{}: datatype", case.file);
+        assert_eq!(a[112..120], b[112..120], "{}: scl_slope, scl_inter", case.file);
         // codes (252..256), quatern + srow (256..328), pixdim (76..108), xyzt_units (123).
         assert_eq!(a[252..328], b[252..328], "{}: qform/sform fields", case.file);
         assert_eq!(a[76..108], b[76..108], "{}: pixdim", case.file);
@@ -348,5 +352,44 @@ fn reorienting_and_writing_moves_the_geometry_along() {
     let can = dnvs_engine::io::as_closest_canonical(&back);
     assert_affine("canonical", &can.affine, &src.affine, 1e-4);
     assert!(can.data == src.data);
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}
+
+#[test]
+fn changed_geometry_is_written_consistently_in_qform_and_sform() {
+    use dnvs_engine::io::orientation::{apply, quatern_to_affine, Quatern};
+    use dnvs_engine::io::resample::{crop_centered, resample_to_spacing, Interp};
+    // Oblique source, resampled to 1.2 mm and cut to a VOI: the writer must re-derive both forms,
+    // keep the codes (2 = aligned) and the units, and the VOI must sit where it sat in the source.
+    let src = read_nifti(&data_path("real/niivue_CT_pitch.nii.gz")).unwrap();
+    let res = resample_to_spacing(&src, [1.2, 1.2, 1.2], Interp::Linear).unwrap();
+    assert_eq!(res.dims, [118, 168, 116]);
+    let voi = crop_centered(&res, [60, 80, 50], [40, 50, 30], 0.0).unwrap();
+    // Voxel centre (0,0,0) of the VOI is resampled voxel (40, 55, 35) = source index
+    // (40, 55, 35) * 1.2 / spacing.
+    let world = apply(&voi.affine, [0.0; 3]);
+    let src_idx = [40.0 * 1.2 / 0.8125, 55.0 * 1.2 / 0.8125, 35.0 * 1.2 / src.spacing[2]];
+    let want = apply(&src.affine, src_idx);
+    for a in 0..3 {
+        assert!((world[a] - want[a]).abs() < 1e-9, "{world:?} vs {want:?}");
+    }
+    let path = temp_path("voi.nii.gz");
+    write_nifti(&path, &voi, VoxelKind::Image).unwrap();
+    let (back, info) = read_nifti_with_info(&path).unwrap();
+    assert_eq!((info.qform_code, info.sform_code, info.xyzt_units), (2, 2, 10));
+    // Interpolated values no longer fit the source's uint8.
+    assert_eq!(info.datatype, DataType::F32);
+    assert_eq!(back.dims, [40, 50, 30]);
+    assert!(back.data == voi.data);
+    assert_affine("voi sform", &back.affine, &voi.affine, 1e-4);
+    let h = back.header.as_ref().unwrap();
+    let f = |o: usize| f32::from_le_bytes(h[o..o + 4].try_into().unwrap()) as f64;
+    let q = quatern_to_affine(&Quatern {
+        bcd: [f(256), f(260), f(264)],
+        offset: [f(268), f(272), f(276)],
+        pixdim: [f(80), f(84), f(88)],
+        qfac: f(76),
+    });
+    assert_affine("voi qform", &q, &voi.affine, 1e-4);
     std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }

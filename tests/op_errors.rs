@@ -14,6 +14,7 @@ fn shape_err<T: std::fmt::Debug>(r: Result<T>, op: &str, parts: &[&str]) {
     let err = r.unwrap_err();
     assert!(matches!(err, Error::Shape { .. }), "{op}: not a shape error: {err}");
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(msg.starts_with(&format!("{op}:")), "message does not name {op}: {msg}");
     for p in parts {
         assert!(msg.contains(p), "{op}: message lacks {p}: {msg}");

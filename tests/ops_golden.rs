@@ -436,3 +436,50 @@ fn bench_cpu_ops() {
     time("upsample_nearest_x2 (out 8x)", 9.0, &|| ops::upsample_nearest_x2(&x).unwrap());
     time("concat_channels (2 inputs)", 4.0, &|| ops::concat_channels(&[&x, &y]).unwrap());
 }
+
+// ---- PyTorch conventions the golden inputs do not exercise --------------------------------------
+
+#[test]
+fn max_pool_ties_send_the_gradient_to_the_first_maximum() {
+    // All equal: PyTorch's argmax is the first element of each window in (kd, kh, kw) order.
+    let x = Tensor::from_vec(vec![1.0; 2 * 4 * 4 * 3], [1, 2, 4, 4, 3]).unwrap().requires_grad();
+    let out = ops::max_pool3d_k2(&x).unwrap();
+    let g =
+        backward_with(&out, Tensor::from_vec(vec![1.0; 4 * 3], [1, 1, 2, 2, 3]).unwrap()).unwrap();
+    let gx = g.get(&x).unwrap().to_vec().unwrap();
+    for (i, &v) in gx.iter().enumerate() {
+        let (w, h, d) = ((i / 3) % 4, (i / 12) % 4, i / 48);
+        let first = d % 2 == 0 && h % 2 == 0 && w % 2 == 0;
+        assert_eq!(v, if first { 1.0 } else { 0.0 }, "element {i}");
+    }
+}
+
+#[test]
+fn upsample_nearest_downsizes_with_pytorchs_rule() {
+    // in 5 -> out 3: scale 5/3, sources floor(0), floor(1.67), floor(3.33) = 0, 1, 3.
+    let x = Tensor::from_vec(vec![10.0, 11.0, 12.0, 13.0, 14.0], [1, 5, 1, 1, 1]).unwrap();
+    let y = ops::upsample_nearest(&x, [3, 1, 1]).unwrap();
+    assert_eq!(y.to_vec().unwrap(), vec![10.0, 11.0, 13.0]);
+}
+
+#[test]
+fn large_reductions_are_reproducible() {
+    // Partial sums are folded in block order, whatever rayon's split: bit-identical reruns.
+    let x = tile(&small_x(14)).requires_grad();
+    let w = Tensor::from_vec(common::random_vec(8, 15), [8]).unwrap().requires_grad();
+    let g = tile(&small_x(16));
+    let run = || {
+        let out =
+            ops::batch_norm(&x, Some(&w), None, BatchStats::Batch { running: None }, 1e-5).unwrap();
+        let grads = backward_with(&out, g.clone()).unwrap();
+        (
+            out.to_vec().unwrap(),
+            grads.get(&x).unwrap().to_vec().unwrap(),
+            grads.get(&w).unwrap().to_vec().unwrap(),
+        )
+    };
+    let first = run();
+    for _ in 0..3 {
+        assert!(run() == first, "batch norm differs between identical runs");
+    }
+}

@@ -32,6 +32,16 @@ fn weighted_sum(out: &Tensor, r: &[f32]) -> Result<f64> {
 /// Inputs that track gradients are replaced by fresh leaves with the same values, so `f` may be
 /// given intermediate results too. Keep shapes tiny: `f` runs twice per input element.
 ///
+/// # Example
+/// ```
+/// use dnvs_engine::autograd::gradcheck::gradcheck;
+/// use dnvs_engine::{ops, Tensor};
+///
+/// let x = Tensor::param(vec![0.3, -1.2, 0.8, 2.0], [1, 1, 1, 2, 2])?;
+/// gradcheck(|t| ops::softmax_channels(&t[0]), &[x], 1e-2, 1e-2, 1e-3)?;
+/// # Ok::<(), dnvs_engine::Error>(())
+/// ```
+///
 /// # Errors
 /// [`Error::Arg`] naming the number of mismatches and the first five (input, element, analytic,
 /// numeric); any error of `f` or of the backward pass.

@@ -1,5 +1,19 @@
 //! Reading and writing: NIfTI, DICOM series, meshes (STL, PLY, OBJ), safetensors with PyTorch names.
 //! Also the volume plumbing around them: reorientation, resampling, cropping, normalisation.
+//!
+//! # Example
+//! ```no_run
+//! use std::path::Path;
+//! use dnvs_engine::io::{self, resample::Interp, VoxelKind};
+//!
+//! # fn main() -> dnvs_engine::Result<()> {
+//! let ct = io::read_volume(Path::new("dicom/CT_series"))?; // or a .nii.gz
+//! let iso = io::resample::resample_to_spacing(&ct, [0.4; 3], Interp::Linear)?;
+//! let x = iso.with_data(io::normalize::hu_window(&iso.data, -1000.0, 2000.0));
+//! io::write_nifti(Path::new("ct_0.4mm.nii.gz"), &x, VoxelKind::Image)?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod dicom;
 pub mod mesh;
@@ -8,9 +22,12 @@ pub mod normalize;
 pub mod orientation;
 pub mod resample;
 pub mod volume;
+pub mod weights;
 
 use std::path::Path;
 
+/// British spelling, as CONTRACTS.md names the module.
+pub use self::normalize as normalise;
 pub use dicom::read_dicom_series;
 pub use nifti::{read_nifti, write_nifti};
 pub use orientation::as_closest_canonical;

@@ -7,7 +7,7 @@
 //! units of the source survive unchanged.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
@@ -112,33 +112,6 @@ impl DataType {
             _ => None,
         }
     }
-
-    /// Decodes one voxel from its bytes.
-    fn decode(self, b: &[u8], big: bool) -> f64 {
-        macro_rules! get {
-            ($t:ty, $n:expr) => {{
-                let mut a = [0u8; $n];
-                a.copy_from_slice(&b[..$n]);
-                if big {
-                    <$t>::from_be_bytes(a) as f64
-                } else {
-                    <$t>::from_le_bytes(a) as f64
-                }
-            }};
-        }
-        match self {
-            DataType::U8 => b[0] as f64,
-            DataType::I8 => b[0] as i8 as f64,
-            DataType::I16 => get!(i16, 2),
-            DataType::U16 => get!(u16, 2),
-            DataType::I32 => get!(i32, 4),
-            DataType::U32 => get!(u32, 4),
-            DataType::I64 => get!(i64, 8),
-            DataType::U64 => get!(u64, 8),
-            DataType::F32 => get!(f32, 4),
-            DataType::F64 => get!(f64, 8),
-        }
-    }
 }
 
 /// What a NIfTI header says, beyond the geometry a [`Volume`] carries: for `info` and tests.
@@ -217,14 +190,8 @@ pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut reader = BufReader::with_capacity(1 << 16, file);
-    let gz = {
-        let mut magic = [0u8; 2];
-        let n = read_full(&mut reader, &mut magic, path)?;
-        // Re-open rather than seek so the BufReader state stays simple.
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        reader = BufReader::with_capacity(1 << 16, file);
-        n == 2 && magic == [0x1f, 0x8b]
-    };
+    // Peek (without consuming) at the gzip magic: the content decides, not the file name.
+    let gz = reader.fill_buf().map_err(|e| Error::io(path, e))?.starts_with(&[0x1f, 0x8b]);
     let mut stream: Box<dyn Read> =
         if gz { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) };
 
@@ -258,10 +225,12 @@ pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
         .checked_mul(dt.size())
         .ok_or_else(|| Error::format(path, format!("dimensions {dims:?} overflow")))?;
     let vox_offset = h.vox_offset;
-    if !(vox_offset.is_finite() && vox_offset >= DATA_OFFSET as f32) {
-        return Err(Error::format(path, format!("vox_offset {vox_offset} is below 352")));
+    if !(0.0..=1e9).contains(&vox_offset) {
+        return Err(Error::format(path, format!("invalid vox_offset {vox_offset}")));
     }
-    let vox_offset = vox_offset as u64;
+    // In a single file the data cannot start before the header and extender end; some writers
+    // leave vox_offset at 0 (nibabel then reads the header bytes as voxels; we start at 352).
+    let vox_offset = (vox_offset as u64).max(DATA_OFFSET as u64);
     let needed = vox_offset + n_bytes as u64;
     if !gz && needed > file_len {
         return Err(Error::format(
@@ -297,8 +266,9 @@ pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
     Ok((Volume { data, dims, spacing, affine, header: Some(raw) }, info))
 }
 
+/// A read failure inside the file (for `.gz` also a bad or cut deflate stream).
 fn gz_err(path: &Path, e: std::io::Error) -> Error {
-    Error::format(path, format!("truncated or corrupt data (gzip: {e})"))
+    Error::format(path, format!("truncated or corrupt data: {e}"))
 }
 
 fn short_data(path: &Path, dims: [usize; 3], dt: DataType, got: usize, want: usize) -> Error {
@@ -359,7 +329,8 @@ fn scaling(slope: f32, inter: f32) -> (f64, f64) {
     }
 }
 
-/// On disk, index `i + nx * (j + ny * k)`; in the engine `(i * ny + j) * nz + k`.
+/// On disk, index `i + nx * (j + ny * k)`; in the engine `(i * ny + j) * nz + k`. Decoded in
+/// disk order first (one sequential pass per type), then the axes are reversed tile by tile.
 fn transpose_from_disk(
     bytes: &[u8],
     dims: [usize; 3],
@@ -368,17 +339,61 @@ fn transpose_from_disk(
     slope: f64,
     inter: f64,
 ) -> Vec<f32> {
+    let disk = decode_all(bytes, dt, big, slope, inter);
     let [nx, ny, nz] = dims;
-    let bpv = dt.size();
-    let mut out = vec![0f32; nx * ny * nz];
+    reverse_axes(&disk, [nz, ny, nx])
+}
+
+/// Every voxel of `bytes` as f32 (`raw * slope + inter`, in f64), same order.
+fn decode_all(bytes: &[u8], dt: DataType, big: bool, slope: f64, inter: f64) -> Vec<f32> {
+    let scale = |v: f64| (v * slope + inter) as f32;
+    macro_rules! each {
+        ($t:ty, $n:expr) => {
+            bytes
+                .par_chunks_exact($n)
+                .map(|c| {
+                    let a: [u8; $n] = c.try_into().expect("chunks_exact gives $n bytes");
+                    scale(if big { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) } as f64)
+                })
+                .collect()
+        };
+    }
+    match dt {
+        DataType::U8 => bytes.par_iter().map(|&b| scale(b as f64)).collect(),
+        DataType::I8 => bytes.par_iter().map(|&b| scale(b as i8 as f64)).collect(),
+        DataType::I16 => each!(i16, 2),
+        DataType::U16 => each!(u16, 2),
+        DataType::I32 => each!(i32, 4),
+        DataType::U32 => each!(u32, 4),
+        DataType::I64 => each!(i64, 8),
+        DataType::U64 => each!(u64, 8),
+        DataType::F32 => each!(f32, 4),
+        DataType::F64 => each!(f64, 8),
+    }
+}
+
+/// `out[c][b][a] = src[a][b][c]` for `src` of dims `[na, nb, nc]`: the conversion between
+/// NIfTI's i-fastest order and the engine's k-fastest one, in both directions. Works on 32x32
+/// tiles of the (a, c) plane so both the reads and the writes stay within a few cache lines.
+fn reverse_axes(src: &[f32], [na, nb, nc]: [usize; 3]) -> Vec<f32> {
+    const T: usize = 32;
+    let mut out = vec![0f32; src.len()];
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(ny * nz).enumerate().for_each(|(i, plane)| {
-        for j in 0..ny {
-            for k in 0..nz {
-                let p = (i + nx * (j + ny * k)) * bpv;
-                plane[j * nz + k] = (dt.decode(&bytes[p..p + bpv], big) * slope + inter) as f32;
+    // Each task owns T consecutive output planes c0..c0+T (each nb * na values).
+    out.par_chunks_mut(T * nb * na).enumerate().for_each(|(block, planes)| {
+        let c0 = block * T;
+        let c1 = (c0 + T).min(nc);
+        for b in 0..nb {
+            for a0 in (0..na).step_by(T) {
+                let a1 = (a0 + T).min(na);
+                for c in c0..c1 {
+                    let dst = &mut planes[((c - c0) * nb + b) * na..][..na];
+                    for a in a0..a1 {
+                        dst[a] = src[(a * nb + b) * nc + c];
+                    }
+                }
             }
         }
     });
@@ -423,8 +438,8 @@ fn qform_affine(h: &NiftiHeader) -> Affine {
 /// (a temporary file in the same folder, renamed at the end; removed on error).
 ///
 /// Datatype: masks uint8 (values rounded; outside 0..=255 is an error), probabilities float32,
-/// images keep the source header's integer datatype when every value fits it exactly, float32
-/// otherwise.
+/// images keep the source header's integer datatype and scl_slope/scl_inter when they reproduce
+/// every value exactly, float32 otherwise.
 ///
 /// Geometry: when the volume still has the affine and spacing its header gives, the header's
 /// qform, sform, codes, pixdim and units are written back unchanged. When the geometry changed
@@ -450,9 +465,9 @@ pub fn write_nifti(path: &Path, vol: &Volume, kind: VoxelKind) -> Result<()> {
         Some(bytes) => Some(parse_header(path, bytes)?),
         None => None,
     };
-    let dt = output_type(vol, kind, source.as_ref())?;
-    let header = build_header(vol, dt, source);
-    let body = encode_to_disk(vol, dt);
+    let storage = output_type(vol, kind, source.as_ref())?;
+    let header = build_header(vol, storage, source);
+    let body = encode_to_disk(vol, storage);
     let gz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
     write_atomic(path, |w| {
         if gz {
@@ -468,9 +483,23 @@ pub fn write_nifti(path: &Path, vol: &Volume, kind: VoxelKind) -> Result<()> {
     })
 }
 
-fn output_type(vol: &Volume, kind: VoxelKind, source: Option<&NiftiHeader>) -> Result<DataType> {
+/// How voxels are stored: `value = raw * slope + inter`, raw of type `dt`.
+#[derive(Clone, Copy, Debug)]
+struct Storage {
+    dt: DataType,
+    slope: f64,
+    inter: f64,
+}
+
+impl Storage {
+    fn plain(dt: DataType) -> Storage {
+        Storage { dt, slope: 1.0, inter: 0.0 }
+    }
+}
+
+fn output_type(vol: &Volume, kind: VoxelKind, source: Option<&NiftiHeader>) -> Result<Storage> {
     match kind {
-        VoxelKind::Probability => Ok(DataType::F32),
+        VoxelKind::Probability => Ok(Storage::plain(DataType::F32)),
         VoxelKind::Mask => {
             if let Some(v) = vol.data.iter().find(|v| !(v.round() >= 0.0 && v.round() <= 255.0)) {
                 return Err(Error::arg(
@@ -478,54 +507,51 @@ fn output_type(vol: &Volume, kind: VoxelKind, source: Option<&NiftiHeader>) -> R
                     format!("mask value {v} does not fit uint8 (0..=255)"),
                 ));
             }
-            Ok(DataType::U8)
+            Ok(Storage::plain(DataType::U8))
         }
         VoxelKind::Image => {
-            let src = source.and_then(|h| DataType::from_code(h.datatype));
+            let Some(h) = source else { return Ok(Storage::plain(DataType::F32)) };
+            let src = DataType::from_code(h.datatype);
             let Some((dt, (lo, hi))) = src.and_then(|d| d.integer_range().map(|r| (d, r))) else {
-                return Ok(DataType::F32);
+                return Ok(Storage::plain(DataType::F32));
             };
+            // Keep the source's integer type and scaling when every value is reproduced exactly
+            // by it (a CT stays int16, a scaled uint8 stays uint8 with its slope).
+            let (slope, inter) = scaling(h.scl_slope, h.scl_inter);
             let fits = vol.data.par_iter().all(|&v| {
-                let v = v as f64;
-                v.fract() == 0.0 && v >= lo && v <= hi
+                let raw = ((v as f64 - inter) / slope).round();
+                raw >= lo && raw <= hi && (raw * slope + inter) as f32 == v
             });
-            Ok(if fits { dt } else { DataType::F32 })
+            Ok(if fits { Storage { dt, slope, inter } } else { Storage::plain(DataType::F32) })
         }
     }
 }
 
 /// Engine order `(i * ny + j) * nz + k` to disk order `i + nx * (j + ny * k)`, little-endian.
-fn encode_to_disk(vol: &Volume, dt: DataType) -> Vec<u8> {
-    let [nx, ny, nz] = vol.dims;
-    let bpv = dt.size();
-    let mut out = vec![0u8; nx * ny * nz * bpv];
-    out.par_chunks_mut(nx * ny * bpv).enumerate().for_each(|(k, slab)| {
-        for j in 0..ny {
-            for i in 0..nx {
-                let v = vol.data[(i * ny + j) * nz + k];
-                let dst = &mut slab[(i + nx * j) * bpv..(i + nx * j + 1) * bpv];
-                encode_one(v, dt, dst);
-            }
-        }
-    });
-    out
-}
-
-fn encode_one(v: f32, dt: DataType, dst: &mut [u8]) {
+fn encode_to_disk(vol: &Volume, storage: Storage) -> Vec<u8> {
+    let mut disk = reverse_axes(&vol.data, vol.dims);
+    let Storage { dt, slope, inter } = storage;
+    if slope != 1.0 || inter != 0.0 {
+        disk.par_iter_mut().for_each(|v| *v = ((*v as f64 - inter) / slope).round() as f32);
+    }
     // Integer outputs were range-checked (masks rounded) before encoding, so `as` never
     // saturates a value that matters.
-    let r = v.round();
+    macro_rules! each {
+        ($conv:expr) => {
+            disk.par_iter().flat_map_iter(|&v| $conv(v).to_le_bytes()).collect()
+        };
+    }
     match dt {
-        DataType::U8 => dst[0] = r as u8,
-        DataType::I8 => dst[0] = r as i8 as u8,
-        DataType::I16 => dst.copy_from_slice(&(r as i16).to_le_bytes()),
-        DataType::U16 => dst.copy_from_slice(&(r as u16).to_le_bytes()),
-        DataType::I32 => dst.copy_from_slice(&(r as i32).to_le_bytes()),
-        DataType::U32 => dst.copy_from_slice(&(r as u32).to_le_bytes()),
-        DataType::I64 => dst.copy_from_slice(&(r as i64).to_le_bytes()),
-        DataType::U64 => dst.copy_from_slice(&(r as u64).to_le_bytes()),
-        DataType::F32 => dst.copy_from_slice(&v.to_le_bytes()),
-        DataType::F64 => dst.copy_from_slice(&(v as f64).to_le_bytes()),
+        DataType::U8 => disk.par_iter().map(|&v| v.round() as u8).collect(),
+        DataType::I8 => disk.par_iter().map(|&v| v.round() as i8 as u8).collect(),
+        DataType::I16 => each!(|v: f32| v.round() as i16),
+        DataType::U16 => each!(|v: f32| v.round() as u16),
+        DataType::I32 => each!(|v: f32| v.round() as i32),
+        DataType::U32 => each!(|v: f32| v.round() as u32),
+        DataType::I64 => each!(|v: f32| v.round() as i64),
+        DataType::U64 => each!(|v: f32| v.round() as u64),
+        DataType::F32 => each!(|v: f32| v),
+        DataType::F64 => each!(|v: f32| v as f64),
     }
 }
 
@@ -557,7 +583,8 @@ fn set_geometry(h: &mut NiftiHeader, affine: &Affine) {
     }
 }
 
-fn build_header(vol: &Volume, dt: DataType, source: Option<NiftiHeader>) -> Vec<u8> {
+fn build_header(vol: &Volume, storage: Storage, source: Option<NiftiHeader>) -> Vec<u8> {
+    let dt = storage.dt;
     let mut h = match source {
         Some(mut h) => {
             let pixdim = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64];
@@ -577,8 +604,9 @@ fn build_header(vol: &Volume, dt: DataType, source: Option<NiftiHeader>) -> Vec<
     h.datatype = dt.code();
     h.bitpix = (dt.size() * 8) as i16;
     h.vox_offset = DATA_OFFSET as f32;
-    h.scl_slope = 1.0;
-    h.scl_inter = 0.0;
+    // Both came from the source's f32 fields (or are 1 and 0): exact.
+    h.scl_slope = storage.slope as f32;
+    h.scl_inter = storage.inter as f32;
     // The source's display window and value range rarely fit what is written now.
     h.cal_min = 0.0;
     h.cal_max = 0.0;

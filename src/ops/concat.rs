@@ -1,10 +1,10 @@
 //! Concatenation over channels, and reshape.
 
-use super::elementwise::data;
+use super::elementwise::{data, shape_err};
 use crate::autograd::record;
 use crate::backend::cpu::concat as k;
 use crate::tensor::{Shape, Tensor};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Concatenates any number of tensors along the channel (last) axis, like `torch.cat(xs, 1)` on
 /// PyTorch's layout. The gradient is split back into each input's channels.
@@ -13,18 +13,18 @@ use crate::{Error, Result};
 /// `(N, D, H, W, C_i)` each (any rank >= 1, equal except the last axis) -> `(N, D, H, W, sum C_i)`.
 ///
 /// # Errors
-/// [`Error::Shape`] for an empty list, or inputs whose leading dims differ.
+/// [`Error::Shape`](crate::Error::Shape) for an empty list, or inputs whose leading dims differ.
 pub fn concat_channels(xs: &[&Tensor]) -> Result<Tensor> {
     let op = "concat_channels";
-    let first = xs.first().ok_or_else(|| Error::shape(op, "at least one tensor", "none"))?;
+    let first = xs.first().ok_or_else(|| shape_err(op, "at least one tensor", 0))?;
     if first.rank() == 0 {
-        return Err(Error::shape(op, "tensors with a channel axis", first.dims()));
+        return Err(shape_err(op, "tensors with a channel axis", first.dims()));
     }
     let lead = &first.dims()[..first.rank() - 1];
     for x in xs {
         if x.rank() != first.rank() || &x.dims()[..x.rank() - 1] != lead {
             let got: Vec<&[usize]> = xs.iter().map(|t| t.dims()).collect();
-            return Err(Error::shape(
+            return Err(shape_err(
                 op,
                 format!("equal dims but the last, like {:?}", first.dims()),
                 got,
@@ -59,11 +59,11 @@ pub fn concat_channels(xs: &[&Tensor]) -> Result<Tensor> {
 /// The same elements with another shape (row-major order kept); differentiable.
 ///
 /// # Errors
-/// [`Error::Shape`] when the element counts differ.
+/// [`Error::Shape`](crate::Error::Shape) when the element counts differ.
 pub fn reshape(x: &Tensor, shape: impl Into<Shape>) -> Result<Tensor> {
     let shape = shape.into();
     if shape.numel() != x.numel() {
-        return Err(Error::shape(
+        return Err(shape_err(
             "reshape",
             format!("{} elements like {:?}", x.numel(), x.dims()),
             shape,

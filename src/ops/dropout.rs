@@ -1,7 +1,7 @@
 //! Channel dropout (PyTorch's `Dropout3d`): whole channels of a sample zeroed with probability `p`,
 //! the rest scaled by `1 / (1 - p)`.
 
-use super::elementwise::{channels, data, like};
+use super::elementwise::{channels, data, like, shape_err};
 use crate::autograd::record;
 use crate::backend::cpu::dropout as k;
 use crate::tensor::Tensor;
@@ -22,7 +22,7 @@ pub fn channel_dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
         return Err(Error::arg(op, format!("p = {p} is not a probability in [0, 1]")));
     }
     if x.rank() < 2 {
-        return Err(Error::shape(op, "(N, D, H, W, C)", x.dims()));
+        return Err(shape_err(op, "(N, D, H, W, C)", x.dims()));
     }
     if p == 0.0 {
         return Ok(x.clone());

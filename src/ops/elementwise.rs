@@ -6,7 +6,16 @@ use crate::backend::cpu::elementwise as k;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-// ---- helpers shared by the ops of this crate module ---------------------------------------------
+// ---- helpers shared by the op files of `crate::ops` --------------------------------------------
+
+/// [`Error::Shape`] with a described expectation (`Error::shape` would quote a string).
+pub(super) fn shape_err(
+    op: &'static str,
+    expected: impl std::fmt::Display,
+    got: impl std::fmt::Debug,
+) -> Error {
+    Error::Shape { op, expected: expected.to_string(), got: format!("{got:?}") }
+}
 
 /// The f32 elements of a CPU tensor, or an [`Error::Device`] naming `op`.
 pub(super) fn data<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a [f32]> {
@@ -18,15 +27,12 @@ pub(super) fn data<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a [f32]> {
 
 /// The channel count (last dim) of a tensor of rank >= 1.
 pub(super) fn channels(op: &'static str, x: &Tensor) -> Result<usize> {
-    x.dims()
-        .last()
-        .copied()
-        .ok_or_else(|| Error::shape(op, "a tensor with a channel axis", x.dims()))
+    x.dims().last().copied().ok_or_else(|| shape_err(op, "a tensor with a channel axis", x.dims()))
 }
 
 /// The dims of an activation `(N, D, H, W, C)`.
 pub(super) fn ndhwc(op: &'static str, x: &Tensor) -> Result<[usize; 5]> {
-    x.shape().ndhwc().ok_or_else(|| Error::shape(op, "(N, D, H, W, C)", x.dims()))
+    x.shape().ndhwc().ok_or_else(|| shape_err(op, "(N, D, H, W, C)", x.dims()))
 }
 
 /// A CPU tensor with the dims of `like`.
@@ -129,7 +135,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 pub fn prelu(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let c = channels("prelu", x)?;
     if weight.dims() != [c] && weight.dims() != [1] {
-        return Err(Error::shape(
+        return Err(shape_err(
             "prelu",
             format!("weight [{c}] or [1] for x {:?}", x.dims()),
             weight.dims(),

@@ -4,7 +4,7 @@
 //! the kernels of `backend::cpu::norm`; they differ only in which voxels a statistic covers (the
 //! whole batch per channel, or one sample per group of contiguous channels).
 
-use super::elementwise::{channels, data, like};
+use super::elementwise::{channels, data, like, shape_err};
 use crate::autograd::record;
 use crate::backend::cpu::norm::{self as k, BwdCoef};
 use crate::tensor::Tensor;
@@ -44,7 +44,7 @@ fn affine_param(op: &'static str, p: Option<&Tensor>, c: usize, default: f32) ->
     match p {
         None => Ok(vec![default; c]),
         Some(t) if t.dims() == [c] => Ok(data(op, t)?.to_vec()),
-        Some(t) => Err(Error::shape(op, format!("[{c}] (one value per channel)"), t.dims())),
+        Some(t) => Err(shape_err(op, format!("[{c}] (one value per channel)"), t.dims())),
     }
 }
 
@@ -77,7 +77,7 @@ pub fn batch_norm(
 ) -> Result<Tensor> {
     let op = "batch_norm";
     if x.rank() < 2 {
-        return Err(Error::shape(op, "(N, D, H, W, C)", x.dims()));
+        return Err(shape_err(op, "(N, D, H, W, C)", x.dims()));
     }
     let c = channels(op, x)?;
     let w = affine_param(op, weight, c, 1.0)?;
@@ -194,11 +194,11 @@ pub fn group_norm(
 ) -> Result<Tensor> {
     let op = "group_norm";
     if x.rank() < 2 {
-        return Err(Error::shape(op, "(N, D, H, W, C)", x.dims()));
+        return Err(shape_err(op, "(N, D, H, W, C)", x.dims()));
     }
     let c = channels(op, x)?;
     if groups == 0 || c % groups != 0 {
-        return Err(Error::shape(op, format!("channels divisible by {groups} groups"), x.dims()));
+        return Err(shape_err(op, format!("channels divisible by {groups} groups"), x.dims()));
     }
     let w = affine_param(op, weight, c, 1.0)?;
     let b = affine_param(op, bias, c, 0.0)?;

@@ -1,6 +1,6 @@
 //! Max pooling.
 
-use super::elementwise::{data, ndhwc};
+use super::elementwise::{data, ndhwc, shape_err};
 use crate::autograd::{needs_grad, record};
 use crate::backend::cpu::pool as k;
 use crate::tensor::Tensor;
@@ -18,7 +18,7 @@ pub fn max_pool3d_k2(x: &Tensor) -> Result<Tensor> {
     let op = "max_pool3d_k2";
     let [n, d, h, w, c] = ndhwc(op, x)?;
     if d < 2 || h < 2 || w < 2 {
-        return Err(Error::shape(op, "(N, D >= 2, H >= 2, W >= 2, C)", x.dims()));
+        return Err(shape_err(op, "(N, D >= 2, H >= 2, W >= 2, C)", x.dims()));
     }
     if x.numel() > u32::MAX as usize {
         return Err(Error::arg(op, format!("{:?} has more than 2^32 elements", x.dims())));

@@ -1,15 +1,15 @@
 //! Softmax and log-softmax over the channel (last) axis.
 
-use super::elementwise::{channels, data, like};
+use super::elementwise::{channels, data, like, shape_err};
 use crate::autograd::record;
 use crate::backend::cpu::softmax as k;
 use crate::tensor::Tensor;
-use crate::{Error, Result};
+use crate::Result;
 
 fn check(op: &'static str, x: &Tensor) -> Result<usize> {
     let c = channels(op, x)?;
     if c == 0 {
-        return Err(Error::shape(op, "at least one channel", x.dims()));
+        return Err(shape_err(op, "at least one channel", x.dims()));
     }
     Ok(c)
 }
@@ -20,7 +20,7 @@ fn check(op: &'static str, x: &Tensor) -> Result<usize> {
 /// `(..., C)` -> `(..., C)`.
 ///
 /// # Errors
-/// [`Error::Shape`] for a scalar or an empty channel axis.
+/// [`Error::Shape`](crate::Error::Shape) for a scalar or an empty channel axis.
 pub fn softmax_channels(x: &Tensor) -> Result<Tensor> {
     let c = check("softmax_channels", x)?;
     let out = like(k::softmax_fwd(data("softmax_channels", x)?, c), x)?;
@@ -37,7 +37,7 @@ pub fn softmax_channels(x: &Tensor) -> Result<Tensor> {
 /// `(..., C)` -> `(..., C)`.
 ///
 /// # Errors
-/// [`Error::Shape`] for a scalar or an empty channel axis.
+/// [`Error::Shape`](crate::Error::Shape) for a scalar or an empty channel axis.
 pub fn log_softmax_channels(x: &Tensor) -> Result<Tensor> {
     let op = "log_softmax_channels";
     let c = check(op, x)?;

@@ -1,10 +1,10 @@
 //! Nearest-neighbour upsampling (PyTorch's `mode="nearest"`: source index `floor(i * in / out)`).
 
-use super::elementwise::{data, ndhwc};
+use super::elementwise::{data, ndhwc, shape_err};
 use crate::autograd::record;
 use crate::backend::cpu::upsample as k;
 use crate::tensor::Tensor;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Nearest upsampling (or downsampling) to `size = [D', H', W']`, as
 /// `F.interpolate(x, size, mode="nearest")`; the gradient sums over the copies of each voxel.
@@ -13,18 +13,14 @@ use crate::{Error, Result};
 /// `(N, D, H, W, C)` -> `(N, D', H', W', C)`.
 ///
 /// # Errors
-/// [`Error::Shape`] when `x` is not 5-D, or a size is zero while the input axis is not (or the
+/// [`Error::Shape`](crate::Error::Shape) when `x` is not 5-D, or a size is zero while the input axis is not (or the
 /// reverse).
 pub fn upsample_nearest(x: &Tensor, size: [usize; 3]) -> Result<Tensor> {
     let op = "upsample_nearest";
     let dims = ndhwc(op, x)?;
     let [n, d, h, w, c] = dims;
     if [d, h, w].iter().zip(&size).any(|(&i, &o)| (i == 0) != (o == 0)) {
-        return Err(Error::shape(
-            op,
-            format!("non-empty spatial axes for size {size:?}"),
-            x.dims(),
-        ));
+        return Err(shape_err(op, format!("non-empty spatial axes for size {size:?}"), x.dims()));
     }
     let src = [k::nearest_src(size[0], d), k::nearest_src(size[1], h), k::nearest_src(size[2], w)];
     let idx = [src[0].as_slice(), &src[1], &src[2]];

@@ -64,7 +64,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32)
         .iter()
         .zip(want)
         .enumerate()
-        .filter(|(_, (g, w))| !((*g - *w).abs() <= atol + rtol * w.abs()))
+        .filter(|(_, (g, w))| (*g - *w).abs().is_nan() || (*g - *w).abs() > atol + rtol * w.abs())
         .map(|(i, (g, w))| (i, *g, *w))
         .collect();
     assert!(

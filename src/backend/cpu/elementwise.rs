@@ -151,7 +151,9 @@ pub fn prelu_bwd_w(x: &[f32], g: &[f32], c: usize, shared: bool) -> Vec<f32> {
         x.par_chunks(block)
             .zip(g.par_chunks(block))
             .map(|(xs, gs)| partial(xs, gs))
-            .reduce(|| vec![0.0; c], add_f64)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold(vec![0.0; c], add_f64)
     };
     if shared {
         vec![sums.iter().sum::<f64>() as f32]
@@ -160,7 +162,9 @@ pub fn prelu_bwd_w(x: &[f32], g: &[f32], c: usize, shared: bool) -> Vec<f32> {
     }
 }
 
-/// Elementwise sum of two partial-sum vectors (rayon reductions).
+/// Elementwise sum of two partial-sum vectors. Parallel reductions collect their per-block
+/// partials in block order and fold them with this on one thread, so a sum does not depend on
+/// how rayon happened to split the work: results are reproducible run to run.
 pub fn add_f64(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
     for (p, q) in a.iter_mut().zip(b) {
         *p += q;

@@ -34,7 +34,9 @@ fn sum_rows(
     (0..rows.div_ceil(block))
         .into_par_iter()
         .map(|b| run(b * block, ((b + 1) * block).min(rows)))
-        .reduce(|| vec![0.0; len], add_f64)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0; len], add_f64)
 }
 
 /// Weighted cross-entropy on logits: `(sum_r w[t_r] * -log_softmax(x_r)[t_r], sum_r w[t_r])`.

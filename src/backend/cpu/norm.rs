@@ -25,7 +25,9 @@ fn reduce_rows(
     (0..n_rows.div_ceil(block))
         .into_par_iter()
         .map(|b| f(b * block..((b + 1) * block).min(n_rows)))
-        .reduce(|| vec![0.0; len], add_f64)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0; len], add_f64)
 }
 
 /// Per-channel mean and biased variance of `x: (rows, c)`, in two passes for accuracy.

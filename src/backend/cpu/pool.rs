@@ -25,25 +25,22 @@ pub fn max_pool_k2_fwd(x: &[f32], [n, d, h, w, c]: [usize; 5]) -> (Vec<f32>, Vec
             for xx in 0..ow {
                 let oi = (y * ow + xx) * c;
                 let (orow, arow) = (&mut o[oi..oi + c], &mut a[oi..oi + c]);
-                // Window positions in PyTorch's (kd, kh, kw) order; the channels of a position are
-                // contiguous, so each comparison runs over a whole row.
-                for (k, (dz, dy, dx)) in WINDOW.iter().enumerate() {
-                    let base = (((b * d + 2 * z + dz) * h + 2 * y + dy) * w + 2 * xx + dx) * c;
-                    let xr = &x[base..base + c];
-                    if k == 0 {
-                        orow.copy_from_slice(xr);
-                        for (ch, ai) in arow.iter_mut().enumerate() {
-                            *ai = (base + ch) as u32;
-                        }
-                        continue;
-                    }
-                    for ch in 0..c {
+                let base = |(dz, dy, dx): (usize, usize, usize)| {
+                    (((b * d + 2 * z + dz) * h + 2 * y + dy) * w + 2 * xx + dx) * c
+                };
+                let rows: [usize; 8] = WINDOW.map(base);
+                for ch in 0..c {
+                    let mut best = x[rows[0] + ch];
+                    let mut at = rows[0] + ch;
+                    for &r in &rows[1..] {
                         // Selects, not branches: random data would mispredict a branch.
-                        let (v, cur) = (xr[ch], orow[ch]);
-                        let better = v > cur || v.is_nan() && !cur.is_nan();
-                        orow[ch] = if better { v } else { cur };
-                        arow[ch] = if better { (base + ch) as u32 } else { arow[ch] };
+                        let v = x[r + ch];
+                        let better = (v > best) | (v.is_nan() & !best.is_nan());
+                        best = if better { v } else { best };
+                        at = if better { r + ch } else { at };
                     }
+                    orow[ch] = best;
+                    arow[ch] = at as u32;
                 }
             }
         }
