@@ -121,3 +121,10 @@ fn bad_values_are_errors() {
     let e = err_of(&ORIGINAL.replace("\"device\": \"cuda:0\"", "\"device\": \"tpu\""));
     assert!(e.contains("tpu"), "{e}");
 }
+
+#[test]
+fn patches_must_suit_the_network() {
+    // V-Net halves four times: 120 is not a multiple of 16 (val_patch defaults to the VOI).
+    let e = err_of(&ORIGINAL.replace("\"val_patch\": [112, 144, 64], ", ""));
+    assert!(e.contains("val_patch") && e.contains("multiple of 16"), "{e}");
+}

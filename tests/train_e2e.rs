@@ -68,7 +68,8 @@ fn a_small_vnet_learns_the_condyle() {
     let run = dir.join("run");
     let cfg = Config::load(&write_config(&dir, &config_json(dataset(), &run, 8, 24))).unwrap();
     let t = std::time::Instant::now();
-    let summary = trainer::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let summary =
+        trainer::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     assert!(summary.finished);
     let dice: Vec<f64> = summary.tests.iter().map(|r| r.scores.dice).collect();
     let mean = dice.iter().sum::<f64>() / dice.len() as f64;
@@ -90,7 +91,14 @@ fn a_small_vnet_learns_the_condyle() {
         t.elapsed().as_secs_f64()
     );
     assert!(mean > 0.5 && mean > chance + 0.2, "held-out Dice {mean:.3} is no better than chance");
-    for f in ["loss_convergence.csv", "test_results.csv", "progress.png", "state.json", "fold1/best.safetensors", "fold1/last.safetensors"] {
+    for f in [
+        "loss_convergence.csv",
+        "test_results.csv",
+        "progress.png",
+        "state.json",
+        "fold1/best.safetensors",
+        "fold1/last.safetensors",
+    ] {
         assert!(run.join(f).exists(), "{f} written");
     }
     let conv = std::fs::read_to_string(run.join("loss_convergence.csv")).unwrap();
@@ -109,14 +117,19 @@ fn resume_is_bitwise_the_uninterrupted_run() {
     let dir_b = dir.join("cfg_b");
     std::fs::create_dir_all(&dir_b).unwrap();
     let sliced = Config::load(&write_config(&dir_b, &config_json(dataset(), &b, 4, 4))).unwrap();
-    let first = trainer::train(&sliced, &TrainOptions { stop_after_epochs: Some(2), ..quiet.clone() }).unwrap();
+    let first =
+        trainer::train(&sliced, &TrainOptions { stop_after_epochs: Some(2), ..quiet.clone() })
+            .unwrap();
     assert!(!first.finished);
     assert_eq!(trainer::load_state(&b).unwrap().epoch_done, 2);
     let resumed = trainer::load_run_config(&b).unwrap();
     trainer::train(&resumed, &TrainOptions { resume: true, ..quiet }).unwrap();
     let wa = std::fs::read(a.join("fold1/last.safetensors")).unwrap();
     let wb = std::fs::read(b.join("fold1/last.safetensors")).unwrap();
-    assert!(wa == wb, "weights after 4 epochs differ between the resumed and the uninterrupted run");
+    assert!(
+        wa == wb,
+        "weights after 4 epochs differ between the resumed and the uninterrupted run"
+    );
     let (sa, sb) = (trainer::load_state(&a).unwrap(), trainer::load_state(&b).unwrap());
     assert_eq!(serde_json::to_string(&sa.adam).unwrap(), serde_json::to_string(&sb.adam).unwrap());
     let rows = |p: &Path| std::fs::read_to_string(p.join("loss_convergence.csv")).unwrap();
@@ -142,19 +155,39 @@ fn bad_configs_and_data_fail_before_training() {
     // Unknown transform.
     expect_err(&good.replacen("\"RandomFlip\"", "\"RandomFlop\"", 1), &dir, "RandomFlop");
     // Patch larger than the VOI.
-    expect_err(&good.replace("\"train_patch\": [16, 16, 16]", "\"train_patch\": [64, 16, 16]"), &dir, "train_patch");
+    expect_err(
+        &good.replace("\"train_patch\": [16, 16, 16]", "\"train_patch\": [64, 16, 16]"),
+        &dir,
+        "train_patch",
+    );
     // A data set without dataset.json and no synth section.
-    expect_err(&good.replace(&dataset().display().to_string(), &dir.join("nowhere").display().to_string()), &dir, "dataset.json");
+    expect_err(
+        &good.replace(&dataset().display().to_string(), &dir.join("nowhere").display().to_string()),
+        &dir,
+        "dataset.json",
+    );
     // A data set whose file is missing: copy dataset.json only.
     let broken = dir.join("broken");
     std::fs::create_dir_all(&broken).unwrap();
     std::fs::copy(dataset().join("dataset.json"), broken.join("dataset.json")).unwrap();
-    let r = Config::load(&write_config(&dir, &good.replace(&dataset().display().to_string(), &broken.display().to_string())))
-        .and_then(|c| trainer::train(&c, &TrainOptions { quiet: true, ..Default::default() }));
+    let r = Config::load(&write_config(
+        &dir,
+        &good.replace(&dataset().display().to_string(), &broken.display().to_string()),
+    ))
+    .and_then(|c| trainer::train(&c, &TrainOptions { quiet: true, ..Default::default() }));
     assert!(r.is_err(), "missing VOI files are an error");
     assert!(!run.join("state.json").exists());
     // A VOI smaller than voi_shape.
-    expect_err(&good.replace(&format!("\"voi_shape\": [{}, {}, {}]", VOI[0], VOI[1], VOI[2]), &format!("\"voi_shape\": [{}, {}, {}]", VOI[0] + 8, VOI[1], VOI[2])).replace("\"val_patch\": [32, 32, 32]", "\"val_patch\": [32, 32, 32]"), &dir, "smaller than loaders.voi_shape");
+    expect_err(
+        &good
+            .replace(
+                &format!("\"voi_shape\": [{}, {}, {}]", VOI[0], VOI[1], VOI[2]),
+                &format!("\"voi_shape\": [{}, {}, {}]", VOI[0] + 8, VOI[1], VOI[2]),
+            )
+            .replace("\"val_patch\": [32, 32, 32]", "\"val_patch\": [32, 32, 32]"),
+        &dir,
+        "smaller than loaders.voi_shape",
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -177,7 +210,8 @@ fn a_mask_that_does_not_align_with_its_ct_fails_before_training() {
     copy_dir(dataset(), &data);
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("dataset.json")).unwrap()).unwrap();
-    let mc = manifest["cases"][0]["sides"]["L"]["mc"].as_str().expect("an MC mask path").to_string();
+    let mc =
+        manifest["cases"][0]["sides"]["L"]["mc"].as_str().expect("an MC mask path").to_string();
     let mut vol = dnvs_engine::io::read_nifti(&data.join(&mc)).unwrap();
     vol.affine[0][3] += 5.0; // shifted by 5 mm: same shape, another place
     vol.header = None;

@@ -398,6 +398,16 @@ impl Config {
                 }
             }
         }
+        let m = crate::train::trainer::arch_of(self.arch()?).size_multiple();
+        let val = l.val_patch.unwrap_or(voi);
+        for (name, p) in [("train_patch", l.train_patch), ("val_patch", val)] {
+            if p.iter().any(|e| e % m != 0) {
+                return bad(format!(
+                    "loaders.{name} {p:?}: {} needs every extent to be a multiple of {m}",
+                    t.model_name
+                ));
+            }
+        }
         for (name, s) in [("train_stride", l.train_stride), ("val_stride", l.val_stride)] {
             if s.is_some_and(|s| s.contains(&0)) {
                 return bad(format!("loaders.{name} must be positive"));

@@ -33,7 +33,8 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// Header of `loss_convergence.csv`.
 pub const CONVERGENCE_HEADER: &str = "k,epoch,mode,iter,loss,ce,dice,IoU";
 /// Header of `test_results.csv`.
-pub const TEST_HEADER: &str = "k,final_epoch,patient_id,side,loss,ce,dice,IoU,HD,HD_mm,HD95_mm,ASSD_mm";
+pub const TEST_HEADER: &str =
+    "k,final_epoch,patient_id,side,loss,ce,dice,IoU,HD,HD_mm,HD95_mm,ASSD_mm";
 
 /// An append-only CSV file with a fixed header.
 pub struct Csv {
