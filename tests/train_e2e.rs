@@ -131,7 +131,11 @@ fn resume_is_bitwise_the_uninterrupted_run() {
         "weights after 4 epochs differ between the resumed and the uninterrupted run"
     );
     let (sa, sb) = (trainer::load_state(&a).unwrap(), trainer::load_state(&b).unwrap());
-    assert_eq!(serde_json::to_string(&sa.adam).unwrap(), serde_json::to_string(&sb.adam).unwrap());
+    assert_eq!(sa.adam_step, sb.adam_step);
+    let moments = |p: &Path, s: &trainer::TrainState| {
+        std::fs::read(p.join(s.adam_file.as_ref().unwrap())).unwrap()
+    };
+    assert!(moments(&a, &sa) == moments(&b, &sb), "Adam moments differ");
     let rows = |p: &Path| std::fs::read_to_string(p.join("loss_convergence.csv")).unwrap();
     assert_eq!(rows(&a), rows(&b), "the logs match too");
 }

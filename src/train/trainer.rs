@@ -7,9 +7,10 @@
 //! **Exact resume.** Every random choice of an epoch (patches, augmentation, dropout) comes from
 //! a generator seeded by `(manual_seed, fold, epoch)`, so nothing random has to survive a restart
 //! except what `state.json` holds: the epoch reached, Adam's moments, the schedule, the
-//! early-stopping counters and the fold generator. After each epoch the weights are written to a
-//! new file, then `state.json` (atomically) names it, then older weight files go: a run killed at
-//! any moment resumes from its last finished epoch with weights and state that belong together.
+//! early-stopping counters and the fold generator. After each epoch the weights and Adam's moments
+//! are written to new files, then `state.json` (atomically) names them, then older ones go: a run
+//! killed at any moment resumes from its last finished epoch with weights and state that belong
+//! together.
 //!
 //! Run directory: `config.json` (the config as given), `state.json`, `loss_convergence.csv`,
 //! `test_results.csv`, `progress.png`, and per fold `fold{k}/last.safetensors`,
@@ -86,7 +87,10 @@ pub struct TrainState {
     pub completed_folds: Vec<usize>,
     /// Weights after `epoch_done` epochs, relative to the run directory.
     pub weights: Option<String>,
-    pub adam: Option<AdamState>,
+    /// Adam's step count; its moments are in `adam_file` (binary, beside the weights).
+    pub adam_step: u64,
+    /// Adam's moments after `epoch_done` epochs, relative to the run directory.
+    pub adam_file: Option<String>,
     pub base_lr: f32,
     pub scheduler: StepLrState,
     pub rng: Rng,
@@ -410,6 +414,44 @@ fn save_state(run: &Path, st: &TrainState) -> Result<()> {
     logs::write_atomic(&state_path(run), &json)
 }
 
+/// Writes Adam's moments: `u64` tensor count, then per tensor its `u64` length and the `m` then
+/// `v` values as little-endian `f32` (bit-exact, a tenth of JSON's size).
+fn write_moments(path: &Path, m: &[Vec<f32>], v: &[Vec<f32>]) -> Result<()> {
+    let total: usize = m.iter().map(|x| x.len() * 8 + 8).sum();
+    let mut buf = Vec::with_capacity(8 + total);
+    buf.extend_from_slice(&(m.len() as u64).to_le_bytes());
+    for (a, b) in m.iter().zip(v) {
+        buf.extend_from_slice(&(a.len() as u64).to_le_bytes());
+        a.iter().chain(b).for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+    }
+    logs::write_atomic(path, &buf)
+}
+
+/// Reads what [`write_moments`] wrote.
+fn read_moments(path: &Path) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = || Error::format(path, "truncated Adam state");
+    let mut pos = 0usize;
+    let word = |pos: &mut usize| -> Result<u64> {
+        let b = bytes.get(*pos..*pos + 8).ok_or_else(bad)?;
+        *pos += 8;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    let n = word(&mut pos)? as usize;
+    let (mut m, mut v) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let len = word(&mut pos)? as usize;
+        let floats = |pos: &mut usize| -> Result<Vec<f32>> {
+            let b = bytes.get(*pos..*pos + 4 * len).ok_or_else(bad)?;
+            *pos += 4 * len;
+            Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect())
+        };
+        m.push(floats(&mut pos)?);
+        v.push(floats(&mut pos)?);
+    }
+    Ok((m, v))
+}
+
 /// Reads a run's `state.json`.
 pub fn load_state(run: &Path) -> Result<TrainState> {
     let p = state_path(run);
@@ -449,7 +491,8 @@ fn fresh_state(cfg: &Config, first_fold: usize) -> Result<TrainState> {
         fold_trained: false,
         completed_folds: Vec::new(),
         weights: None,
-        adam: None,
+        adam_step: 0,
+        adam_file: None,
         base_lr: cfg.training.learning_rate,
         scheduler: StepLrState {
             step_size: cfg.training.step_size,
@@ -549,10 +592,11 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
             eps: 1e-8,
             weight_decay: cfg.training.wd,
         };
-        let mut adam = match (&st.weights, &st.adam) {
-            (Some(wf), Some(a)) => {
+        let mut adam = match (&st.weights, &st.adam_file) {
+            (Some(wf), Some(af)) => {
                 net.load_safetensors(&run.join(wf))?;
-                Adam::from_state(adam_cfg, a.clone())
+                let (m, v) = read_moments(&run.join(af))?;
+                Adam::from_state(adam_cfg, AdamState { step: st.adam_step, m, v })
             }
             _ => Adam::new(adam_cfg),
         };
@@ -603,7 +647,11 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
             let name = format!("last_e{:04}.safetensors", epoch + 1);
             net.save_safetensors(&fold_dir.join(&name))?;
             let old = st.weights.replace(format!("fold{fold}/{name}"));
-            st.adam = Some(adam.state());
+            let adam_name = format!("adam_e{:04}.bin", epoch + 1);
+            let a = adam.state();
+            write_moments(&fold_dir.join(&adam_name), &a.m, &a.v)?;
+            st.adam_step = a.step;
+            let old_adam = st.adam_file.replace(format!("fold{fold}/{adam_name}"));
             if let Some((patience, _)) = cfg.early_stopping() {
                 if st.es_counter >= patience {
                     if !opts.quiet {
@@ -616,7 +664,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
                 st.fold_trained = true;
             }
             save_state(&run, &st)?;
-            if let Some(o) = old {
+            for o in [old, old_adam].into_iter().flatten() {
                 let _ = std::fs::remove_file(run.join(o));
             }
             let last = fold_dir.join("last.safetensors");
