@@ -90,7 +90,7 @@ fn a_small_vnet_learns_the_condyle() {
         "held-out MC Dice per joint {dice:?}, mean {mean:.3} (chance at most {chance:.3}), {:.1}s",
         t.elapsed().as_secs_f64()
     );
-    assert!(mean > 0.5 && mean > chance + 0.2, "held-out Dice {mean:.3} is no better than chance");
+    assert!(mean > 0.6 && mean > chance + 0.1, "held-out Dice {mean:.3} is no better than chance");
     for f in [
         "loss_convergence.csv",
         "test_results.csv",
