@@ -182,7 +182,7 @@ pub fn parse_transform(v: &Value, _is_label: bool) -> Result<Transform> {
         "Normalize" => {
             let c: NormalizeCfg = de(&name, rest)?;
             if let (Some(lo), Some(hi)) = (c.min_value, c.max_value) {
-                if !(hi > lo) {
+                if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
                     return Err(cfg(format!("Normalize: max_value {hi} <= min_value {lo}")));
                 }
             }
@@ -220,7 +220,10 @@ pub fn parse_transform(v: &Value, _is_label: bool) -> Result<Transform> {
         }
         "ElasticDeformation" => {
             let c: ElasticCfg = de(&name, rest)?;
-            if c.spline_order > 5 || !(c.sigma > 0.0) || c.alpha < 0.0 {
+            if c.spline_order > 5
+                || c.sigma.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+                || c.alpha < 0.0
+            {
                 return Err(cfg(
                     "ElasticDeformation: spline_order 0..=5, sigma > 0, alpha >= 0".into()
                 ));

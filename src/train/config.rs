@@ -373,7 +373,7 @@ impl Config {
         if t.k_follds_number == 0 || t.batch_size == 0 || t.step_size == 0 {
             return bad("k_follds_number, batch_size and step_size must be at least 1".into());
         }
-        if !(t.learning_rate > 0.0) || t.wd < 0.0 {
+        if t.learning_rate.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || t.wd < 0.0 {
             return bad("learning_rate must be > 0 and wd >= 0".into());
         }
         if let Some(folds) = &t.folds {

@@ -156,7 +156,8 @@ pub fn progress_png(path: &Path, points: &[EpochPoint]) -> Result<()> {
         .flat_map(|p| [p.train_loss, p.val_loss])
         .filter(|v| v.is_finite())
         .fold(1e-6, f64::max);
-    let panels: [(usize, f64, [fn(&EpochPoint) -> f64; 2]); 2] = [
+    type Series = fn(&EpochPoint) -> f64;
+    let panels: [(usize, f64, [Series; 2]); 2] = [
         (0, max_loss, [|p| p.train_loss, |p| p.val_loss]),
         (W / 2, 1.0, [|p| p.train_dice, |p| p.val_dice]),
     ];

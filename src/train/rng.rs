@@ -74,7 +74,7 @@ impl Rng {
             return 0;
         }
         // Multiply-shift: the bias is below 2^-32 for the sizes used here.
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
     /// Uniform integer in `[lo, hi)` like `numpy.random.randint(lo, hi)`; `lo` when empty.

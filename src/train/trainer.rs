@@ -427,8 +427,10 @@ fn write_moments(path: &Path, m: &[Vec<f32>], v: &[Vec<f32>]) -> Result<()> {
     logs::write_atomic(path, &buf)
 }
 
+type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 /// Reads what [`write_moments`] wrote.
-fn read_moments(path: &Path) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+fn read_moments(path: &Path) -> Result<Moments> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = || Error::format(path, "truncated Adam state");
     let mut pos = 0usize;
@@ -865,7 +867,8 @@ fn progress_bar(quiet: bool, n: u64, fold: usize, epoch: usize) -> Option<indica
 pub fn table_1(model: &str, loss_type: &str, target: &str, rows: &[TestRow]) -> String {
     let col = |f: fn(&TestRow) -> f64| metrics::mean_std(&rows.iter().map(f).collect::<Vec<_>>());
     let mut s = format!("| Obj. | Score | {model} {loss_type} |\n|---|---|---|\n");
-    let lines: [(&str, fn(&TestRow) -> f64, f64); 7] = [
+    type Column = fn(&TestRow) -> f64;
+    let lines: [(&str, Column, f64); 7] = [
         ("DICE", |r| r.scores.dice, 100.0),
         ("IoU", |r| r.scores.iou, 100.0),
         ("CE", |r| r.scores.ce, 1.0),
