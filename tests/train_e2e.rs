@@ -105,6 +105,12 @@ fn a_small_vnet_learns_the_condyle() {
     assert!(conv.starts_with("k,epoch,mode,iter,loss,ce,dice,IoU\n"));
     let tests = std::fs::read_to_string(run.join("test_results.csv")).unwrap();
     assert_eq!(tests.lines().count(), 1 + summary.tests.len());
+    // eval: each fold's best weights on its held-out joints, CSV and the Table 1 shape.
+    let report = dnvs_engine::train::eval::eval(&cfg, &Default::default()).unwrap();
+    assert_eq!(report.rows.len(), summary.tests.len());
+    assert!(report.table.contains("| MC | DICE |"), "{}", report.table);
+    assert!(run.join("eval_results.csv").exists() && run.join("table_1.md").exists());
+    eprintln!("{}", report.table);
 }
 
 #[test]
