@@ -17,8 +17,10 @@
 // Split-K: the backward-weight GEMM has few outputs (K x taps*C, e.g. 16 x 2000) and a huge
 // reduction (every output voxel), so the launcher splits the reduction over grid z and the
 // slices meet by atomicAdd; the same happens for backward-input when its output tiles cannot
-// fill the SMs. The 2x2x2 stride-2 convolutions need no special kernel: their gathers never
-// leave the volume, so the implicit GEMM reads them as a plain (permuted) GEMM.
+// fill the SMs. The 2x2x2 stride-2 down-convolution needs no special forward (its gathers never
+// leave the volume, so the implicit GEMM reads it as a permuted plain GEMM), but its backward-input
+// does: there every input voxel receives exactly one tap, so conv3d_bwd_input_tap_* runs one dense
+// GEMM per tap (grid z) instead of a reduction that is 7/8 zeros.
 //
 // Dedicated kernels: conv3d_fwd_cin1_f32 (the 1-channel CT input: a GEMM with C = 1 would waste
 // 31 of 32 lanes of a reduction step) and conv3d_fwd_cout2_f32 (the 2-class output layer: a
@@ -38,6 +40,10 @@ CONV_ENTRY(conv3d_fwd_f32, CONV_FWD, false)
 // a = gout (N, OD, OH, OW, K); b = w; out = gx (N, D, H, W, C)
 CONV_ENTRY(conv3d_bwd_input_bf16, CONV_BWD_INPUT, true)
 CONV_ENTRY(conv3d_bwd_input_f32, CONV_BWD_INPUT, false)
+// kernel == stride, padding 0: one dense GEMM per tap (grid z = taps * split); a = gout, b = w,
+// out = gx (N, D, H, W, C) zeroed (voxels past OD * stride get no gradient)
+CONV_ENTRY(conv3d_bwd_input_tap_bf16, CONV_BWD_INPUT_TAP, true)
+CONV_ENTRY(conv3d_bwd_input_tap_f32, CONV_BWD_INPUT_TAP, false)
 // a = gout (N, OD, OH, OW, K); b = x (N, D, H, W, C); out = gw (K, kd, kh, kw, C)
 CONV_ENTRY(conv3d_bwd_weight_bf16, CONV_BWD_WEIGHT, true)
 CONV_ENTRY(conv3d_bwd_weight_f32, CONV_BWD_WEIGHT, false)

@@ -12,6 +12,10 @@
 // a = x (N, D, H, W, C); b = w (K, kd, kh, kw, C); out (N, OD, OH, OW, K)
 CONV_ENTRY(conv_transpose3d_fwd_bf16, TCONV_FWD, true)
 CONV_ENTRY(conv_transpose3d_fwd_f32, TCONV_FWD, false)
+// kernel == stride (the 2x2x2 up-convolutions): one dense GEMM per tap (grid z = taps * split);
+// a = x, b = w, out (N, OD, OH, OW, K) every voxel written once
+CONV_ENTRY(conv_transpose3d_fwd_tap_bf16, TCONV_FWD_TAP, true)
+CONV_ENTRY(conv_transpose3d_fwd_tap_f32, TCONV_FWD_TAP, false)
 // a = gout (N, OD, OH, OW, K); b = w; out = gx (N, D, H, W, C)
 CONV_ENTRY(conv_transpose3d_bwd_input_bf16, TCONV_BWD_INPUT, true)
 CONV_ENTRY(conv_transpose3d_bwd_input_f32, TCONV_BWD_INPUT, false)

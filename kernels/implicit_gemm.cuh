@@ -12,6 +12,12 @@
 // TCONV_FWD        out voxels          k             taps*c             x, reversed taps      w[col][r]
 // TCONV_BWD_INPUT  x voxels            c             taps*k             gout, forward taps    w[ko][tap][col]
 // TCONV_BWD_WEIGHT k (per tap: grid z) c             x voxels           gout, forward taps    x[r][col]
+// TCONV_FWD_TAP    x voxels (per tap)  k             c                  x[m][r]               w[col][tap][r]
+// CONV_BWD_INPUT_TAP out voxels (per tap) c          k                  gout[m][r]            w[r][tap][col]
+// The two *_TAP modes are the plain GEMMs of kernel == stride, padding 0 (the 2x2x2 stride-2
+// up and down convolutions): every output voxel then receives exactly one tap, so the reversed
+// gather of TCONV_FWD / CONV_BWD_INPUT would multiply 7 zeros for each useful product. Instead
+// grid z walks the taps and each tap is a dense GEMM whose rows scatter to voxel q * stride + tap.
 // "forward taps": source position = q*stride - pad + tap; "reversed taps": source position
 // = (q + pad - tap) / stride when that divides exactly.
 #define CONV_FWD 0
@@ -20,6 +26,8 @@
 #define TCONV_FWD 3
 #define TCONV_BWD_INPUT 4
 #define TCONV_BWD_WEIGHT 5
+#define TCONV_FWD_TAP 6
+#define CONV_BWD_INPUT_TAP 7
 
 #define BM 64
 #define BN 64
@@ -78,6 +86,8 @@ __device__ __forceinline__ void gemm_dims(int mode, const ConvParams& p, i64& M,
         case CONV_FWD: case TCONV_FWD: M = out_vox; N = p.k; R = (i64)taps * p.c; break;
         case CONV_BWD_INPUT: case TCONV_BWD_INPUT: M = in_vox; N = p.c; R = (i64)taps * p.k; break;
         case CONV_BWD_WEIGHT: M = p.k; N = taps * p.c; R = out_vox; break;
+        case TCONV_FWD_TAP: M = in_vox; N = p.k; R = p.c; break;
+        case CONV_BWD_INPUT_TAP: M = out_vox; N = p.c; R = p.k; break;
         default: M = p.k; N = p.c; R = in_vox; break;  // TCONV_BWD_WEIGHT, one tap
     }
 }
@@ -97,6 +107,10 @@ __device__ __forceinline__ float load_a(const float* __restrict__ a, const ConvP
                       MODE == CONV_BWD_INPUT);
     } else if (MODE == CONV_BWD_WEIGHT) {
         return a[r * p.k + m];  // gout (out voxels, k): row m is the output channel
+    } else if (MODE == TCONV_FWD_TAP) {
+        return a[m * p.c + r];  // x (x voxels, c)
+    } else if (MODE == CONV_BWD_INPUT_TAP) {
+        return a[m * p.k + r];  // gout (out voxels, k)
     } else {  // TCONV_BWD_WEIGHT: r is an x voxel, the tap moves it into gout
         Voxel v = split_voxel(r, p.d, p.h, p.w);
         return gather(a, p.od, p.oh, p.ow, p.k, v.b, v.z, v.y, v.x, tap_z, (int)m, p, false);
@@ -106,7 +120,7 @@ __device__ __forceinline__ float load_a(const float* __restrict__ a, const ConvP
 // Operand B at (reduction r, col n).
 template <int MODE>
 __device__ __forceinline__ float load_b(const float* __restrict__ bsrc, const ConvParams& p, i64 r,
-                                        int n) {
+                                        int n, int tap_z) {
     if (MODE == CONV_FWD || MODE == TCONV_FWD) {
         int taps = p.kd * p.kh * p.kw;
         return bsrc[(i64)n * taps * p.c + r];  // w (k, taps*c)
@@ -118,17 +132,32 @@ __device__ __forceinline__ float load_b(const float* __restrict__ bsrc, const Co
         Voxel v = split_voxel(r, p.od, p.oh, p.ow);
         int tap = n / p.c, ch = n % p.c;
         return gather(bsrc, p.d, p.h, p.w, p.c, v.b, v.z, v.y, v.x, tap, ch, p, false);
+    } else if (MODE == TCONV_FWD_TAP) {
+        int taps = p.kd * p.kh * p.kw;
+        return bsrc[((i64)n * taps + tap_z) * p.c + r];  // w[col][tap][r]
+    } else if (MODE == CONV_BWD_INPUT_TAP) {
+        int taps = p.kd * p.kh * p.kw;
+        return bsrc[(r * taps + tap_z) * p.c + n];  // w[r][tap][col]
     } else {
         return bsrc[r * p.c + n];  // x (x voxels, c)
     }
 }
 
-// Where output (row m, col n) lives; `tap_z` only for TCONV_BWD_WEIGHT.
+// Where output (row m, col n) lives; `tap_z` for the per-tap modes, `rv` the row's voxel.
 template <int MODE>
-__device__ __forceinline__ i64 out_index(const ConvParams& p, i64 m, int n, int N, int tap_z) {
+__device__ __forceinline__ i64 out_index(const ConvParams& p, i64 m, int n, int N, int tap_z,
+                                         const Voxel& rv) {
     if (MODE == TCONV_BWD_WEIGHT) {
         int taps = p.kd * p.kh * p.kw;
         return (m * taps + tap_z) * p.c + n;
+    }
+    if (MODE == TCONV_FWD_TAP || MODE == CONV_BWD_INPUT_TAP) {
+        // Row voxel q lands on q * stride + tap in the op's output (TCONV_FWD_TAP: out dims) or
+        // input (CONV_BWD_INPUT_TAP: x dims); kernel == stride keeps it inside.
+        int tx = tap_z % p.kw, ty = (tap_z / p.kw) % p.kh, tz = tap_z / (p.kw * p.kh);
+        int z = rv.z * p.stride + tz, y = rv.y * p.stride + ty, x = rv.x * p.stride + tx;
+        if (MODE == TCONV_FWD_TAP) return ((((i64)rv.b * p.od + z) * p.oh + y) * p.ow + x) * N + n;
+        return ((((i64)rv.b * p.d + z) * p.h + y) * p.w + x) * N + n;
     }
     return m * N + n;
 }
@@ -161,12 +190,13 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
     __shared__ Voxel row_vox[BM];
     __shared__ float col_sum[BN], col_sq[BN];
     const bool rows_are_voxels = MODE == CONV_FWD || MODE == TCONV_FWD ||
-                                 MODE == CONV_BWD_INPUT || MODE == TCONV_BWD_INPUT;
+                                 MODE == CONV_BWD_INPUT || MODE == TCONV_BWD_INPUT ||
+                                 MODE == TCONV_FWD_TAP || MODE == CONV_BWD_INPUT_TAP;
     if (tid < BM) {
         i64 m = m0 + tid;
         Voxel v = {0, 0, 0, 0};
         if (rows_are_voxels && m < M) {
-            if (MODE == CONV_FWD || MODE == TCONV_FWD)
+            if (MODE == CONV_FWD || MODE == TCONV_FWD || MODE == CONV_BWD_INPUT_TAP)
                 v = split_voxel(m, p.od, p.oh, p.ow);
             else
                 v = split_voxel(m, p.d, p.h, p.w);
@@ -198,7 +228,7 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
             i64 m = m0 + row;
             ra[i] = (m < M && r < R) ? load_a<MODE>(a, p, m, row_vox[row], r, tap_z) : 0.0f;
             int n = n0 + row;
-            rb[i] = (n < N && r < R) ? load_b<MODE>(b, p, r, n) : 0.0f;
+            rb[i] = (n < N && r < R) ? load_b<MODE>(b, p, r, n, tap_z) : 0.0f;
         }
     };
     auto store_tile = [&]() {
@@ -250,6 +280,7 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
                     bfr[j][0] = *(const unsigned*)&sb_h[c0][ks + 2 * tq];
                     bfr[j][1] = *(const unsigned*)&sb_h[c0][ks + 2 * tq + 8];
                 }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #pragma unroll
                 for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -262,6 +293,9 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
                             : "r"(af[i][0]), "r"(af[i][1]), "r"(af[i][2]), "r"(af[i][3]),
                               "r"(bfr[j][0]), "r"(bfr[j][1]));
                     }
+#else
+                __trap();  // bf16 mma.sync needs sm_80+; the launchers refuse bf16 below that
+#endif
             }
         } else {
 #pragma unroll 8
@@ -300,7 +334,7 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
         if (m >= M || n >= N) continue;
         float v = acc[e];
         if (bias != nullptr && slice == 0) v += bias[n];
-        i64 o = out_index<MODE>(p, m, n, N, tap_z);
+        i64 o = out_index<MODE>(p, m, n, N, tap_z, row_vox[row]);
         if (accumulate)
             atomicAdd(out + o, v);
         else

@@ -38,6 +38,21 @@ extern "C" __global__ void batch_norm_fwd_var_f32(i64 rows, int c,
     channel_reduce_commit(acc, ch, c, m2);
 }
 
+// From the per-channel (sum, sum of squares) that the conv3d epilogue accumulates (CONV_FLAG_STATS)
+// to the (sum, m2) batch_norm_fwd_affine_f32 takes: m2 = sumsq - sum^2 / rows, clamped at 0. One
+// pass instead of two over the activation, at the price of cancellation when |mean| >> std.
+// Thread per channel.
+extern "C" __global__ void batch_norm_fwd_from_sums_f32(int c, i64 rows,
+                                                        const float* __restrict__ stats,  // (2, C)
+                                                        float* __restrict__ sum,          // (C)
+                                                        float* __restrict__ m2) {         // (C)
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    float s = stats[ch];
+    sum[ch] = s;
+    m2[ch] = fmaxf(stats[c + ch] - s * s / (float)rows, 0.0f);
+}
+
 // Per channel: the statistics used (batch: sum / rows and m2 / rows; running: rmean, rvar), the
 // affine (scale = weight * invstd, shift = bias - mean * scale), the saved mean and invstd for the
 // backward, and with batch statistics and rmean_out non-null the running update

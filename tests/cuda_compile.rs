@@ -14,6 +14,8 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "conv3d_fwd_f32",
             "conv3d_bwd_input_bf16",
             "conv3d_bwd_input_f32",
+            "conv3d_bwd_input_tap_bf16",
+            "conv3d_bwd_input_tap_f32",
             "conv3d_bwd_weight_bf16",
             "conv3d_bwd_weight_f32",
             "conv3d_fwd_cin1_f32",
@@ -25,6 +27,8 @@ const EXPECTED: &[(&str, &[&str])] = &[
         &[
             "conv_transpose3d_fwd_bf16",
             "conv_transpose3d_fwd_f32",
+            "conv_transpose3d_fwd_tap_bf16",
+            "conv_transpose3d_fwd_tap_f32",
             "conv_transpose3d_bwd_input_bf16",
             "conv_transpose3d_bwd_input_f32",
             "conv_transpose3d_bwd_weight_bf16",
@@ -69,6 +73,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "norm",
         &[
             "batch_norm_fwd_var_f32",
+            "batch_norm_fwd_from_sums_f32",
             "batch_norm_fwd_affine_f32",
             "batch_norm_bwd_weight_f32",
             "batch_norm_bwd_input_f32",

@@ -90,6 +90,14 @@ const CONV_CASES: &[ConvCase] = &[
     ConvCase { name: "k3 C3->5 odd 5x7x3 N2", x: [2, 5, 7, 3, 3], k: 5, ks: 3, stride: 1, pad: 1 },
     ConvCase { name: "k5 C8->70 6x5x9", x: [1, 6, 5, 9, 8], k: 70, ks: 5, stride: 1, pad: 2 },
     ConvCase { name: "k2 s2 C16->32 down", x: [1, 8, 6, 4, 16], k: 32, ks: 2, stride: 2, pad: 0 },
+    ConvCase {
+        name: "k2 s2 C4->6 down, odd 5x7x3",
+        x: [1, 5, 7, 3, 4],
+        k: 6,
+        ks: 2,
+        stride: 2,
+        pad: 0,
+    },
     ConvCase { name: "k5 C1->16 input layer", x: [1, 9, 7, 6, 1], k: 16, ks: 5, stride: 1, pad: 2 },
     ConvCase {
         name: "k1 C16->2 output layer",
@@ -451,6 +459,26 @@ fn batch_norm_batch_and_running() {
             check("batch_norm bwd_weight", name, &gw, &gr[1], 1e-3);
             check("batch_norm bwd_bias", name, &gb, &gr[2], 1e-3);
         }
+        // From the conv epilogue's sums: give it the exact sums of x (f32 one-pass variance, so
+        // a looser tolerance with this mean-5 input).
+        let xv = x.to_vec().unwrap();
+        let mut sums = vec![0f32; 2 * c];
+        for (j, v) in xv.iter().enumerate() {
+            sums[j % c] += v;
+            sums[c + j % c] += v * v;
+        }
+        let sums_g = up(&Tensor::from_vec(sums, [2, c]).unwrap(), o);
+        let (out, _) = cu::norm::batch_norm_after_conv(
+            &xg,
+            &sums_g,
+            Some(&wg),
+            Some(&bg),
+            ops::BatchStats::Batch { running: None },
+            1e-5,
+            cu::norm::Epilogue::default(),
+        )
+        .unwrap();
+        check("batch_norm after conv sums", name, &out, &want, 2e-2);
         // Running statistics (eval).
         if let Some(want) = reference(
             "batch_norm",

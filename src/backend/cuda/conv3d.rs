@@ -158,6 +158,12 @@ pub(crate) unsafe fn run_gemm(
     stats: Option<&mut CudaSlice<f32>>,
     cfg: LaunchConfig,
 ) -> Result<()> {
+    if name.ends_with(Precision::Bf16.suffix()) && gpu.arch.0 < 8 {
+        return Err(Error::Device {
+            op: OP,
+            msg: format!("bf16 tensor cores need sm_80 or newer, this GPU is {}", gpu.arch_name()),
+        });
+    }
     let f = gpu.function(stem, name)?;
     let null: u64 = 0;
     let mut lb = gpu.stream.launch_builder(&f);
@@ -204,25 +210,50 @@ fn forward(
     let (k, taps, c) = (p.k as usize, p.taps(), p.c as usize);
     let m = p.out_voxels();
     let shape = [p.n as usize, p.od as usize, p.oh as usize, p.ow as usize, k];
-    let mut out = alloc(&gpu, m * k)?;
 
-    if !want_stats && c == 1 && k * taps <= SMALL_W_MAX {
-        small_kernel(&gpu, "cin1", &p, sx, sw, sb, &mut out, m)?;
-        return Ok((wrap(&gpu, out, shape)?, None));
-    }
-    if !want_stats && k == 2 && 2 * taps * c <= SMALL_W_MAX {
-        small_kernel(&gpu, "cout2", &p, sx, sw, sb, &mut out, m)?;
+    // The dedicated kernels: 1-channel input (the CT) and 2-channel output (the class layer).
+    let small = if want_stats {
+        None
+    } else if c == 1 && k * taps <= SMALL_W_MAX {
+        Some("cin1")
+    } else if k == 2 && 2 * taps * c <= SMALL_W_MAX {
+        Some("cout2")
+    } else {
+        None
+    };
+    if let Some(which) = small {
+        let mut out = alloc(&gpu, m * k)?;
+        small_kernel(&gpu, which, &p, sx, sw, sb, &mut out, m)?;
         return Ok((wrap(&gpu, out, shape)?, None));
     }
     let mut stats = if want_stats { Some(zeros(&gpu, 2 * k)?) } else { None };
     if want_stats {
         p.flags |= FLAG_STATS;
+    } else {
+        // Deep layers (C128 at 14x18x8: 64 output tiles for 132 SMs) split the reduction; the
+        // epilogue statistics need whole sums, so they keep split 1.
+        let split = split_k(&gpu, m.div_ceil(TILE_M) * k.div_ceil(TILE_N), taps * c);
+        p.split_k = int(OP, split)?;
     }
+    let split = p.split_k.max(1) as usize;
+    let mut out = if split > 1 { zeros(&gpu, m * k)? } else { alloc(&gpu, m * k)? };
     let name = prec_name(Pass::Fwd, prec);
-    // SAFETY: forward mode: a = x (N, D, H, W, C), b = w (K, taps * C), bias (K), out holds
-    // M * K = out voxels * K and is overwritten (split_k 1), stats (2, K) zeroed.
+    // SAFETY: forward mode: a = x (N, D, H, W, C), b = w (K, taps * C), bias (K) added by slice 0
+    // only, out holds M * K = out voxels * K, overwritten (split 1) or zeroed and accumulated
+    // (split > 1), stats (2, K) zeroed and only with split 1.
     unsafe {
-        run_gemm(&gpu, STEM, &name, &p, sx, sw, sb, &mut out, stats.as_mut(), gemm_grid(m, k, 1)?)?
+        run_gemm(
+            &gpu,
+            STEM,
+            &name,
+            &p,
+            sx,
+            sw,
+            sb,
+            &mut out,
+            stats.as_mut(),
+            gemm_grid(m, k, split)?,
+        )?
     };
     let stats = stats.map(|s| wrap(&gpu, s, [2, k])).transpose()?;
     Ok((wrap(&gpu, out, shape)?, stats))
@@ -305,6 +336,32 @@ pub fn conv3d_backward_input(
         return Err(Error::shape(OP, want, g.dims()));
     }
     let gpu = common_gpu(OP, &[g, w])?;
+    let (sg, sw) = (f32_slice(OP, g)?, f32_slice(OP, w)?);
+    if p.pad == 0 && p.kd == p.stride && p.kh == p.stride && p.kw == p.stride {
+        // Non-overlapping windows: one dense GEMM per tap, rows = output voxels.
+        let (m, n, r, taps) = (p.out_voxels(), p.c as usize, p.k as usize, p.taps());
+        let split = split_k(&gpu, m.div_ceil(TILE_M) * n.div_ceil(TILE_N) * taps, r);
+        p.split_k = int(OP, split)?;
+        let mut gx = zeros(&gpu, p.in_voxels() * n)?;
+        let name = kernel_name(OP, Pass::BwdInput, Some("tap"), prec.suffix());
+        // SAFETY: CONV_BWD_INPUT_TAP: a = g (out voxels, K), b = w (K, taps, C), gx (N, D, H, W, C)
+        // zeroed; row q and tap t write voxel q * stride + t < D (kernel == stride, no padding).
+        unsafe {
+            run_gemm(
+                &gpu,
+                STEM,
+                &name,
+                &p,
+                sg,
+                sw,
+                None,
+                &mut gx,
+                None,
+                gemm_grid(m, n, taps * split)?,
+            )?
+        };
+        return wrap(&gpu, gx, x_dims);
+    }
     let (m, n, r) = (p.in_voxels(), p.c as usize, p.taps() * p.k as usize);
     let split = split_k(&gpu, m.div_ceil(TILE_M) * n.div_ceil(TILE_N), r);
     p.split_k = int(OP, split)?;
@@ -313,18 +370,7 @@ pub fn conv3d_backward_input(
     // SAFETY: backward-input mode: a = g (out voxels, K), b = w (K, taps, C), gx (in voxels, C),
     // zeroed when split (the slices accumulate), else fully overwritten.
     unsafe {
-        run_gemm(
-            &gpu,
-            STEM,
-            &name,
-            &p,
-            f32_slice(OP, g)?,
-            f32_slice(OP, w)?,
-            None,
-            &mut gx,
-            None,
-            gemm_grid(m, n, split)?,
-        )?
+        run_gemm(&gpu, STEM, &name, &p, sg, sw, None, &mut gx, None, gemm_grid(m, n, split)?)?
     };
     wrap(&gpu, gx, x_dims)
 }
@@ -381,20 +427,18 @@ pub(crate) fn c_struct_fields(src: &str, name: &str) -> Vec<String> {
     body.lines()
         .map(|l| l.split("//").next().unwrap_or(""))
         .flat_map(|l| l.split(';'))
-        .filter_map(|decl| {
-            let decl = decl.trim();
-            if decl.is_empty() {
-                return None;
-            }
-            let (_, names) = decl.split_once(' ')?;
-            Some(
-                names
-                    .split(',')
-                    .map(|n| n.trim().trim_start_matches('*').to_string())
-                    .collect::<Vec<_>>(),
-            )
+        .flat_map(|decl| {
+            // "const float* p" -> p; "int n, d, h" -> n, d, h: the first name is the last token
+            // of the first comma part, the others are whole parts.
+            decl.split(',')
+                .enumerate()
+                .map(|(i, part)| {
+                    let name =
+                        if i == 0 { part.split_whitespace().last().unwrap_or("") } else { part };
+                    name.trim().trim_start_matches('*').to_string()
+                })
+                .collect::<Vec<_>>()
         })
-        .flatten()
         .filter(|n| !n.is_empty())
         .collect()
 }

@@ -75,25 +75,25 @@ pub fn conv_transpose3d(
     }
     let gpu = common_gpu(OP, &all)?;
     let sb = b.map(|b| f32_slice(OP, b)).transpose()?;
+    let (sx, sw) = (f32_slice(OP, x)?, f32_slice(OP, w)?);
+    let mut out = alloc(&gpu, p.out_voxels() * p.k as usize)?;
+    if p.kd == p.stride && p.kh == p.stride && p.kw == p.stride {
+        // kernel == stride: every output voxel gets exactly one tap; one dense GEMM per tap.
+        let (m, n, taps) = (p.in_voxels(), p.k as usize, p.taps());
+        let name = kernel_name(OP, Pass::Fwd, Some("tap"), prec.suffix());
+        // SAFETY: TCONV_FWD_TAP: a = x (in voxels, C_in), b = w (K, taps, C_in), bias (K), out
+        // (N, D * s, H * s, W * s, K): row q and tap t write voxel q * s + t, each voxel exactly
+        // once over the taps * rows of the grid (split_k 1), so out is fully overwritten.
+        unsafe {
+            run_gemm(&gpu, STEM, &name, &p, sx, sw, sb, &mut out, None, gemm_grid(m, n, taps)?)?
+        };
+        return wrap(&gpu, out, out_dims(&p));
+    }
     let (m, n) = (p.out_voxels(), p.k as usize);
-    let mut out = alloc(&gpu, m * n)?;
     let name = kernel_name(OP, Pass::Fwd, None, prec.suffix());
     // SAFETY: TCONV_FWD: a = x (N, D, H, W, C_in), b = w (K, taps * C_in), bias (K), out (M, K)
     // fully overwritten (split_k 1).
-    unsafe {
-        run_gemm(
-            &gpu,
-            STEM,
-            &name,
-            &p,
-            f32_slice(OP, x)?,
-            f32_slice(OP, w)?,
-            sb,
-            &mut out,
-            None,
-            gemm_grid(m, n, 1)?,
-        )?
-    };
+    unsafe { run_gemm(&gpu, STEM, &name, &p, sx, sw, sb, &mut out, None, gemm_grid(m, n, 1)?)? };
     wrap(&gpu, out, out_dims(&p))
 }
 

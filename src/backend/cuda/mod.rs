@@ -10,6 +10,23 @@
 //! allocation is stream-ordered (`cuMemAllocAsync`), and nothing synchronises the host inside a
 //! training step except reading the loss (debug builds synchronise after every launch so that a
 //! fault names its kernel).
+//!
+//! How the launchers pair with `crate::ops` (for the dispatch in `src/ops`):
+//!
+//! | op | forward | backward |
+//! |---|---|---|
+//! | conv3d | [`conv3d::conv3d`] (`conv3d_with_stats`) | [`conv3d::conv3d_backward_input`], [`conv3d::conv3d_backward_weight`], bias: [`reduce::sum_channels`] |
+//! | conv_transpose3d | [`conv_transpose3d::conv_transpose3d`] | `..._backward_input`, `..._backward_weight`, bias: [`reduce::sum_channels`] |
+//! | add, mul, scale | [`elementwise::add`], [`elementwise::mul`], [`elementwise::scale`] | identity; `mul(g, other)`; `scale(g, s)` |
+//! | relu, elu, sigmoid | [`elementwise::relu`], [`elementwise::elu`], [`elementwise::sigmoid`] | `relu_backward(x, g)`, `elu_backward(x, g, a)`, `sigmoid_backward(y, g)` |
+//! | prelu, gate_mul | [`elementwise::prelu`], [`elementwise::gate_mul`] | `prelu_backward`, `gate_mul_backward` (both gradients) |
+//! | concat_channels | [`elementwise::concat_channels`] | [`elementwise::concat_channels_backward`] |
+//! | max_pool3d_k2 | [`pool::max_pool3d_k2`] | [`pool::max_pool3d_k2_backward`] |
+//! | upsample_nearest(_x2) | [`upsample::upsample_nearest`] | [`upsample::upsample_nearest_backward`] |
+//! | softmax / log_softmax | [`softmax::softmax_channels`], [`softmax::log_softmax_channels`] | `*_backward(y, g)` |
+//! | batch_norm, group_norm | [`norm::batch_norm`], [`norm::group_norm`] (+ `_fused`, `batch_norm_after_conv`) | [`norm::batch_norm_backward`], [`norm::group_norm_backward`] |
+//! | losses | [`loss::dice_ce`] with a [`loss::LossSpec`] | [`loss::dice_ce_backward`] |
+//! | Adam | [`optim::CudaAdam::step`] | |
 
 pub mod conv3d;
 pub mod conv_transpose3d;

@@ -121,7 +121,40 @@ pub fn batch_norm_fused(
     eps: f32,
     epi: Epilogue<'_>,
 ) -> Result<(Tensor, NormSaved)> {
+    batch_norm_impl(x, weight, bias, stats, eps, epi, None)
+}
+
+/// [`batch_norm_fused`] on the output `x` of `conv3d_with_stats`, reusing the per-channel sums
+/// its GEMM epilogue accumulated (`conv_stats (2, C)`: sums of x and x^2) instead of two more
+/// reads of `x`. The variance is then sum(x^2)/n - mean^2 (one pass), which loses digits when
+/// |mean| >> std; use [`batch_norm_fused`] where that matters.
+pub fn batch_norm_after_conv(
+    x: &Tensor,
+    conv_stats: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    stats: BatchStats<'_>,
+    eps: f32,
+    epi: Epilogue<'_>,
+) -> Result<(Tensor, NormSaved)> {
+    batch_norm_impl(x, weight, bias, stats, eps, epi, Some(conv_stats))
+}
+
+fn batch_norm_impl(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    stats: BatchStats<'_>,
+    eps: f32,
+    epi: Epilogue<'_>,
+    conv_stats: Option<&Tensor>,
+) -> Result<(Tensor, NormSaved)> {
     let (_, _, c) = layout(BN, x)?;
+    if let Some(cs) = conv_stats {
+        if cs.numel() != 2 * c {
+            return Err(Error::shape(BN, [2, c], cs.dims()));
+        }
+    }
     check_param(BN, weight, c, "weight")?;
     check_param(BN, bias, c, "bias")?;
     let gpu = common_gpu(BN, &[x])?;
@@ -160,7 +193,15 @@ pub fn batch_norm_fused(
     // Pass 1 and 2: channel sums, then squared deviations from the mean.
     let mut sum = zeros(&gpu, c)?;
     let mut m2 = zeros(&gpu, c)?;
-    if !use_running {
+    if let (false, Some(cs)) = (use_running, conv_stats) {
+        let name = kernel_name(BN, Pass::Fwd, Some("from_sums"), "f32");
+        let f = gpu.function(STEM, &name)?;
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&ci).arg(&rl).arg(f32_slice(BN, cs)?).arg(&mut sum).arg(&mut m2);
+        // SAFETY: batch_norm_fwd_from_sums_f32(c, rows, stats, sum, m2): stats holds 2 * c
+        // (checked above), sum and m2 c floats; one thread per channel writes both.
+        unsafe { launch::launch(&gpu, &name, &mut b, grid_exact(c))? };
+    } else if !use_running {
         let name = kernel_name("sum_channels", Pass::Fwd, None, "f32");
         let f = gpu.function("reduce", &name)?;
         {

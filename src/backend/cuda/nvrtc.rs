@@ -51,7 +51,7 @@ pub fn include_dir() -> Option<PathBuf> {
     }
     let from_env = ["CUDA_HOME", "CUDA_PATH"]
         .iter()
-        .filter_map(|v| std::env::var_os(v))
+        .filter_map(std::env::var_os)
         .map(|root| PathBuf::from(root).join("include"));
     from_env.chain(std::iter::once(PathBuf::from("/usr/local/cuda/include"))).find(|p| p.is_dir())
 }

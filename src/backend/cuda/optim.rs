@@ -55,6 +55,9 @@ pub struct AdamHyper {
     pub weight_decay: f32,
 }
 
+/// First and second moments on the host, one vector per parameter each.
+pub type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 /// Adam's moments on one GPU, one pair per parameter, in the parameters' order.
 pub struct CudaAdam {
     pub step: u64,
@@ -68,7 +71,7 @@ impl CudaAdam {
     }
 
     /// The moments copied to the host (for checkpoints), `(m, v)` per parameter.
-    pub fn moments(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    pub fn moments(&self) -> Result<Moments> {
         let down = |s: &CudaSlice<f32>| s.stream().clone_dtoh(s).map_err(cuda_err);
         Ok((
             self.m.iter().map(down).collect::<Result<_>>()?,
