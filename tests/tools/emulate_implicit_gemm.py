@@ -209,6 +209,11 @@ for (xs, k, ks, s, pad, split) in [((1,3,4,2,3), 5, 3, 1, 1, 1), ((2,3,2,3,2), 7
         run(CONV_FWD, bf, p, x.ravel(), w.ravel(), bias, o, stats=st)
         allok &= check(f"{tag} fwd bf={bf}", o.reshape(out.shape), out+bias, tol)
         allok &= check(f"{tag} stats bf={bf}", st[:k], (out+bias).reshape(-1, k).sum(0), tol)
+        if split > 1:  # forward split-K (deep layers): zeroed output, bias from slice 0 only
+            p = params(x, w, out.shape, s, pad, split)
+            o = np.zeros(out.size)
+            run(CONV_FWD, bf, p, x.ravel(), w.ravel(), bias, o)
+            allok &= check(f"{tag} fwd split bf={bf}", o.reshape(out.shape), out+bias, tol)
         p = params(x, w, out.shape, s, pad, split)
         o = np.zeros(x.size) if split > 1 else np.full(x.size, np.nan)
         run(CONV_BWD_INPUT, bf, p, g.ravel(), w.ravel(), None, o)

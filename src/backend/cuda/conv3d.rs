@@ -117,7 +117,12 @@ pub fn conv3d_params(
 /// How many reduction slices give the GPU enough blocks when `tiles` output tiles do not: about
 /// two blocks per SM, at least four reduction steps per slice.
 pub(crate) fn split_k(gpu: &Gpu, tiles: usize, reduction: usize) -> usize {
-    let target = 2 * gpu.sms as usize;
+    split_k_for(gpu.sms as usize, tiles, reduction)
+}
+
+/// [`split_k`] for a GPU with `sms` multiprocessors.
+pub(crate) fn split_k_for(sms: usize, tiles: usize, reduction: usize) -> usize {
+    let target = 2 * sms;
     if tiles >= target {
         return 1;
     }
@@ -461,6 +466,20 @@ mod tests {
         ];
         assert_eq!(fields, want);
         assert!(src.contains("#define CONV_FLAG_STATS 1"));
+    }
+
+    #[test]
+    fn split_k_fills_an_h100_only_when_tiles_are_few() {
+        let h100 = 132;
+        // conv3d backward-weight, k5 C16 at 112x144x64: a 16 x 2000 output (32 tiles) reduced
+        // over 1 M voxels: split 9 gives 288 blocks for 132 SMs.
+        assert_eq!(split_k_for(h100, 32, 112 * 144 * 64), 9);
+        // Forward k5 C128 at 14x18x8: 2016 voxels x 128 = 64 tiles -> split 5.
+        assert_eq!(split_k_for(h100, 64, 125 * 128), 5);
+        // Forward k3 C32 at 112x144x64: 16128 tiles, no split.
+        assert_eq!(split_k_for(h100, 16128, 27 * 32), 1);
+        // A short reduction is never cut below four 32-wide steps per slice.
+        assert_eq!(split_k_for(h100, 1, 256), 2);
     }
 
     #[test]
