@@ -5,6 +5,7 @@
 mod concat;
 mod conv3d;
 mod conv_transpose3d;
+pub(crate) mod cuda;
 mod dropout;
 mod elementwise;
 mod norm;
