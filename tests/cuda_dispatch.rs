@@ -215,7 +215,11 @@ fn mixed_devices_are_errors() {
     expect_device_err("nll_probs", loss::nll_probs(&xg, &t, None), "nll_probs");
     expect_device_err("hard_dice", loss::hard_dice(&xg, &t).map(|h| h.dice), "hard_dice");
     let mut adam = Adam::new(AdamConfig::default());
-    expect_device_err("adam", adam.step(&[xg.clone()], &[x.clone()]), "adam");
+    expect_device_err(
+        "adam",
+        adam.step(std::slice::from_ref(&xg), std::slice::from_ref(&x)),
+        "adam",
+    );
 }
 
 /// The GPU path keeps the CPU ops' shape errors (validation runs before any launch).
