@@ -82,3 +82,60 @@ fn as_rows5(x: &Tensor) -> Result<Tensor> {
     let c = x.dims().last().copied().unwrap_or(1).max(1);
     x.reshape_detached([1, 1, 1, x.numel() / c, c])
 }
+
+#[cfg(test)]
+mod tests {
+    //! What of the GPU path runs without a GPU: device checks, the dropout mask expansion and the
+    //! host fallbacks (hard Dice, Adam), which also accept CPU tensors.
+    use super::*;
+    use crate::autograd::backward;
+    use crate::backend::cpu::dropout::{apply_mask, channel_mask};
+    use crate::optim::{Adam, AdamConfig};
+
+    fn t(v: &[f32], dims: &[usize]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), dims.to_vec()).expect("shape fits")
+    }
+
+    #[test]
+    fn cpu_tensors_stay_on_the_cpu_path() {
+        let a = t(&[1.0, 2.0], &[2]);
+        assert!(!any_cuda(&[&a, &a]));
+        assert_eq!(same_device("add", &[&a, &a]).expect("one device"), Device::Cpu);
+    }
+
+    #[test]
+    fn expanded_mask_is_what_apply_mask_multiplies_by() {
+        let (n, c, per) = (2, 3, 12);
+        let x: Vec<f32> = (0..n * per).map(|i| i as f32 + 1.0).collect();
+        let mask = channel_mask(n, c, 0.5, 9);
+        let full = pointwise::expand_mask(&mask, n, c, per);
+        let prod: Vec<f32> = x.iter().zip(&full).map(|(a, b)| a * b).collect();
+        assert_eq!(prod, apply_mask(&x, &mask, c, per));
+    }
+
+    #[test]
+    fn host_hard_dice_matches_the_cpu_op() {
+        let p = t(&[0.9, 0.1, 0.3, 0.7, 0.4, 0.6, 0.8, 0.2], &[1, 1, 2, 2, 2]).requires_grad();
+        let tgt = t(&[0.0, 1.0, 1.0, 0.0], &[1, 1, 2, 2]);
+        let want = crate::loss::hard_dice(&p, &tgt).expect("cpu hard dice");
+        let got = hard_dice(&p, &tgt).expect("host hard dice");
+        assert_eq!((got.dice, got.iou), (want.dice, want.iou));
+        let gw = backward(&want.loss).expect("cpu backward");
+        let gg = backward(&got.loss).expect("host backward");
+        let (a, b) = (gg.get(&p).expect("grad"), gw.get(&p).expect("grad"));
+        assert_eq!(a.to_vec().expect("cpu"), b.to_vec().expect("cpu"));
+    }
+
+    #[test]
+    fn host_adam_matches_the_cpu_step() {
+        let cfg = AdamConfig { lr: 0.05, weight_decay: 0.01, ..AdamConfig::default() };
+        let p = [t(&[1.0, -2.0, 0.5], &[3])];
+        let g = [t(&[0.3, 0.1, -0.7], &[3])];
+        let (mut a, mut b) = (Adam::new(cfg), Adam::new(cfg));
+        let want = a.step(&p, &g).expect("cpu step");
+        let got = adam_step(&mut b, &p, &g).expect("host step");
+        assert_eq!(got[0].to_vec().expect("cpu"), want[0].to_vec().expect("cpu"));
+        assert!(got[0].tracks_grad());
+        assert_eq!(a.state(), b.state());
+    }
+}

@@ -155,16 +155,21 @@ pub(crate) fn channel_dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     let c = channels(op, x)?;
     let n = x.dims()[0];
     let per = x.numel().checked_div(n).unwrap_or(0);
-    let mask = channel_mask(n, c, p, seed);
-    let mut full = Vec::with_capacity(x.numel());
-    for s in 0..n {
-        let row = &mask[s * c..(s + 1) * c];
+    let full = expand_mask(&channel_mask(n, c, p, seed), n, c, per);
+    let mask = Tensor::from_vec(full, x.shape())?.to_device(x.device())?;
+    mul(x, &mask)
+}
+
+/// The `(N, C)` dropout mask repeated over the `per / C` voxels of each sample: the elementwise
+/// factor that `backend::cpu::dropout::apply_mask` applies.
+pub(super) fn expand_mask(mask: &[f32], n: usize, c: usize, per: usize) -> Vec<f32> {
+    let mut full = Vec::with_capacity(n * per);
+    for row in mask.chunks(c.max(1)).take(n) {
         for _ in 0..per.checked_div(c).unwrap_or(0) {
             full.extend_from_slice(row);
         }
     }
-    let mask = Tensor::from_vec(full, x.shape())?.to_device(x.device())?;
-    mul(x, &mask)
+    full
 }
 
 // ---- pooling and upsampling -------------------------------------------------------------------
