@@ -3,7 +3,10 @@
 // oz = iz * stride - pad + tap of x[iz] w[tap]: the same implicit GEMM as conv3d (implicit_gemm.cuh)
 // with the tap direction reversed in the forward and the backward-input passes swapping roles
 // with conv3d's. The backward weight puts the kernel tap on grid z, since for a fixed tap
-// gw[:, tap, :] is a plain (K x C) GEMM over the input voxels.
+// gw[:, tap, :] is a plain (K x C) GEMM over the input voxels. When kernel == stride (the 2x2x2
+// up-convolutions of V-Net) the forward does the same per tap (conv_transpose3d_fwd_tap_*): each
+// output voxel then has exactly one source, and the generic reversed gather would spend 7 of 8
+// reduction steps multiplying zeros.
 #include "implicit_gemm.cuh"
 
 // ---- entry points: conv_transpose3d --------------------------------------------------------------

@@ -143,7 +143,7 @@ fn bench_cpu(quick: bool) -> anyhow::Result<Vec<Value>> {
 
 fn bench_cuda(ordinal: usize, quick: bool) -> anyhow::Result<Vec<Value>> {
     let name = cu::probe(ordinal).map_err(|why| anyhow::anyhow!("cuda:{ordinal}: {why}"))?;
-    println!("cuda:{ordinal}: {name}");
+    println!("cuda:{ordinal}: {name} (kernels compile at first use: the warm-up absorbs it)");
     let dev = format!("cuda:{ordinal}");
     let sync = || cu::synchronize(ordinal);
     let (warm, iters) = if quick { (1, 3) } else { (3, 10) };
@@ -187,8 +187,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let step = "not wired: the V-Net training step lands with the network";
     println!("{device}/vnet_train_step {step}");
+    let card = match device {
+        Device::Cpu => format!("{} threads", rayon::current_num_threads()),
+        Device::Cuda(o) => cu::probe(o).unwrap_or_default(),
+    };
     let report = json!({
         "device": device.to_string(),
+        "card": card,
+        "version": env!("CARGO_PKG_VERSION"),
         "quick": args.quick,
         "kernels": kernels,
         "vnet_train_step": { "status": step },

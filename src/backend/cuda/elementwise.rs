@@ -199,19 +199,27 @@ pub fn prelu_backward(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Tensor, Ten
         unsafe { launch::launch(&gpu, &name, &mut b, grid_1d(&gpu, n))? };
     }
 
+    // One shared slope: view the tensor as (n / 32, 32) so all 32 lanes of the reduction block
+    // work, then add the 32 partial sums; as (n, 1) only one lane in 32 would.
+    let lanes = if nw == 1 && n.is_multiple_of(32) { 32 } else { nw };
     let name = kernel_name("prelu", Pass::BwdWeight, None, "f32");
     let f = gpu.function(STEM, &name)?;
-    let rows = n / nw;
-    let rows_l = long(rows);
-    let mut gw = zeros(&gpu, nw)?;
+    let rows = n / lanes;
+    let (rows_l, lanes_i) = (long(rows), int("prelu", lanes)?);
+    let mut partial = zeros(&gpu, lanes)?;
     {
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&rows_l).arg(&nwi).arg(sx).arg(sg).arg(&mut gw);
-        // SAFETY: prelu_bwd_weight_f32(rows, nw, x, g, gw): x and g are (rows, nw) with
-        // rows * nw = n; gw holds nw zeros that the blocks accumulate into.
-        unsafe { launch::launch(&gpu, &name, &mut b, grid_channels(&gpu, rows, nw))? };
+        b.arg(&rows_l).arg(&lanes_i).arg(sx).arg(sg).arg(&mut partial);
+        // SAFETY: prelu_bwd_weight_f32(rows, lanes, x, g, gw): x and g are viewed as (rows, lanes)
+        // with rows * lanes = n; partial holds `lanes` zeros that the blocks accumulate into.
+        unsafe { launch::launch(&gpu, &name, &mut b, grid_channels(&gpu, rows, lanes))? };
     }
-    Ok((wrap(&gpu, gx, x.shape())?, wrap(&gpu, gw, w.shape())?))
+    let gx = wrap(&gpu, gx, x.shape())?;
+    if lanes != nw {
+        let total = super::reduce::sum_all(&wrap(&gpu, partial, [lanes])?)?;
+        return Ok((gx, total.reshape_detached(w.shape())?));
+    }
+    Ok((gx, wrap(&gpu, partial, w.shape())?))
 }
 
 fn gate_check(x: &Tensor, gate: &Tensor) -> Result<(usize, usize)> {
