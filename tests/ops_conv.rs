@@ -226,6 +226,12 @@ fn conv3d_odd_sizes_match_direct_loops() {
         ConvCase { x: [1, 5, 7, 9, 4], w: [3, 1, 1, 1, 4], stride: 1, padding: 0 },
         // Padding larger than the kernel's reach and a 5-kernel over a 1-voxel axis.
         ConvCase { x: [1, 1, 4, 3, 2], w: [2, 5, 3, 1, 2], stride: 1, padding: 2 },
+        // 16+ output and 6+ input channels take the direct SIMD kernels where the CPU has them:
+        // rows not a multiple of 6, channels not of 16, the flipped-weight input gradient.
+        ConvCase { x: [1, 3, 5, 7, 6], w: [16, 5, 5, 5, 6], stride: 1, padding: 2 },
+        ConvCase { x: [2, 4, 3, 9, 7], w: [17, 3, 3, 3, 7], stride: 1, padding: 1 },
+        ConvCase { x: [1, 5, 7, 8, 9], w: [32, 3, 3, 3, 9], stride: 2, padding: 1 },
+        ConvCase { x: [1, 4, 5, 6, 8], w: [16, 3, 1, 3, 8], stride: 1, padding: 1 },
     ];
     for (i, cs) in cases.into_iter().enumerate() {
         check_against_naive(cs, false, 100 + i as u64);

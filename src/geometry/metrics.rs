@@ -115,7 +115,7 @@ fn reduce(d: &[f32], q: Option<f64>) -> f64 {
 }
 
 /// Symmetric Hausdorff distance (mm) between the surfaces (maximum, or the larger directed
-/// `q`-th percentile). See the module docs for empty masks.
+/// `q`-th percentile). Empty masks: 0 when both are empty, `INFINITY` when one is.
 pub fn hausdorff(
     pred: &[bool],
     gt: &[bool],
@@ -123,8 +123,32 @@ pub fn hausdorff(
     spacing: [f64; 3],
     q: Option<f64>,
 ) -> Result<f64> {
-    let m = segmentation_metrics_q(pred, gt, dims, spacing, q.unwrap_or(95.0))?;
-    Ok(if q.is_some() { m.hd95_mm } else { m.hd_mm })
+    let (pg, gp) = surface_distance_pair(pred, gt, dims, spacing)?;
+    Ok(match (pg.is_empty(), gp.is_empty()) {
+        (true, true) => 0.0,
+        (true, false) | (false, true) => f64::INFINITY,
+        _ => reduce(&pg, q).max(reduce(&gp, q)),
+    })
+}
+
+/// Both directed surface-distance lists (pred -> gt, gt -> pred), each surface extracted once.
+fn surface_distance_pair(
+    pred: &[bool],
+    gt: &[bool],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    check_spacing("surface_distances", spacing)?;
+    let sp = surface_voxels(pred, dims)?;
+    let sg = surface_voxels(gt, dims)?;
+    let gather = |from: &[bool], to: &[bool]| -> Result<Vec<f32>> {
+        if !from.iter().any(|&x| x) {
+            return Ok(Vec::new());
+        }
+        let dt = distance_to(to, dims, spacing)?;
+        Ok(from.iter().zip(&dt).filter(|(s, _)| **s).map(|(_, d)| *d).collect())
+    };
+    Ok((gather(&sp, &sg)?, gather(&sg, &sp)?))
 }
 
 /// Dice, IoU, HD, HD95, ASSD (mm) and the original Hausdorff (voxels). See the module docs for
@@ -170,8 +194,7 @@ fn segmentation_metrics_q(
         (0, 0) => (0.0, 0.0, 0.0),
         (0, _) | (_, 0) => (f64::INFINITY, f64::INFINITY, f64::INFINITY),
         _ => {
-            let pg = directed_surface_distances(pred, gt, dims, spacing)?;
-            let gp = directed_surface_distances(gt, pred, dims, spacing)?;
+            let (pg, gp) = surface_distance_pair(pred, gt, dims, spacing)?;
             let hd = reduce(&pg, None).max(reduce(&gp, None));
             let hd95 = percentile(&pg, q).max(percentile(&gp, q));
             let sum: f64 = pg.iter().chain(&gp).map(|&x| x as f64).sum();

@@ -6,6 +6,7 @@
 //! mesh function. Meshes are compared by invariants (area, enclosed volume, watertightness),
 //! never vertex by vertex.
 
+pub mod components;
 pub mod edt;
 pub mod inflate;
 pub mod marching_cubes;

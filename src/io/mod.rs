@@ -22,6 +22,7 @@ pub mod normalize;
 pub mod orientation;
 pub mod resample;
 pub mod volume;
+pub mod weights;
 
 use std::path::Path;
 

@@ -1,1 +1,415 @@
 //! Synthetic TMJ head-CT phantoms with ground-truth masks (the embedded default data set).
+//!
+//! Each case is a [`Phantom`] drawn from `(seed, case)`: skull, mandible with both condyles,
+//! temporal bones with glenoid fossa and articular eminence, cervical vertebrae, soft tissue and
+//! airway, all signed-distance functions in millimetres. It is rendered twice: the whole head at
+//! a coarse spacing and one VOI per joint at 0.4 mm, both straight from the distances, then
+//! blurred (partial volume) and given Gaussian noise. [`write_dataset`] writes the layout of
+//! CONTRACTS.md (`imagesTr/`, `labelsTr/`, `voi/`, `dataset.json`); `train::dataset` reads it.
+//! The ground-truth definitions (MC, TB, NV) are in [`phantom`]'s module docs.
+
+pub mod anatomy;
+pub mod noise;
+pub mod phantom;
+pub mod preview;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use phantom::{Phantom, Tissue};
+
+use crate::io::nifti::{generated_header, DataType};
+use crate::io::{Volume, VoxelKind};
+use crate::{Error, Result};
+use anatomy::V3;
+use noise::{hash_words, Rng};
+use phantom::{add_noise, blur, render, Grid};
+
+/// Spacing of the per-joint VOIs (mm), fixed by the data set contract.
+pub const VOI_SPACING: f64 = 0.4;
+/// Field of view of the whole-head volume (mm along x, y, z).
+pub const HEAD_EXTENT_MM: [f64; 3] = [180.0, 228.0, 252.0];
+/// Scanner-frame centre of the head field of view (mm).
+const HEAD_CENTER: V3 = [0.0, 3.0, 15.0];
+/// The VOI centre sits this far above the condylar head's centre, so the fossa roof fits.
+const VOI_RAISE_MM: f64 = 2.0;
+/// Random shift of each VOI around the joint (mm per axis), as a localiser would leave it.
+const VOI_JITTER_MM: f64 = 1.0;
+
+/// A joint side. Right is +x (RAS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Side {
+    L,
+    R,
+}
+
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::L, Side::R];
+
+    /// +1 for the right (patient's right is +x in RAS), -1 for the left.
+    pub fn sign(self) -> f64 {
+        match self {
+            Side::L => -1.0,
+            Side::R => 1.0,
+        }
+    }
+
+    /// 0 for L, 1 for R.
+    pub fn index(self) -> usize {
+        match self {
+            Side::L => 0,
+            Side::R => 1,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::L => "L",
+            Side::R => "R",
+        }
+    }
+
+    /// Parses `"L"` or `"R"`.
+    pub fn parse(s: &str) -> Option<Side> {
+        match s {
+            "L" => Some(Side::L),
+            "R" => Some(Side::R),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What to generate (everything but the case count and output folder).
+#[derive(Clone, Debug)]
+pub struct SynthConfig {
+    pub seed: u64,
+    /// VOI size in voxels `(D, H, W)` along `(x, y, z)`, at 0.4 mm.
+    pub voi_dims: [usize; 3],
+    /// Whole-head voxel size (mm, isotropic).
+    pub head_spacing: f64,
+    /// Partial-volume blur, standard deviation in voxels (0 = none).
+    pub blur_sigma_vox: f64,
+    /// Add the case's Gaussian noise (10-20 HU); off gives clean, blurred HU.
+    pub noise: bool,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        SynthConfig {
+            seed: 1,
+            voi_dims: [120, 150, 70],
+            head_spacing: 1.5,
+            blur_sigma_vox: 0.5,
+            noise: true,
+        }
+    }
+}
+
+impl SynthConfig {
+    /// Rejects sizes that cannot make a useful volume.
+    ///
+    /// # Errors
+    /// [`Error::Arg`] naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        if self.voi_dims.iter().any(|&d| !(4..=1024).contains(&d)) {
+            return Err(Error::arg(
+                "synth",
+                format!("voi size {:?}: each must be 4..=1024", self.voi_dims),
+            ));
+        }
+        if !(self.head_spacing >= 0.25 && self.head_spacing <= 10.0) {
+            return Err(Error::arg(
+                "synth",
+                format!("head spacing {} mm: must be 0.25..=10", self.head_spacing),
+            ));
+        }
+        if !(0.0..=4.0).contains(&self.blur_sigma_vox) {
+            return Err(Error::arg("synth", "blur sigma must be 0..=4 voxels"));
+        }
+        Ok(())
+    }
+
+    /// The whole-head grid (same for every case; the anatomy moves inside it).
+    pub fn head_grid(&self) -> Grid {
+        let s = self.head_spacing;
+        let dims = HEAD_EXTENT_MM.map(|e| (e / s).ceil() as usize);
+        Grid::centered(HEAD_CENTER, dims, [s; 3])
+    }
+}
+
+/// One joint's VOI with its truth.
+#[derive(Clone, Debug)]
+pub struct VoiCase {
+    pub side: Side,
+    /// CT in HU.
+    pub ct: Volume,
+    /// Masks 0/1, aligned with `ct`.
+    pub mc: Volume,
+    pub tb: Volume,
+    pub nv: Volume,
+    /// NV voxel count x voxel volume (mm^3).
+    pub nv_mm3: f64,
+    /// Designed joint space (mm).
+    pub joint_space_mm: f64,
+}
+
+/// A generated case, in memory.
+#[derive(Clone, Debug)]
+pub struct PhantomCase {
+    pub id: String,
+    pub phantom: Phantom,
+    /// Whole head CT in HU.
+    pub head_ct: Volume,
+    /// Whole head labels (0 bg, 1 MC, 2 TB, 3 NV), non-zero only inside the two VOI boxes.
+    pub head_labels: Volume,
+    /// L then R.
+    pub vois: Vec<VoiCase>,
+}
+
+/// `case_0001` for index 0.
+pub fn case_id(index: usize) -> String {
+    format!("case_{:04}", index + 1)
+}
+
+/// The VOI grid of `side`: centred just above the condylar head, jittered by the seed.
+pub fn voi_grid(cfg: &SynthConfig, ph: &Phantom, case: usize, side: Side) -> Grid {
+    let mut rng = Rng::new(hash_words(&[cfg.seed, case as u64, side.index() as u64, 0x766f69]));
+    let c = ph.joint(side).center();
+    let mut center = ph.pose.to_world([c[0], c[1], c[2] + VOI_RAISE_MM]);
+    for v in &mut center {
+        *v += rng.sym(VOI_JITTER_MM);
+    }
+    Grid::centered(center, cfg.voi_dims, [VOI_SPACING; 3])
+}
+
+/// Generates case `index` (0-based) in memory.
+///
+/// # Errors
+/// [`Error::Arg`] for an invalid config.
+pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
+    cfg.validate()?;
+    let ph = Phantom::new(cfg.seed, index as u64);
+    let grids = Side::BOTH.map(|s| voi_grid(cfg, &ph, index, s));
+
+    let head = cfg.head_grid();
+    let (mut ct, labels) = render(&head, |w| {
+        let e = ph.eval(w);
+        let label = Side::BOTH
+            .iter()
+            .find(|s| grids[s.index()].contains(w))
+            .map_or(0, |&s| ph.label(s, w, &e));
+        (e.hu as f32, label)
+    });
+    finish_ct(&mut ct, head.dims, cfg, &ph, 0);
+    let head_ct = ct_volume(&head, ct);
+    let head_labels = head.volume(labels.iter().map(|&l| f32::from(l)).collect());
+
+    let vois = Side::BOTH
+        .iter()
+        .map(|&side| {
+            let grid = grids[side.index()];
+            let (mut ct, labels) = render(&grid, |w| {
+                let e = ph.eval(w);
+                (e.hu as f32, ph.label(side, w, &e))
+            });
+            finish_ct(&mut ct, grid.dims, cfg, &ph, 1 + side.index() as u64);
+            let mask = |id: u8| grid.volume(labels.iter().map(|&l| f32::from(l == id)).collect());
+            let nv_count = labels.iter().filter(|&&l| l == 3).count();
+            VoiCase {
+                side,
+                ct: ct_volume(&grid, ct),
+                mc: mask(1),
+                tb: mask(2),
+                nv: mask(3),
+                nv_mm3: nv_count as f64 * VOI_SPACING.powi(3),
+                joint_space_mm: ph.joint(side).gap_mm,
+            }
+        })
+        .collect();
+    Ok(PhantomCase { id: case_id(index), phantom: ph, head_ct, head_labels, vois })
+}
+
+/// Partial-volume blur, then noise that depends only on the case and voxel, then whole HU (what
+/// a scanner stores; the files are int16).
+fn finish_ct(ct: &mut [f32], dims: [usize; 3], cfg: &SynthConfig, ph: &Phantom, which: u64) {
+    blur(ct, dims, cfg.blur_sigma_vox);
+    if cfg.noise {
+        add_noise(ct, ph.noise_key(which), ph.noise_sigma);
+    }
+    ct.iter_mut().for_each(|v| *v = v.round().clamp(-1024.0, 3071.0));
+}
+
+/// A CT volume on `grid` that is written as int16 (its values are whole HU).
+fn ct_volume(grid: &Grid, data: Vec<f32>) -> Volume {
+    let mut v = grid.volume(data);
+    v.header = Some(generated_header(&v, DataType::I16, "dnvs-engine synthetic TMJ phantom"));
+    v
+}
+
+/// `dataset.json`, as in CONTRACTS.md (plus `voi_dims`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub seed: u64,
+    pub spacing_head: [f64; 3],
+    pub spacing_voi: [f64; 3],
+    #[serde(default)]
+    pub voi_dims: Option<[usize; 3]>,
+    pub labels: BTreeMap<String, String>,
+    pub cases: Vec<ManifestCase>,
+}
+
+/// One case of `dataset.json`; paths are relative to the data set folder.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManifestCase {
+    pub id: String,
+    pub image: String,
+    pub label: String,
+    pub sides: BTreeMap<Side, ManifestSide>,
+}
+
+/// One joint of a case in `dataset.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManifestSide {
+    pub image: String,
+    pub mc: String,
+    pub tb: String,
+    pub nv: String,
+    pub nv_mm3: f64,
+    pub joint_space_mm: f64,
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))
+}
+
+/// Writes one generated case under `root` (the temporary folder) and returns its manifest entry.
+fn write_case(root: &Path, case: &PhantomCase, preview: bool) -> Result<ManifestCase> {
+    let id = &case.id;
+    let image = format!("imagesTr/{id}.nii.gz");
+    let label = format!("labelsTr/{id}.nii.gz");
+    crate::io::write_nifti(&root.join(&image), &case.head_ct, VoxelKind::Image)?;
+    crate::io::write_nifti(&root.join(&label), &case.head_labels, VoxelKind::Mask)?;
+    let mut sides = BTreeMap::new();
+    for v in &case.vois {
+        let name = |what: &str| format!("voi/{id}_{}_{what}.nii.gz", v.side);
+        let entry = ManifestSide {
+            image: name("ct"),
+            mc: name("mc"),
+            tb: name("tb"),
+            nv: name("nv"),
+            nv_mm3: (v.nv_mm3 * 1000.0).round() / 1000.0,
+            joint_space_mm: (v.joint_space_mm * 1000.0).round() / 1000.0,
+        };
+        crate::io::write_nifti(&root.join(&entry.image), &v.ct, VoxelKind::Image)?;
+        for (path, vol) in [(&entry.mc, &v.mc), (&entry.tb, &v.tb), (&entry.nv, &v.nv)] {
+            crate::io::write_nifti(&root.join(path), vol, VoxelKind::Mask)?;
+        }
+        if preview {
+            preview::write_voi_preview(&root.join(format!("preview/{id}_{}.png", v.side)), v)?;
+        }
+        sides.insert(v.side, entry);
+    }
+    if preview {
+        preview::write_head_preview(&root.join(format!("preview/{id}_head.png")), case)?;
+    }
+    Ok(ManifestCase { id: id.clone(), image, label, sides })
+}
+
+/// The sub-folders a data set owns (replaced as a whole on every write).
+const OWNED_DIRS: [&str; 4] = ["imagesTr", "labelsTr", "voi", "preview"];
+
+/// Generates `cases` cases in parallel and writes them to `out` (created if missing).
+///
+/// Everything is written under `out/.tmp` first; the sub-folders then replace the old ones and
+/// `dataset.json` is renamed last, so a reader never sees a half-written case list. Output bytes
+/// depend only on the arguments. `on_case` is called once per finished case (progress).
+///
+/// # Errors
+/// [`Error::Arg`] for zero cases or a bad config, [`Error::Io`] naming the path that could not be
+/// written, and whatever `io::write_nifti` returns.
+pub fn write_dataset(
+    out: &Path,
+    cases: usize,
+    cfg: &SynthConfig,
+    preview: bool,
+    on_case: &(dyn Fn(&str) + Sync),
+) -> Result<Manifest> {
+    if cases == 0 {
+        return Err(Error::arg("synth", "--cases must be at least 1"));
+    }
+    cfg.validate()?;
+    mkdir(out)?;
+    let tmp = out.join(".tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    for d in OWNED_DIRS {
+        if d != "preview" || preview {
+            mkdir(&tmp.join(d))?;
+        }
+    }
+    let entries = (0..cases)
+        .into_par_iter()
+        .map(|i| {
+            let case = generate_case(cfg, i)?;
+            let entry = write_case(&tmp, &case, preview)?;
+            on_case(&case.id);
+            Ok(entry)
+        })
+        .collect::<Result<Vec<_>>>();
+    let entries = match entries {
+        Ok(e) => e,
+        Err(e) => {
+            // Leave no partial data set behind; the error is what matters.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let labels = [(0, "background"), (1, "MC"), (2, "TB"), (3, "NV")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let manifest = Manifest {
+        name: "dnvs-phantoms".into(),
+        seed: cfg.seed,
+        spacing_head: [cfg.head_spacing; 3],
+        spacing_voi: [VOI_SPACING; 3],
+        voi_dims: Some(cfg.voi_dims),
+        labels,
+        cases: entries,
+    };
+    let json_tmp = tmp.join("dataset.json");
+    let mut text = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| Error::format(&json_tmp, e.to_string()))?;
+    text.push('\n');
+    std::fs::write(&json_tmp, text).map_err(|e| Error::io(&json_tmp, e))?;
+    for d in OWNED_DIRS {
+        let target = out.join(d);
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+        }
+        let src = tmp.join(d);
+        if src.exists() {
+            std::fs::rename(&src, &target).map_err(|e| Error::io(&target, e))?;
+        }
+    }
+    let json = out.join("dataset.json");
+    std::fs::rename(&json_tmp, &json).map_err(|e| Error::io(&json, e))?;
+    std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    Ok(manifest)
+}
+
+/// Where `dataset.json` of a data set folder is.
+pub fn manifest_path(dir: &Path) -> PathBuf {
+    dir.join("dataset.json")
+}

@@ -16,6 +16,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+mod direct;
+
 /// Output voxels per forward / weight-gradient tile: enough rows that a GEMM call amortises
 /// packing the weight, few enough that the patch (`rows * kvol * C` floats) stays near L2.
 const TILE_ROWS: usize = 128;
@@ -99,7 +101,7 @@ impl ConvGeom {
 
 // ---- GEMM -------------------------------------------------------------------------------------
 
-/// A strided view of a row-major-ish matrix: element `(i, j)` is `data[i * rs + j * cs]`.
+/// A strided view of a matrix: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
 struct Mat<'a> {
     data: &'a [f32],
@@ -107,25 +109,40 @@ struct Mat<'a> {
     cs: usize,
 }
 
-/// `dst (m x n, row stride ldd) = [dst +] a (m x k) * b (k x n)`, single-threaded: callers
+/// Index of the last element of an `rows x cols` matrix with strides `rs`, `cs`.
+fn last_index(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    (rows - 1) * rs + (cols - 1) * cs
+}
+
+/// `dst (m x n, strides drs, dcs) = [dst +] a (m x k) * b (k x n)`, single-threaded: callers
 /// parallelise over tiles.
 #[allow(clippy::too_many_arguments)]
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], ldd: usize, acc: bool, a: Mat, b: Mat) {
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    (drs, dcs): (usize, usize),
+    acc: bool,
+    a: Mat,
+    b: Mat,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(last(m, n, ldd, 1) < dst.len(), "matmul: dst too short");
+    assert!(last_index(m, n, drs, dcs) < dst.len(), "matmul: dst too short");
     if k == 0 {
         if !acc {
-            for row in dst.chunks_mut(ldd).take(m) {
-                row[..n].fill(0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * drs + j * dcs] = 0.0;
+                }
             }
         }
         return;
     }
-    assert!(last(m, k, a.rs, a.cs) < a.data.len(), "matmul: lhs too short");
-    assert!(last(k, n, b.rs, b.cs) < b.data.len(), "matmul: rhs too short");
+    assert!(last_index(m, k, a.rs, a.cs) < a.data.len(), "matmul: lhs too short");
+    assert!(last_index(k, n, b.rs, b.cs) < b.data.len(), "matmul: rhs too short");
     // SAFETY: the asserts above bound every element the call reads or writes inside its slice;
     // `dst` is borrowed mutably, so nothing else aliases it.
     unsafe {
@@ -134,8 +151,8 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], ldd: usize, acc: bool, 
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            ldd as isize,
+            dcs as isize,
+            drs as isize,
             acc,
             a.data.as_ptr(),
             a.cs as isize,
@@ -153,20 +170,58 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], ldd: usize, acc: bool, 
     }
 }
 
+/// `out (rows x n, row-major) = [bias +] a (rows x k) * b (k x n)` for a tile with few columns
+/// (output channels). The GEMM writes a column-major scratch copy first: the microkernel's long
+/// side (24 floats with AVX2) then runs along the tile's rows rather than along `n` (often 16),
+/// which would leave a third of it idle; the transpose back costs `rows * n` moves.
+#[allow(clippy::too_many_arguments)]
+fn tile_matmul(
+    rows: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    if scratch.len() < rows * n {
+        scratch.resize(rows * n, 0.0);
+    }
+    let col = &mut scratch[..rows * n];
+    matmul(rows, n, k, col, (1, rows), false, a, b);
+    for (r, o) in out.chunks_exact_mut(n).take(rows).enumerate() {
+        for (j, v) in o.iter_mut().enumerate() {
+            *v = col[j * rows + r];
+        }
+        if let Some(bias) = bias {
+            o.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+    }
+}
+
+/// Per-thread scratch: the patch matrix and the column-major GEMM result of a tile.
+#[derive(Default)]
+struct Scratch {
+    patch: Vec<f32>,
+    col: Vec<f32>,
+}
+
 thread_local! {
-    /// One patch buffer per rayon worker, reused across tiles and calls.
-    static PATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One scratch per rayon worker, reused across tiles and calls.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Runs `f` on this thread's patch buffer of `len` floats (contents unspecified: callers overwrite
-/// every element they read).
-fn with_patch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    PATCH.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < len {
-            p.resize(len, 0.0);
+/// every element they read) and its column scratch.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32], &mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let Scratch { patch, col } = &mut *s;
+        if patch.len() < len {
+            patch.resize(len, 0.0);
         }
-        f(&mut p[..len])
+        f(&mut patch[..len], col)
     })
 }
 
@@ -232,6 +287,22 @@ fn is_pointwise(g: &ConvGeom) -> bool {
 /// # Shapes
 /// `x (N, D, H, W, C)`, `w (K, kd, kh, kw, C)`, `bias (K)` -> `(N, D', H', W', K)`.
 pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    if direct_fwd_pays(g) {
+        direct::fwd(x, w, bias, g)
+    } else {
+        fwd_gemm(x, w, bias, g)
+    }
+}
+
+/// The direct kernel pads output channels to a multiple of 16: worth it unless that wastes more
+/// than a quarter of the work (K = 2 or 8 stay on the GEMM path), and not for pointwise
+/// convolutions, where the GEMM reads the input in place anyway.
+fn direct_fwd_pays(g: &ConvGeom) -> bool {
+    direct::available() && !is_pointwise(g) && g.k * 4 >= g.k.div_ceil(16) * 16 * 3
+}
+
+/// Forward convolution through im2col tiles and `gemm`.
+fn fwd_gemm(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let (k, p) = (g.k, g.patch_len());
     let mut out = vec![0.0; g.out_voxels() * k];
     if out.is_empty() {
@@ -242,19 +313,15 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
     out.par_chunks_mut(TILE_ROWS * k).enumerate().for_each(|(t, tile)| {
         let v0 = t * TILE_ROWS;
         let rows = tile.len() / k;
-        if let Some(bias) = bias {
-            for o in tile.chunks_exact_mut(k) {
-                o.copy_from_slice(bias);
-            }
-        }
-        if is_pointwise(g) {
-            let a = Mat { data: &x[v0 * p..(v0 + rows) * p], rs: p, cs: 1 };
-            matmul(rows, k, p, tile, k, bias.is_some(), a, wt);
-            return;
-        }
-        with_patch(rows * p, |patch| {
-            gather_patches(x, g, v0, patch);
-            matmul(rows, k, p, tile, k, bias.is_some(), Mat { data: patch, rs: p, cs: 1 }, wt);
+        let len = if is_pointwise(g) { 0 } else { rows * p };
+        with_scratch(len, |patch, col| {
+            let a = if is_pointwise(g) {
+                Mat { data: &x[v0 * p..(v0 + rows) * p], rs: p, cs: 1 }
+            } else {
+                gather_patches(x, g, v0, patch);
+                Mat { data: patch, rs: p, cs: 1 }
+            };
+            tile_matmul(rows, k, p, a, wt, bias, tile, col);
         });
     });
     out
@@ -273,10 +340,38 @@ pub fn bwd_input(grad_out: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     }
     if g.non_overlapping() {
         bwd_input_blocks(grad_out, w, g, &mut gi);
+    } else if let Some(flipped) = flipped_geometry(g).filter(direct_fwd_pays) {
+        return direct::fwd(grad_out, &flip_weight(w, g), None, &flipped);
     } else {
         bwd_input_gather(grad_out, w, g, &mut gi);
     }
     gi
+}
+
+/// For stride 1 and a cubic kernel no smaller than `padding + 1`, the input gradient is the
+/// forward convolution of `grad_out`, padded by `k - 1 - padding`, with the weight flipped in
+/// space and its channel axes swapped: this geometry.
+fn flipped_geometry(g: &ConvGeom) -> Option<ConvGeom> {
+    let ks = g.kernel[0];
+    if g.stride != 1 || g.kernel.iter().any(|&k| k != ks) || g.padding + 1 > ks {
+        return None;
+    }
+    let f = ConvGeom::new(g.n, g.output, g.k, g.c, g.kernel, 1, ks - 1 - g.padding)?;
+    (f.output == g.input).then_some(f)
+}
+
+/// `w (K, taps, C)` -> `(C, reversed taps, K)`.
+fn flip_weight(w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (k, c, kvol) = (g.k, g.c, g.kvol());
+    let mut out = vec![0.0; w.len()];
+    for kk in 0..k {
+        for t in 0..kvol {
+            for ch in 0..c {
+                out[(ch * kvol + kvol - 1 - t) * k + kk] = w[(kk * kvol + t) * c + ch];
+            }
+        }
+    }
+    out
 }
 
 /// Non-overlapping windows: every output voxel's `kvol*C` gradient block is one GEMM row
@@ -297,8 +392,9 @@ fn bwd_input_blocks(grad_out: &[f32], w: &[f32], g: &ConvGeom, gi: &mut [f32]) {
             for r0 in (0..plane).step_by(rows_per_tile) {
                 let rows = rows_per_tile.min(plane - r0);
                 let go = &grad_out[(v_base + r0) * k..(v_base + r0 + rows) * k];
-                with_patch(rows * p, |blocks| {
-                    matmul(rows, p, k, blocks, p, false, Mat { data: go, rs: k, cs: 1 }, wm);
+                with_scratch(rows * p, |blocks, _| {
+                    let go = Mat { data: go, rs: k, cs: 1 };
+                    matmul(rows, p, k, blocks, (p, 1), false, go, wm);
                     for (r, block) in blocks.chunks_exact(p).enumerate() {
                         let (y, xw) = ((r0 + r) / ow, (r0 + r) % ow);
                         scatter_block(block, g, y, xw, gslab);
@@ -342,11 +438,11 @@ fn bwd_input_gather(grad_out: &[f32], w: &[f32], g: &ConvGeom, gi: &mut [f32]) {
     gi.par_chunks_mut(TILE_ROWS * c).enumerate().for_each(|(t, tile)| {
         let v0 = t * TILE_ROWS;
         let rows = tile.len() / c;
-        with_patch(rows * q, |patch| {
+        with_scratch(rows * q, |patch, col| {
             for (r, row) in patch.chunks_exact_mut(q).enumerate() {
                 gather_grad_row(grad_out, g, v0 + r, row);
             }
-            matmul(rows, c, q, tile, c, false, Mat { data: patch, rs: q, cs: 1 }, wm);
+            tile_matmul(rows, c, q, Mat { data: patch, rs: q, cs: 1 }, wm, None, tile, col);
         });
     });
 }
@@ -390,6 +486,16 @@ fn gather_grad_row(grad_out: &[f32], g: &ConvGeom, v: usize, row: &mut [f32]) {
 /// # Shapes
 /// `x (N, D, H, W, C)`, `grad_out (N, D', H', W', K)` -> `(K, kd, kh, kw, C)`.
 pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
+    // The direct kernel tiles input channels by 6: below that it would mostly multiply padding.
+    if direct::available() && !is_pointwise(g) && g.c >= 6 {
+        direct::bwd_weight(x, grad_out, g)
+    } else {
+        bwd_weight_gemm(x, grad_out, g)
+    }
+}
+
+/// Gradient of the weight through im2col tiles and `gemm`.
+fn bwd_weight_gemm(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (k, p) = (g.k, g.patch_len());
     let voxels = g.out_voxels();
     if voxels == 0 || k == 0 || p == 0 {
@@ -410,12 +516,13 @@ pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
                 let go = Mat { data: &grad_out[v0 * k..(v0 + rows) * k], rs: 1, cs: k };
                 if is_pointwise(g) {
                     let xs = Mat { data: &x[v0 * p..(v0 + rows) * p], rs: p, cs: 1 };
-                    matmul(k, p, rows, &mut dw, p, true, go, xs);
+                    matmul(k, p, rows, &mut dw, (p, 1), true, go, xs);
                     continue;
                 }
-                with_patch(rows * p, |patch| {
+                with_scratch(rows * p, |patch, _| {
                     gather_patches(x, g, v0, patch);
-                    matmul(k, p, rows, &mut dw, p, true, go, Mat { data: patch, rs: p, cs: 1 });
+                    let a = Mat { data: patch, rs: p, cs: 1 };
+                    matmul(k, p, rows, &mut dw, (p, 1), true, go, a);
                 });
             }
             dw
@@ -488,7 +595,7 @@ mod tests {
             2,
             2,
             &mut d,
-            2,
+            (2, 1),
             false,
             Mat { data: &a, rs: 2, cs: 1 },
             Mat { data: &b, rs: 2, cs: 1 },
