@@ -9,6 +9,7 @@ mod common;
 use common::{assert_close, cuda_device, random_vec};
 use dnvs_engine::autograd;
 use dnvs_engine::loss;
+use dnvs_engine::nn;
 use dnvs_engine::ops::{self, BatchStats, RunningStats};
 use dnvs_engine::optim::{Adam, AdamConfig};
 use dnvs_engine::tensor::{Device, Tensor};
@@ -252,4 +253,51 @@ fn cpu_accumulation_unchanged() {
     let gx = g.get(&x).expect("grad");
     assert_eq!(gx.device(), Device::Cpu);
     assert_eq!(gx.to_vec().expect("cpu"), vec![2.0, -4.0, 6.0]);
+}
+
+/// Forward (train mode, dropout seeded) and backward of a whole network on `dev`: the loss, then
+/// the gradient of every parameter, on the host.
+fn net_step(arch: nn::Arch, dev: Device) -> (f32, Vec<Vec<f32>>) {
+    let mut net = nn::build_seeded(arch, 4, 5).expect("build");
+    net.to_device(dev).expect("to device");
+    let s = 2 * net.size_multiple();
+    let x = rand(&[1, s, s, s, 1], 51, 1.0).to_device(dev).expect("upload");
+    let probs = net.forward(&x, nn::Mode::Train { seed: 3 }).expect("forward");
+    let t = target(&[1, s, s, s], 2).to_device(dev).expect("upload");
+    let loss = loss::dice_ce(&probs, &t, Some(&[0.4, 1.0]), 1.0, true).expect("loss");
+    let grads = autograd::backward(&loss).expect("backward");
+    let g = net
+        .parameters()
+        .iter()
+        .map(|p| grads.get(p).map(|g| g.to_vec().expect("download")).unwrap_or_default())
+        .collect();
+    (loss.item().expect("scalar"), g)
+}
+
+/// Every network of the paper, one training step's gradients, GPU against CPU. GPU-only (the
+/// CPU half alone is `nets_cpu_half`, ignored to keep CI fast).
+#[test]
+fn networks_gpu_match_cpu() {
+    let Some(gpu) = cuda_device() else {
+        eprintln!("networks: skipped, needs a GPU");
+        return;
+    };
+    for arch in nn::Arch::ALL {
+        let (cl, cg) = net_step(arch, Device::Cpu);
+        let (gl, gg) = net_step(arch, gpu);
+        assert_close(&format!("{arch:?}: loss"), &[gl], &[cl], RTOL, ATOL);
+        for (i, (g, c)) in gg.iter().zip(&cg).enumerate() {
+            assert_close(&format!("{arch:?}: grad of parameter {i}"), g, c, 1e-2, 1e-4);
+        }
+    }
+}
+
+#[test]
+#[ignore = "CPU half of networks_gpu_match_cpu, a few seconds; run to check the harness"]
+fn nets_cpu_half() {
+    for arch in nn::Arch::ALL {
+        let (l, g) = net_step(arch, Device::Cpu);
+        assert!(l.is_finite(), "{arch:?}: loss {l}");
+        assert!(g.iter().all(|v| !v.is_empty()), "{arch:?}: every parameter has a gradient");
+    }
 }
