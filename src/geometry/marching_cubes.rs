@@ -227,19 +227,26 @@ struct Grid<'a> {
 }
 
 impl Grid<'_> {
-    /// Inside flags of padded slice `si` (all background for the padding slices).
-    fn flags(&self, si: usize, out: &mut [u8]) {
-        out.fill(0);
+    /// Inside flags of padded slice `si` (all background for the padding slices) and the span
+    /// of inside samples of each row.
+    fn flags(&self, si: usize, out: &mut Flags) {
+        out.f.fill(0);
+        out.span.fill(EMPTY_SPAN);
         if si == 0 || si > self.dims[0] {
             return;
         }
         let [_, h, w] = self.dims;
+        let pw = self.p[2];
         let plane = &self.field[(si - 1) * h * w..si * h * w];
         for j in 0..h {
             let row = &plane[j * w..(j + 1) * w];
-            let dst = &mut out[(j + 1) * self.p[2] + 1..(j + 1) * self.p[2] + 1 + w];
+            let dst = &mut out.f[(j + 1) * pw + 1..(j + 1) * pw + 1 + w];
             for (d, &v) in dst.iter_mut().zip(row) {
                 *d = (v > self.level) as u8;
+            }
+            if let Some(lo) = dst.iter().position(|&x| x != 0) {
+                let hi = dst.iter().rposition(|&x| x != 0).expect("a first one implies a last");
+                out.span[j + 1] = (lo + 1, hi + 2);
             }
         }
     }
@@ -273,17 +280,54 @@ impl Grid<'_> {
     }
 }
 
+/// Inside flags of one padded slice plus, per row, the half-open span `[lo, hi)` of its inside
+/// samples (flying-edges style trimming: most rows of a volume cross nothing).
+struct Flags {
+    f: Vec<u8>,
+    span: Vec<(usize, usize)>,
+}
+
+const EMPTY_SPAN: (usize, usize) = (usize::MAX, 0);
+
+impl Flags {
+    fn new(p: [usize; 3]) -> Self {
+        Flags { f: vec![0; p[1] * p[2]], span: vec![EMPTY_SPAN; p[1]] }
+    }
+
+    fn clear(&mut self) {
+        self.f.fill(0);
+        self.span.fill(EMPTY_SPAN);
+    }
+}
+
+/// The sample range `[lo - 1, hi)` (clipped to `[0, end)`) outside which the given row spans
+/// cannot produce a crossing or a non-empty cube.
+#[inline]
+fn trimmed(spans: &[(usize, usize)], end: usize) -> (usize, usize) {
+    let (lo, hi) = spans.iter().fold(EMPTY_SPAN, |a, b| (a.0.min(b.0), a.1.max(b.1)));
+    if lo >= hi {
+        (0, 0)
+    } else {
+        (lo.saturating_sub(1), hi.min(end))
+    }
+}
+
 /// Visits the crossing edges owned by slice `si` in the one fixed order both passes use.
 #[inline]
 fn for_each_crossing(
     p: [usize; 3],
-    f0: &[u8],
-    f1: Option<&[u8]>,
+    fl0: &Flags,
+    fl1: Option<&Flags>,
     mut visit: impl FnMut(usize, usize, usize),
 ) {
     let (ph, pw) = (p[1], p[2]);
+    let f0 = &fl0.f[..];
+    let f1 = fl1.map(|x| &x.f[..]);
     for j in 0..ph {
-        for k in 0..pw {
+        let below = fl0.span.get(j + 1).copied().unwrap_or(EMPTY_SPAN);
+        let next = fl1.map_or(EMPTY_SPAN, |x| x.span[j]);
+        let (k0, k1) = trimmed(&[fl0.span[j], below, next], pw);
+        for k in k0..k1 {
             let q = j * pw + k;
             let a = f0[q];
             if let Some(f1) = f1 {
@@ -319,13 +363,20 @@ fn cube_case(f0: &[u8], f1: &[u8], q: usize, pw: usize) -> usize {
         | (f1[q + pw + 1] << 7)) as usize
 }
 
+/// The cube range along `k` of cube row `j` between two slices that can be non-empty.
+#[inline]
+fn cube_span(f0: &Flags, f1: &Flags, j: usize, pw: usize) -> (usize, usize) {
+    trimmed(&[f0.span[j], f0.span[j + 1], f1.span[j], f1.span[j + 1]], pw - 1)
+}
+
 /// Centroid vertices needed by the cubes between two slices.
-fn count_centres(p: [usize; 3], table: &CaseTable, f0: &[u8], f1: &[u8]) -> usize {
+fn count_centres(p: [usize; 3], table: &CaseTable, f0: &Flags, f1: &Flags) -> usize {
     let pw = p[2];
     let mut n = 0;
     for j in 0..p[1] - 1 {
-        for k in 0..pw - 1 {
-            n += table.centres[cube_case(f0, f1, j * pw + k, pw)].len();
+        let (k0, k1) = cube_span(f0, f1, j, pw);
+        for k in k0..k1 {
+            n += table.centres[cube_case(&f0.f, &f1.f, j * pw + k, pw)].len();
         }
     }
     n
@@ -356,7 +407,7 @@ pub fn marching_cubes(
     let counts: Vec<(usize, usize)> = (0..p[0])
         .into_par_iter()
         .map_init(
-            || (vec![0u8; plane], vec![0u8; plane]),
+            || (Flags::new(p), Flags::new(p)),
             |(f0, f1), si| {
                 grid.flags(si, f0);
                 let has_next = si + 1 < p[0];
@@ -364,7 +415,7 @@ pub fn marching_cubes(
                     grid.flags(si + 1, f1);
                 }
                 let mut n = 0;
-                for_each_crossing(p, f0, has_next.then_some(&f1[..]), |_, _, _| n += 1);
+                for_each_crossing(p, f0, has_next.then_some(&*f1), |_, _, _| n += 1);
                 let c = if has_next { count_centres(p, table, f0, f1) } else { 0 };
                 (n, c)
             },
@@ -398,7 +449,7 @@ pub fn marching_cubes(
         .into_par_iter()
         .map(|(a, b, verts)| {
             let base = offsets[a];
-            let mut flags = [vec![0u8; plane], vec![0u8; plane], vec![0u8; plane]];
+            let mut flags = [Flags::new(p), Flags::new(p), Flags::new(p)];
             let new_ids =
                 || SliceIds { ids: [vec![0u32; plane], vec![0u32; plane], vec![0u32; plane]] };
             let mut ids = [new_ids(), new_ids()];
@@ -412,7 +463,7 @@ pub fn marching_cubes(
                 if si + 2 < p[0] {
                     grid.flags(si + 2, &mut flags[2]);
                 } else {
-                    flags[2].fill(0);
+                    flags[2].clear();
                 }
                 let own = if si + 1 < b { Some((&mut *verts, base)) } else { None };
                 let (lo, hi) = ids.split_at_mut(1);
@@ -450,8 +501,8 @@ fn number_slice(
     grid: &Grid,
     si: usize,
     first: usize,
-    f0: &[u8],
-    f1: &[u8],
+    f0: &Flags,
+    f1: &Flags,
     ids: &mut SliceIds,
     mut out: Option<(&mut [[f32; 3]], usize)>,
 ) {
@@ -470,8 +521,8 @@ fn number_slice(
 /// The two slices around one slab of cubes.
 struct Slab<'a> {
     si: usize,
-    f0: &'a [u8],
-    f1: &'a [u8],
+    f0: &'a Flags,
+    f1: &'a Flags,
     ids0: &'a SliceIds,
     ids1: &'a SliceIds,
     /// Id of the slab's first centroid vertex.
@@ -491,9 +542,10 @@ fn emit_slab(
     let pw = p[2];
     let mut next_centre = slab.first_centre;
     for j in 0..p[1] - 1 {
-        for k in 0..pw - 1 {
+        let (k0, k1) = cube_span(slab.f0, slab.f1, j, pw);
+        for k in k0..k1 {
             let q = j * pw + k;
-            let case = cube_case(slab.f0, slab.f1, q, pw);
+            let case = cube_case(&slab.f0.f, &slab.f1.f, q, pw);
             if case == 0 || case == 255 {
                 continue;
             }
