@@ -8,7 +8,10 @@
 //! face's own corners, so the two cubes sharing a face draw the same segments, and each segment is
 //! oriented with the outside on its left seen from outside the cube, so the two cubes traverse it
 //! in opposite directions. The segments of a cube close into loops, and each loop is fanned into
-//! triangles. Hence: every edge is in exactly two triangles and every directed edge appears once.
+//! triangles from a vertex that shares no face with the chords' other ends (a chord across an
+//! ambiguous face would also be drawn by the neighbour); the rare loop without such a vertex is
+//! fanned from an extra vertex at its centroid. Hence: every edge is in exactly two triangles and
+//! every directed edge appears once. The same table serves every case; a GPU port can embed it.
 //!
 //! # Borders
 //! The volume is padded by one virtual layer of background, so a foreground that touches the
@@ -19,7 +22,8 @@
 //! slice (the `+i`, `+j`, `+k` edges from its samples) and a prefix sum gives each slice its range
 //! of vertex ids; a second pass, parallel over chunks of slices, numbers the edges of each slice in
 //! the same order, writes the vertices of the slices it owns and emits the triangles. Shared
-//! vertices get one id without any locking.
+//! vertices get one id without any locking. As in flying edges, each row keeps the span of its
+//! inside samples, and rows (and row ends) that cannot cross the level are skipped.
 
 use std::sync::OnceLock;
 
