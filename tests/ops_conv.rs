@@ -377,6 +377,17 @@ fn zero_stride_is_an_argument_error() {
 }
 
 #[test]
+fn empty_channel_and_batch_axes_do_not_panic() {
+    let bias = Tensor::from_vec(vec![0.5; 16], [16]).unwrap();
+    let y = ops::conv3d(&zeros(&[1, 3, 3, 3, 0]), &zeros(&[16, 3, 3, 3, 0]), Some(&bias), 1, 1);
+    assert!(y.unwrap().to_vec().unwrap().iter().all(|&v| v == 0.5));
+    let y = ops::conv3d(&zeros(&[0, 3, 3, 3, 8]), &zeros(&[16, 3, 3, 3, 8]), None, 1, 1).unwrap();
+    assert_eq!(y.dims(), &[0, 3, 3, 3, 16]);
+    let y = ops::conv_transpose3d(&zeros(&[1, 2, 2, 2, 0]), &zeros(&[16, 2, 2, 2, 0]), None, 2);
+    assert_eq!(y.unwrap().dims(), &[1, 4, 4, 4, 16]);
+}
+
+#[test]
 fn no_grad_records_nothing() {
     let x = param(&[1, 3, 3, 3, 2], 1);
     let w = param(&[2, 3, 3, 3, 2], 2);

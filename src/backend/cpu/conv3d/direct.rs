@@ -96,6 +96,9 @@ fn pad_input(x: &[f32], g: &ConvGeom) -> Padded {
     let slack = (MAX_NJ * g.stride + g.kernel[2] + MAX_NJ) * c + NK;
     let mut data = vec![0.0; g.n * dp * hp * wp * c + slack];
     let plane = hp * wp * c;
+    if plane == 0 {
+        return Padded { data, dims };
+    }
     data[..g.n * dp * plane].par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
         let (b, z) = (i / dp, i % dp);
         if z < p || z >= p + d {
