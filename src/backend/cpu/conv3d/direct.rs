@@ -64,7 +64,7 @@ impl Isa {
     /// line feeds 16 FMAs) unless that would leave much of the last tile empty.
     fn nj(self, extent: usize) -> usize {
         match self {
-            Isa::Avx512 if extent % 16 == 0 || extent > 40 => 16,
+            Isa::Avx512 if extent.is_multiple_of(16) || extent > 40 => 16,
             Isa::Avx512 => 8,
             _ => 6,
         }
