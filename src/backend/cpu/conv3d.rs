@@ -507,7 +507,7 @@ fn bwd_weight_gemm(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
         return vec![0.0; k * p];
     }
     let tiles = voxels.div_ceil(TILE_ROWS);
-    let parts = (rayon::current_num_threads() * 2).clamp(1, tiles);
+    let parts = weight_grad_parts(tiles, k * p);
     let per_part = tiles.div_ceil(parts);
     let partials: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
@@ -541,6 +541,15 @@ fn bwd_weight_gemm(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
         }
     }
     dw
+}
+
+/// How many partial weight gradients of `len` floats to split `units` of work into: two per
+/// thread for load balance, fewer when the partials would pass 64 MiB together (a 256-channel
+/// 5x5x5 layer has 8 M weights).
+fn weight_grad_parts(units: usize, len: usize) -> usize {
+    const BUDGET_FLOATS: usize = 16 << 20;
+    let by_memory = (BUDGET_FLOATS / len.max(1)).max(1);
+    (rayon::current_num_threads() * 2).min(by_memory).clamp(1, units.max(1))
 }
 
 /// Gradient of a per-channel bias: `grad_out` summed over every voxel.

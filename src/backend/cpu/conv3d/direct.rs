@@ -211,7 +211,7 @@ pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
     };
     let rows = g.n * od * oh;
     let groups = rows.div_ceil(GROUP_ROWS);
-    let parts = (rayon::current_num_threads() * 2).clamp(1, groups);
+    let parts = super::weight_grad_parts(groups, kvol * c * k16);
     let per_part = groups.div_ceil(parts);
     let partials: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
