@@ -32,7 +32,7 @@ const GROUP_ROWS: usize = 16;
 enum Isa {
     /// 6 rows x 16 columns in 12 ymm accumulators.
     Avx2,
-    /// 16 (or 8) rows x 16 columns in zmm accumulators, one broadcast per FMA.
+    /// 16, 8 or 4 rows x 16 columns in zmm accumulators, one broadcast per FMA.
     Avx512,
     None,
 }
@@ -61,10 +61,12 @@ impl Isa {
     }
 
     /// Rows of the microkernel tile for an axis of `extent` rows: AVX-512 takes 16 (one weight
-    /// line feeds 16 FMAs) unless that would leave much of the last tile empty.
+    /// line feeds 16 FMAs) unless that would leave much of the last tile empty, then 8 or 4.
     fn nj(self, extent: usize) -> usize {
         match self {
             Isa::Avx512 if extent.is_multiple_of(16) || extent > 40 => 16,
+            // The V-Net's deepest level is 4 voxels wide.
+            Isa::Avx512 if extent <= 4 => 4,
             Isa::Avx512 => 8,
             _ => 6,
         }
@@ -311,6 +313,7 @@ fn micro(
             // detected at run time.
             (Isa::Avx512, 16) => unsafe { micro_avx512::<16>(pa, pb, runs, len, strides, acc) },
             (Isa::Avx512, 8) => unsafe { micro_avx512::<8>(pa, pb, runs, len, strides, acc) },
+            (Isa::Avx512, 4) => unsafe { micro_avx512::<4>(pa, pb, runs, len, strides, acc) },
             (Isa::Avx2, 6) => unsafe { micro_avx2(pa, pb, runs, len, strides, acc) },
             _ => panic!("micro: no {nj}-row kernel for {isa:?}; check available()"),
         }
@@ -451,6 +454,9 @@ mod tests {
             // 16-voxel rows and 16+ channels: the 16-row AVX-512 tile on both axes.
             (1, [2, 3, 16], 24, 16, [3, 3, 3], 1, 1),
             (1, [2, 2, 45], 16, 20, [1, 3, 3], 1, 1),
+            // 4-voxel rows (4-row tile) and 2-voxel rows.
+            (1, [3, 2, 4], 8, 16, [3, 3, 3], 1, 1),
+            (2, [2, 3, 2], 4, 16, [3, 3, 3], 1, 1),
         ];
         for (i, &(n, dims, c, k, ks, s, p)) in cases.iter().enumerate() {
             let g = ConvGeom::new(n, dims, c, k, ks, s, p).unwrap();
