@@ -15,7 +15,8 @@ const ATOL: f32 = 1e-5;
 
 // ---- golden ------------------------------------------------------------------------------------
 
-/// PyTorch transposed-conv weight `(C_in, C_out, kd, kh, kw)` -> engine `(C_out, kd, kh, kw, C_in)`.
+/// PyTorch transposed-conv weight `(C_in, C_out, kd, kh, kw)` -> engine
+/// `(C_out, kd, kh, kw, C_in)`.
 fn transposed_weight_to_engine(w: &[f32], [ci, co, kd, kh, kw]: [usize; 5]) -> Tensor {
     let kvol = kd * kh * kw;
     let mut out = vec![0.0; w.len()];

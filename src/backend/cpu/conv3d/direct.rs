@@ -1,12 +1,14 @@
-//! Direct (patch-free) convolution kernels for x86-64 with AVX2 + FMA, chosen at run time.
+//! Direct (patch-free) convolution kernels for x86-64 with AVX-512F or AVX2 + FMA, chosen at run
+//! time (`DNVS_CPU_NO_AVX512=1` forces AVX2).
 //!
 //! The im2col path spends as long copying patches (and `gemm` packing them again) as it does
 //! multiplying when the channel count is small: a 16-channel 5x5x5 patch element feeds only 32
-//! FLOPs. Here a 6x16 register-blocked microkernel reads the zero-padded input in place instead:
+//! FLOPs. Here a register-blocked microkernel (`nj` rows x 16 output channels: 6 rows with
+//! AVX2, 16, 8 or 4 with AVX-512) reads the zero-padded input in place instead:
 //!
-//! - forward: 6 consecutive output voxels x 16 output channels; the reduction walks the
+//! - forward: `nj` consecutive output voxels x 16 output channels; the reduction walks the
 //!   `kd*kh` window rows, each a contiguous `kw*C` run of the padded input (channels-last);
-//! - weight gradient: 6 consecutive input channels x 16 output channels of one tap; the
+//! - weight gradient: `nj` consecutive input channels x 16 output channels of one tap; the
 //!   reduction walks the output voxels of a group of output rows.
 //!
 //! Both are `acc[j][0..16] += sum over runs, q: a[run.a + j*a_js + q*a_qs] * b[run.b + q*b_qs ..]`,
