@@ -90,6 +90,41 @@ fn table() -> &'static CaseTable {
     })
 }
 
+/// The case table flattened for upload to the GPU (`kernels/marching_cubes.cu`), so CPU and CUDA
+/// marching cubes share one table source.
+#[derive(Clone, Debug)]
+pub struct FlatCaseTable {
+    /// Triangles of case `c` are `tris[3 * tri_offsets[c]..3 * tri_offsets[c + 1]]`.
+    pub tri_offsets: Vec<u32>,
+    /// Cube edge numbers (`< 12`) or `12 + loop` for a loop's centroid vertex, three per triangle.
+    pub tris: Vec<u8>,
+    /// Centroid loops of case `c` are `centre_offsets[c]..centre_offsets[c + 1]`.
+    pub centre_offsets: Vec<u32>,
+    /// Edges of loop `l` are `loop_edges[loop_offsets[l]..loop_offsets[l + 1]]`.
+    pub loop_offsets: Vec<u32>,
+    pub loop_edges: Vec<u8>,
+}
+
+/// The table [`marching_cubes`] uses, flattened (see [`FlatCaseTable`]).
+pub fn flat_case_table() -> FlatCaseTable {
+    let t = table();
+    let mut flat = FlatCaseTable {
+        tri_offsets: t.offsets.iter().map(|&o| o as u32).collect(),
+        tris: t.tris.iter().flatten().copied().collect(),
+        centre_offsets: vec![0],
+        loop_offsets: vec![0],
+        loop_edges: Vec::new(),
+    };
+    for loops in &t.centres {
+        for lp in loops {
+            flat.loop_edges.extend_from_slice(lp);
+            flat.loop_offsets.push(flat.loop_edges.len() as u32);
+        }
+        flat.centre_offsets.push((flat.loop_offsets.len() - 1) as u32);
+    }
+    flat
+}
+
 fn midpoint(e: usize) -> [f64; 3] {
     let (axis, o) = edge_origin(e);
     let mut p = corner_offset(o).map(|x| x as f64);
