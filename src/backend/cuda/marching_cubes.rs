@@ -29,6 +29,9 @@ pub struct McParams {
 // SAFETY: plain `#[repr(C)]` data laid out as McParams in marching_cubes.cu (checked by a test).
 unsafe impl DeviceRepr for McParams {}
 
+/// Vertices (voxel coordinates) and counter-clockwise triangles of a mesh, before its affine.
+pub type MeshParts = (Vec<[f32; 3]>, Vec<[u32; 3]>);
+
 /// The case table on the GPU.
 struct Table {
     tri_offsets: CudaSlice<u32>,
@@ -64,7 +67,7 @@ pub fn marching_cubes(
     field: &CudaSlice<f32>,
     dims: [usize; 3],
     level: f32,
-) -> Result<(Vec<[f32; 3]>, Vec<[u32; 3]>)> {
+) -> Result<MeshParts> {
     let n: usize = dims.iter().product();
     if n == 0 || field.len() != n {
         return Err(Error::shape(OP, dims, field.len()));
