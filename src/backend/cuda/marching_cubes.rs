@@ -20,7 +20,7 @@ pub struct McParams {
     pub p: [i32; 3],
     pub dims: [i32; 3],
     pub level: f32,
-    /// Edge vertices in all (the first centroid vertex id).
+    /// Edge vertices in all (informational; ids interleave edges and centroids per slice).
     pub edge_vertices: u32,
     /// `p[0] * p[1] * p[2]`.
     pub samples: i64,
@@ -57,7 +57,8 @@ fn upload_table(gpu: &Gpu) -> Result<Table> {
 }
 
 /// Marching cubes of a device field (row-major `(D, H, W)`) at `level`: vertices in voxel
-/// coordinates and counter-clockwise triangles, as the CPU's before its affine.
+/// coordinates and counter-clockwise triangles, the CPU's mesh before its affine, in the CPU's
+/// vertex and triangle order (see marching_cubes.cu).
 ///
 /// # Errors
 /// [`Error::Shape`] for a length mismatch, [`Error::Arg`] when the mesh needs more than
