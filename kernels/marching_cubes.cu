@@ -7,8 +7,11 @@
 // voxel s - 1), foreground is value > level (NaN is background), each padded sample owns its +i,
 // +j, +k edges, a crossing sits at the linear interpolation t = (level - v0) / (v1 - v0) clamped to
 // [0, 1] (0.5 on edges into the padding or when t is not finite), and loops the table marks get a
-// centroid vertex. Vertex ids differ from the CPU's (edges first, in sample order, then the
-// centroids), so meshes agree by invariants, not by vertex order.
+// centroid vertex. Vertex ids follow the CPU's order too: slice si's edge vertices (in (j, k, axis)
+// order), then the centroids of the cubes between slices si and si + 1, then slice si + 1; so an
+// edge vertex's id is its scanned edge id plus the centroids of all earlier slabs, and a centroid's
+// id is the edges of slices 0..=si plus its scanned centroid id. With the triangles in cube order
+// as well, the GPU mesh is the CPU's, vertex for vertex.
 //
 // One thread per padded sample in both passes; the cube of a sample is the one whose corner 0 it
 // is (it exists when the sample is not on the last padded plane of any axis).
@@ -19,7 +22,7 @@ struct McParams {
     int p[3];           // padded extents dims + 2
     int dims[3];        // (D, H, W)
     float level;
-    unsigned int edge_vertices;  // total edge vertices (first centroid id)
+    unsigned int edge_vertices;  // total edge vertices (informational)
     i64 samples;        // p[0] * p[1] * p[2]
 };
 
@@ -121,13 +124,15 @@ extern "C" __global__ void marching_cubes_fwd_count_u32(
 __device__ __forceinline__ unsigned int mc_edge_id(const McParams& P,
                                                    const float* __restrict__ field,
                                                    const unsigned int* __restrict__ edge_ids,
+                                                   const unsigned int* __restrict__ centre_ids,
                                                    int si, int j, int k, int e) {
     int axis, off[3];
     mc_edge_origin(e, &axis, off);
     int s0 = si + off[0], s1 = j + off[1], s2 = k + off[2];
     int bits = mc_crossings(P, field, s0, s1, s2);
-    i64 s = ((i64)s0 * P.p[1] + s1) * P.p[2] + s2;
-    return edge_ids[s] + __popc(bits & ((1 << axis) - 1));
+    i64 plane = (i64)P.p[1] * P.p[2];
+    i64 s = (i64)s0 * plane + (i64)s1 * P.p[2] + s2;
+    return edge_ids[s] + centre_ids[(i64)s0 * plane] + __popc(bits & ((1 << axis) - 1));
 }
 
 // Thread per padded sample: writes the vertices of its crossing edges, then its cube's centroid
@@ -151,7 +156,8 @@ extern "C" __global__ void marching_cubes_fwd_generate_f32(
         int si = (int)(s / ((i64)P.p[1] * P.p[2]));
         int at[3] = {si, j, k};
         int bits = mc_crossings(P, field, si, j, k);
-        unsigned int id = edge_ids[s];
+        i64 plane = (i64)P.p[1] * P.p[2];
+        unsigned int id = edge_ids[s] + centre_ids[(i64)si * plane];
         for (int a = 0; a < 3; ++a) {
             if (!(bits & (1 << a))) continue;
             float x[3];
@@ -162,7 +168,8 @@ extern "C" __global__ void marching_cubes_fwd_generate_f32(
         if (!mc_has_cube(P, si, j, k)) continue;
         int cs = mc_case(P, field, si, j, k);
         if (cs == 0 || cs == 255) continue;
-        unsigned int c0 = P.edge_vertices + centre_ids[s];
+        // A cube exists only below the last padded slice, so slice si + 1's first sample exists.
+        unsigned int c0 = edge_ids[(i64)(si + 1) * plane] + centre_ids[s];
         for (unsigned int l = centre_offsets[cs]; l < centre_offsets[cs + 1]; ++l) {
             float acc[3] = {0.0f, 0.0f, 0.0f};
             unsigned int lo = loop_offsets[l], hi = loop_offsets[l + 1];
@@ -183,7 +190,7 @@ extern "C" __global__ void marching_cubes_fwd_generate_f32(
             for (int c = 0; c < 3; ++c) {
                 int e = case_tris[(i64)t * 3 + c];
                 triangles[(i64)t_out * 3 + c] =
-                    e >= 12 ? c0 + (unsigned int)(e - 12) : mc_edge_id(P, field, edge_ids, si, j, k, e);
+                    e >= 12 ? c0 + (unsigned int)(e - 12) : mc_edge_id(P, field, edge_ids, centre_ids, si, j, k, e);
             }
         }
     }

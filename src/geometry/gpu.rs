@@ -5,8 +5,9 @@
 //!
 //! Every function returns [`Error::Cuda`] when there is no usable GPU `ordinal` (no driver, no
 //! device, NVRTC missing), so callers can fall back to the CPU functions with a clear message.
-//! Meshes agree with the CPU's by invariants (vertex and triangle counts, area, volume), not by
-//! vertex order.
+//! The GPU marching cubes numbers vertices and orders triangles as the CPU does, so its meshes are
+//! meant to be the CPU's exactly (the tests check invariants and the order); inflation then sees
+//! the same surface points, normals and tie-breaks.
 
 use std::sync::Arc;
 

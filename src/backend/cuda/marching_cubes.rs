@@ -20,7 +20,7 @@ pub struct McParams {
     pub p: [i32; 3],
     pub dims: [i32; 3],
     pub level: f32,
-    /// Edge vertices in all (the first centroid vertex id).
+    /// Edge vertices in all (informational; ids interleave edges and centroids per slice).
     pub edge_vertices: u32,
     /// `p[0] * p[1] * p[2]`.
     pub samples: i64,
@@ -28,6 +28,9 @@ pub struct McParams {
 
 // SAFETY: plain `#[repr(C)]` data laid out as McParams in marching_cubes.cu (checked by a test).
 unsafe impl DeviceRepr for McParams {}
+
+/// Vertices (voxel coordinates) and counter-clockwise triangles of a mesh, before its affine.
+pub type MeshParts = (Vec<[f32; 3]>, Vec<[u32; 3]>);
 
 /// The case table on the GPU.
 struct Table {
@@ -54,7 +57,8 @@ fn upload_table(gpu: &Gpu) -> Result<Table> {
 }
 
 /// Marching cubes of a device field (row-major `(D, H, W)`) at `level`: vertices in voxel
-/// coordinates and counter-clockwise triangles, as the CPU's before its affine.
+/// coordinates and counter-clockwise triangles, the CPU's mesh before its affine, in the CPU's
+/// vertex and triangle order (see marching_cubes.cu).
 ///
 /// # Errors
 /// [`Error::Shape`] for a length mismatch, [`Error::Arg`] when the mesh needs more than
@@ -64,7 +68,7 @@ pub fn marching_cubes(
     field: &CudaSlice<f32>,
     dims: [usize; 3],
     level: f32,
-) -> Result<(Vec<[f32; 3]>, Vec<[u32; 3]>)> {
+) -> Result<MeshParts> {
     let n: usize = dims.iter().product();
     if n == 0 || field.len() != n {
         return Err(Error::shape(OP, dims, field.len()));
