@@ -247,8 +247,8 @@ impl Trainer {
     }
 }
 
-/// Median training-step time of a V-Net at `patch`; a "not wired" entry when the ops do not run
-/// on `device` yet (the CUDA launchers are not dispatched from `ops` before the merge).
+/// Median training-step time of a V-Net at `patch`; a "not wired" entry when an op cannot run
+/// on `device` (a device, CUDA or not-implemented error) rather than a failed run.
 fn bench_step(
     device: Device,
     width: usize,
