@@ -18,6 +18,7 @@ use dnvs_engine::{autograd, loss, Error};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  dnvs-engine bench --device cpu --quick\n  \
+                        dnvs-engine bench --device cpu --width 8 --patch 48,48,32\n  \
                         dnvs-engine bench --device cuda --json bench-h100.json")]
 pub struct Args {
     /// cpu or cuda (cuda:N for another GPU).
@@ -52,6 +53,9 @@ fn parse_patch(s: &str) -> Result<[usize; 3], String> {
         _ => Err(format!("'{s}' is not three positive sizes D,H,W")),
     }
 }
+
+/// The CUDA launchers take a `Precision`, but `ops` (what the networks call) has no switch.
+const BF16: &str = "not wired: ops have no precision switch";
 
 /// The anchor patch of the paper's V-Net training (GPU).
 const GPU_PATCH: [usize; 3] = [112, 144, 64];
@@ -243,8 +247,8 @@ impl Trainer {
     }
 }
 
-/// Median training-step time of a V-Net at `patch`; a "not wired" entry when the ops do not run
-/// on `device` yet (the CUDA launchers are not dispatched from `ops` before the merge).
+/// Median training-step time of a V-Net at `patch`; a "not wired" entry when an op cannot run
+/// on `device` (a device, CUDA or not-implemented error) rather than a failed run.
 fn bench_step(
     device: Device,
     width: usize,
@@ -271,7 +275,7 @@ fn bench_step(
         Err(e @ (Error::Device { .. } | Error::NotImplemented(_) | Error::Cuda(_))) => {
             let why = format!("not wired on {device}: {e}");
             println!("{name:<48} {why}");
-            return Ok(json!({ "name": name, "status": why }));
+            return Ok(json!({ "name": name, "status": why, "bf16": BF16 }));
         }
         Err(e) => return Err(e).context(format!("V-Net training step {name}")),
     };
@@ -282,12 +286,12 @@ fn bench_step(
         voxels / secs / 1e6
     );
     if device != Device::Cpu {
-        println!("{device}/vnet_step bf16: not wired (no precision switch in ops dispatch)");
+        println!("{device}/vnet_step bf16: {BF16}");
     }
     Ok(json!({ "name": name, "precision": "f32", "width": width, "patch": patch,
                "warmup": warm, "steps": iters, "ms": secs * 1e3,
                "voxels_per_s": voxels / secs, "loss": last,
-               "bf16": "not wired: ops have no precision switch" }))
+               "bf16": BF16 }))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
