@@ -55,7 +55,6 @@ fn parse_patch(s: &str) -> Result<[usize; 3], String> {
 }
 
 /// The CUDA launchers take a `Precision`, but `ops` (what the networks call) has no switch.
-const BF16: &str = "not wired: ops have no precision switch";
 
 /// The anchor patch of the paper's V-Net training (GPU).
 const GPU_PATCH: [usize; 3] = [112, 144, 64];
@@ -254,9 +253,12 @@ fn bench_step(
     width: usize,
     patch: [usize; 3],
     quick: bool,
+    precision: Precision,
 ) -> anyhow::Result<Value> {
     let [d, h, w] = patch;
-    let name = format!("{device}/vnet_step/w{width}/{d}x{h}x{w}");
+    let prec = precision.suffix();
+    let name = format!("{device}/vnet_step_{prec}/w{width}/{d}x{h}x{w}");
+    dnvs_engine::ops::set_conv_precision(precision);
     let (warm, iters) = match (device, quick) {
         (Device::Cpu, true) => (1, 3),
         (Device::Cpu, false) => (1, 5),
@@ -275,23 +277,19 @@ fn bench_step(
         Err(e @ (Error::Device { .. } | Error::NotImplemented(_) | Error::Cuda(_))) => {
             let why = format!("not wired on {device}: {e}");
             println!("{name:<48} {why}");
-            return Ok(json!({ "name": name, "status": why, "bf16": BF16 }));
+            return Ok(json!({ "name": name, "status": why, "precision": prec }));
         }
         Err(e) => return Err(e).context(format!("V-Net training step {name}")),
     };
     let voxels = (d * h * w) as f64;
     println!(
-        "{name:<48} {:>9.1} ms/step {:>9.3} Mvox/s  (fp32, median of {iters}, loss {last:.4})",
+        "{name:<48} {:>9.1} ms/step {:>9.3} Mvox/s  ({prec} convs, median of {iters}, loss {last:.4})",
         secs * 1e3,
         voxels / secs / 1e6
     );
-    if device != Device::Cpu {
-        println!("{device}/vnet_step bf16: {BF16}");
-    }
-    Ok(json!({ "name": name, "precision": "f32", "width": width, "patch": patch,
+    Ok(json!({ "name": name, "precision": prec, "width": width, "patch": patch,
                "warmup": warm, "steps": iters, "ms": secs * 1e3,
-               "voxels_per_s": voxels / secs, "loss": last,
-               "bf16": BF16 }))
+               "voxels_per_s": voxels / secs, "loss": last }))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -315,7 +313,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Device::Cpu => CPU_PATCH,
             Device::Cuda(_) => GPU_PATCH,
         });
-        bench_step(device, args.width, patch, args.quick)?
+        // The CPU computes in f32 only; a GPU is timed with f32 and with bf16 convolutions.
+        let precisions: &[Precision] = match device {
+            Device::Cpu => &[Precision::F32],
+            Device::Cuda(_) => &[Precision::F32, Precision::Bf16],
+        };
+        let steps = precisions
+            .iter()
+            .map(|&p| bench_step(device, args.width, patch, args.quick, p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        dnvs_engine::ops::set_conv_precision(Precision::F32);
+        Value::Array(steps)
     };
     let card = match device {
         Device::Cpu => format!("{} threads", rayon::current_num_threads()),

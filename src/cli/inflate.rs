@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use dnvs_engine::geometry::{self, inflate, InflateConfig};
-use dnvs_engine::Device;
 use dnvs_engine::io::{check_aligned, mesh::write_mesh, read_volume, write_nifti, VoxelKind};
+use dnvs_engine::Device;
 
 #[derive(clap::Args)]
 #[command(

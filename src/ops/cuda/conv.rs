@@ -2,7 +2,7 @@
 //! `backend::cuda::{conv3d, conv_transpose3d}`, backward input / weight by their backward
 //! launchers and the bias gradient by a per-channel sum.
 
-use super::{grad_on, same_device, PREC};
+use super::{conv_precision, grad_on, same_device};
 use crate::autograd::{needs_grad, record};
 use crate::backend::cuda::{conv3d as cc, conv_transpose3d as ct, reduce};
 use crate::tensor::Tensor;
@@ -67,7 +67,8 @@ pub(crate) fn conv3d(
             format!("weight {wd:?}"),
         ));
     }
-    let out = cc::conv3d(x, w, b, stride, padding, PREC)?;
+    let prec = conv_precision();
+    let out = cc::conv3d(x, w, b, stride, padding, prec)?;
     if !needs_grad(&ins) {
         return Ok(out);
     }
@@ -76,11 +77,11 @@ pub(crate) fn conv3d(
         let g = grad_on(g, dev)?;
         let gx = xs
             .tracks_grad()
-            .then(|| cc::conv3d_backward_input(&g, &ws, xs.dims(), stride, padding, PREC))
+            .then(|| cc::conv3d_backward_input(&g, &ws, xs.dims(), stride, padding, prec))
             .transpose()?;
         let gw = ws
             .tracks_grad()
-            .then(|| cc::conv3d_backward_weight(&g, &xs, ws.dims(), stride, padding, PREC))
+            .then(|| cc::conv3d_backward_weight(&g, &xs, ws.dims(), stride, padding, prec))
             .transpose()?;
         let mut grads = vec![gx, gw];
         if has_bias {
@@ -111,7 +112,8 @@ pub(crate) fn conv_transpose3d(
             format!("input {xd:?}, weight {wd:?}"),
         ));
     }
-    let out = ct::conv_transpose3d(x, w, b, stride, PREC)?;
+    let prec = conv_precision();
+    let out = ct::conv_transpose3d(x, w, b, stride, prec)?;
     if !needs_grad(&ins) {
         return Ok(out);
     }
@@ -120,11 +122,11 @@ pub(crate) fn conv_transpose3d(
         let g = grad_on(g, dev)?;
         let gx = xs
             .tracks_grad()
-            .then(|| ct::conv_transpose3d_backward_input(&g, &ws, xs.dims(), stride, PREC))
+            .then(|| ct::conv_transpose3d_backward_input(&g, &ws, xs.dims(), stride, prec))
             .transpose()?;
         let gw = ws
             .tracks_grad()
-            .then(|| ct::conv_transpose3d_backward_weight(&g, &xs, ws.dims(), stride, PREC))
+            .then(|| ct::conv_transpose3d_backward_weight(&g, &xs, ws.dims(), stride, prec))
             .transpose()?;
         let mut grads = vec![gx, gw];
         if has_bias {

@@ -6,7 +6,7 @@
 //!
 //! Kept apart from the CPU op files so that the two paths can change independently; each CPU op
 //! only gains a one-line early branch into this module. Convolutions use the fp32 kernels
-//! ([`PREC`]): the CUDA backend offers bf16 too, but no global precision switch exists yet.
+//! ([`conv_precision`], set with [`set_conv_precision`]; f32 unless a caller asks for bf16).
 //!
 //! Two pieces have no kernel and go through the host: the original's hard Dice (its sums and
 //! hand-made gradient run on the CPU) and Adam (the moments are the optimiser's host state, so
@@ -26,12 +26,29 @@ pub(crate) use pointwise::{
     prelu, relu, scale, sigmoid, softmax_channels, upsample_nearest,
 };
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::backend::cuda::Precision;
 use crate::tensor::{Device, Tensor};
 use crate::{Error, Result};
 
-/// Operand precision of the GPU convolutions reached through `crate::ops`.
-pub(crate) const PREC: Precision = Precision::F32;
+/// Whether GPU convolutions use bf16 operands (tensor cores, f32 accumulation); f32 otherwise.
+static CONV_BF16: AtomicBool = AtomicBool::new(false);
+
+/// Sets the operand precision of every GPU convolution reached through `crate::ops` from now on
+/// (`--precision bf16|fp32`). A convolution's backward uses the precision of its forward.
+pub fn set_conv_precision(p: Precision) {
+    CONV_BF16.store(p == Precision::Bf16, Ordering::Relaxed);
+}
+
+/// The operand precision GPU convolutions use now.
+pub fn conv_precision() -> Precision {
+    if CONV_BF16.load(Ordering::Relaxed) {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    }
+}
 
 /// True when any of `ts` lives on a GPU: the op then runs here (and fails with
 /// [`Error::Device`] if the others do not live on the same GPU).
