@@ -54,7 +54,6 @@ fn parse_patch(s: &str) -> Result<[usize; 3], String> {
     }
 }
 
-/// The CUDA launchers take a `Precision`, but `ops` (what the networks call) has no switch.
 
 /// The anchor patch of the paper's V-Net training (GPU).
 const GPU_PATCH: [usize; 3] = [112, 144, 64];
