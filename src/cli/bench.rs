@@ -54,7 +54,6 @@ fn parse_patch(s: &str) -> Result<[usize; 3], String> {
     }
 }
 
-
 /// The anchor patch of the paper's V-Net training (GPU).
 const GPU_PATCH: [usize; 3] = [112, 144, 64];
 /// A CPU patch small enough for a quick run on a few cores.
