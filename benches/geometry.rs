@@ -1,15 +1,18 @@
 //! Criterion benches of the geometry: marching cubes and EDT at 128^3 and 256^3, Hausdorff on a
-//! VOI-sized pair of masks (120 x 150 x 70 at 0.4 mm). Names: `cpu/<op>/<shape>`.
+//! VOI-sized pair of masks (120 x 150 x 70 at 0.4 mm) and inflation on that VOI.
+//! Names: `cpu/<op>/<shape>`.
 //!
 //! Inputs: marching cubes meshes a smooth field (a sphere of radius 0.4 n plus a ripple, so the
 //! surface is not axis-aligned); the EDT is scipy's `distance_transform_edt` of a ball of radius
 //! 0.4 n (distance of each inside voxel to the outside); Hausdorff compares two offset
-//! ellipsoids.
+//! ellipsoids; inflation grows a ball of radius 8 mm in a spherical cavity of radius 11 mm.
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use dnvs_engine::geometry::inflate::inflate_masks;
 use dnvs_engine::geometry::{edt, marching_cubes_spacing, metrics::hausdorff};
+use dnvs_engine::geometry::{spacing_affine, InflateConfig};
 
 fn field(n: usize) -> Vec<f32> {
     let c = (n as f32 - 1.0) / 2.0;
@@ -60,6 +63,18 @@ fn bench(c: &mut Criterion) {
     let b = ellipsoid(dims, [62.0, 72.0, 36.0], [38.0, 52.0, 22.0]);
     g.bench_function("hausdorff/120x150x70", |bn| {
         bn.iter(|| hausdorff(&a, &b, dims, [0.4; 3], None).unwrap())
+    });
+    // A VOI-sized joint: MC ball of radius 8 mm in a cavity of radius 11 mm, 0.4 mm voxels.
+    let s = [0.4; 3];
+    let centre = [60.0, 75.0, 35.0];
+    let mc = ellipsoid(dims, centre, [20.0; 3]);
+    let cavity = ellipsoid(dims, centre, [27.5; 3]);
+    let tb: Vec<bool> = cavity.iter().map(|&c| !c).collect();
+    g.bench_function("inflate/120x150x70", |bn| {
+        bn.iter(|| {
+            inflate_masks(&mc, &tb, dims, s, &spacing_affine(s), InflateConfig { max_mm: 10.0 })
+                .unwrap()
+        })
     });
     g.finish();
 }

@@ -79,6 +79,9 @@ fn upstream(op: &'static str, g: &Tensor) -> Result<f32> {
 /// value that is not a class id.
 pub fn cross_entropy(logits: &Tensor, target: &Tensor, weight: Option<&[f32]>) -> Result<Tensor> {
     let op = "cross_entropy";
+    if crate::ops::cuda::any_cuda(&[logits, target]) {
+        return crate::ops::cuda::cross_entropy(logits, target, weight);
+    }
     let (c, ids) = class_ids(op, logits, target)?;
     let w = class_weights(op, weight, c)?;
     let (sum, wsum) = k::ce_fwd(cpu(op, logits)?, &ids, c, &w);
@@ -101,6 +104,9 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor, weight: Option<&[f32]>) -
 /// As [`cross_entropy`].
 pub fn nll_probs(probs: &Tensor, target: &Tensor, weight: Option<&[f32]>) -> Result<Tensor> {
     let op = "nll_probs";
+    if crate::ops::cuda::any_cuda(&[probs, target]) {
+        return crate::ops::cuda::nll_probs(probs, target, weight);
+    }
     let (c, ids) = class_ids(op, probs, target)?;
     let w = class_weights(op, weight, c)?;
     let (sum, wsum) = k::nll_probs_fwd(cpu(op, probs)?, &ids, c, &w);
@@ -131,6 +137,9 @@ fn need_foreground(op: &'static str, probs: &Tensor, c: usize) -> Result<()> {
 /// As [`cross_entropy`], and [`Error::Shape`] when there is no channel 1.
 pub fn soft_dice(probs: &Tensor, target: &Tensor) -> Result<Tensor> {
     let op = "soft_dice";
+    if crate::ops::cuda::any_cuda(&[probs, target]) {
+        return crate::ops::cuda::soft_dice(probs, target);
+    }
     let (c, ids) = class_ids(op, probs, target)?;
     need_foreground(op, probs, c)?;
     let [inter, sp, sg] = k::soft_dice_sums(cpu(op, probs)?, &ids, c);
@@ -170,6 +179,9 @@ pub struct HardDice {
 /// As [`cross_entropy`], and [`Error::Shape`] unless there are exactly two channels.
 pub fn hard_dice(probs: &Tensor, target: &Tensor) -> Result<HardDice> {
     let op = "hard_dice";
+    if crate::ops::cuda::any_cuda(&[probs, target]) {
+        return crate::ops::cuda::hard_dice(probs, target);
+    }
     let (c, ids) = class_ids(op, probs, target)?;
     if c != 2 {
         return Err(shape_err(op, "two-class probabilities (N, D, H, W, 2)", probs.dims()));

@@ -107,6 +107,9 @@ impl Adam {
     /// moments of earlier steps; [`Error::Device`] for non-CPU tensors.
     pub fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<Vec<Tensor>> {
         let op = "adam";
+        if params.iter().chain(grads).any(|t| t.device().is_cuda()) {
+            return crate::ops::cuda::adam_step(self, params, grads);
+        }
         if params.len() != grads.len() {
             return Err(shape_err(
                 op,

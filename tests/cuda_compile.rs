@@ -87,6 +87,10 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     ("loss", &["dice_ce_fwd_f32", "dice_ce_fwd_finish_f32", "dice_ce_bwd_input_f32"]),
     ("optim", &["adam_fwd_f32"]),
+    ("edt", &["edt_fwd_rows_f32", "edt_fwd_lines_f32", "edt_fwd_sqrt_f32", "edt_fwd_signed_f32"]),
+    ("scan", &["scan_fwd_block_u32", "scan_fwd_add_u32"]),
+    ("marching_cubes", &["marching_cubes_fwd_count_u32", "marching_cubes_fwd_generate_f32"]),
+    ("inflate", &["inflate_fwd_march_f32", "inflate_fwd_voxelise_f32"]),
 ];
 
 fn nvrtc_or_skip() -> bool {

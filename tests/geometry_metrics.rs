@@ -60,8 +60,8 @@ fn identical_and_empty_masks() {
     let dims = [10, 11, 12];
     let s = [0.5, 0.6, 0.7];
     let mut a = vec![false; 1320];
-    for q in 300..700 {
-        a[q] = q % 3 != 0;
+    for (q, x) in a.iter_mut().enumerate().take(700).skip(300) {
+        *x = q % 3 != 0;
     }
     let empty = vec![false; 1320];
     let same = segmentation_metrics(&a, &a, dims, s).unwrap();

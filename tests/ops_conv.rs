@@ -15,7 +15,8 @@ const ATOL: f32 = 1e-5;
 
 // ---- golden ------------------------------------------------------------------------------------
 
-/// PyTorch transposed-conv weight `(C_in, C_out, kd, kh, kw)` -> engine `(C_out, kd, kh, kw, C_in)`.
+/// PyTorch transposed-conv weight `(C_in, C_out, kd, kh, kw)` -> engine
+/// `(C_out, kd, kh, kw, C_in)`.
 fn transposed_weight_to_engine(w: &[f32], [ci, co, kd, kh, kw]: [usize; 5]) -> Tensor {
     let kvol = kd * kh * kw;
     let mut out = vec![0.0; w.len()];
@@ -374,6 +375,17 @@ fn zero_stride_is_an_argument_error() {
     for r in [ops::conv3d(&x, &w, None, 0, 1), ops::conv_transpose3d(&x, &w, None, 0)] {
         assert!(matches!(r, Err(Error::Arg { .. })), "got {r:?}");
     }
+}
+
+#[test]
+fn empty_channel_and_batch_axes_do_not_panic() {
+    let bias = Tensor::from_vec(vec![0.5; 16], [16]).unwrap();
+    let y = ops::conv3d(&zeros(&[1, 3, 3, 3, 0]), &zeros(&[16, 3, 3, 3, 0]), Some(&bias), 1, 1);
+    assert!(y.unwrap().to_vec().unwrap().iter().all(|&v| v == 0.5));
+    let y = ops::conv3d(&zeros(&[0, 3, 3, 3, 8]), &zeros(&[16, 3, 3, 3, 8]), None, 1, 1).unwrap();
+    assert_eq!(y.dims(), &[0, 3, 3, 3, 16]);
+    let y = ops::conv_transpose3d(&zeros(&[1, 2, 2, 2, 0]), &zeros(&[16, 2, 2, 2, 0]), None, 2);
+    assert_eq!(y.unwrap().dims(), &[1, 4, 4, 4, 16]);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `dnvs-engine bench`: times the conv3d kernels on the V-Net's layer shapes (forward on the CPU;
 //! forward, backward-input and backward-weight in fp32 and bf16 on a GPU) and reports
-//! TFLOP/s (GPU) or GFLOP/s (CPU), after warm-up, synchronised before every clock read. The
-//! V-Net training-step slot says "not wired" until the network lands.
+//! TFLOP/s (GPU) or GFLOP/s (CPU), after warm-up, synchronised before every clock read; then
+//! times one V-Net training step (forward, `nll_probs`, backward, Adam, `set_parameters`) at the
+//! anchor patch 112x144x64 on a GPU or a small patch on the CPU (`--patch`), median of N steps.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,11 +11,14 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use dnvs_engine::backend::cuda::{self as cu, Precision};
+use dnvs_engine::nn::{self, Arch, Mode, Network};
+use dnvs_engine::optim::{Adam, AdamConfig};
 use dnvs_engine::tensor::{Device, Tensor};
-use dnvs_engine::Error;
+use dnvs_engine::{autograd, loss, Error};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  dnvs-engine bench --device cpu --quick\n  \
+                        dnvs-engine bench --device cpu --width 8 --patch 48,48,32\n  \
                         dnvs-engine bench --device cuda --json bench-h100.json")]
 pub struct Args {
     /// cpu or cuda (cuda:N for another GPU).
@@ -26,7 +30,34 @@ pub struct Args {
     /// Fewer repetitions (and quarter-size shapes on the CPU): a smoke run, not a measurement.
     #[arg(long)]
     quick: bool,
+    /// V-Net width (channels of the first level) for the training-step timing.
+    #[arg(long, default_value_t = 16)]
+    width: usize,
+    /// Training-step patch D,H,W (multiples of 16); default 112,144,64 on a GPU, 32,32,32 on
+    /// the CPU (the anchor patch takes minutes per step there; 48,48,32 took ~50 s per step on
+    /// the shared 2-core VM).
+    #[arg(long, value_name = "D,H,W", value_parser = parse_patch)]
+    patch: Option<[usize; 3]>,
+    /// Skip the V-Net training-step timing.
+    #[arg(long)]
+    no_step: bool,
 }
+
+fn parse_patch(s: &str) -> Result<[usize; 3], String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("'{p}': {e}")))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
+        _ => Err(format!("'{s}' is not three positive sizes D,H,W")),
+    }
+}
+
+/// The anchor patch of the paper's V-Net training (GPU).
+const GPU_PATCH: [usize; 3] = [112, 144, 64];
+/// A CPU patch small enough for a quick run on a few cores.
+const CPU_PATCH: [usize; 3] = [32, 32, 32];
 
 /// One conv3d layer shape: C in = C out = `c`, a cube kernel `k`, padding `k / 2`, stride 1.
 struct Layer {
@@ -172,6 +203,93 @@ fn bench_cuda(ordinal: usize, quick: bool) -> anyhow::Result<Vec<Value>> {
     Ok(out)
 }
 
+/// A V-Net with Adam and a fixed input and random 0/1 target, ready to take training steps.
+struct Trainer {
+    net: Box<dyn Network>,
+    adam: Adam,
+    x: Tensor,
+    target: Tensor,
+    seed: u64,
+}
+
+impl Trainer {
+    fn new(device: Device, width: usize, patch: [usize; 3]) -> dnvs_engine::Result<Self> {
+        let mut net = nn::build(Arch::VNet, width)?;
+        net.to_device(device)?;
+        let [d, h, w] = patch;
+        let n = d * h * w;
+        let x = Tensor::from_vec(random(n, 11), [1, d, h, w, 1])?.to_device(device)?;
+        let labels = random(n, 12).into_iter().map(|v| f32::from(v > 0.0)).collect();
+        let target = Tensor::from_vec(labels, [1, d, h, w])?.to_device(device)?;
+        Ok(Trainer { net, adam: Adam::new(AdamConfig::default()), x, target, seed: 0 })
+    }
+
+    /// One step; returns the loss, read back to the host (which also waits for the GPU).
+    fn step(&mut self) -> dnvs_engine::Result<f32> {
+        self.seed += 1;
+        let probs = self.net.forward(&self.x, Mode::Train { seed: self.seed })?;
+        let l = loss::nll_probs(&probs, &self.target, None)?;
+        let grads = autograd::backward(&l)?;
+        let params = self.net.parameters();
+        let g = params
+            .iter()
+            .map(|p| match grads.get(p) {
+                Some(g) => Ok(g.clone()),
+                None => Tensor::zeros(p.dims(), p.device()),
+            })
+            .collect::<dnvs_engine::Result<Vec<_>>>()?;
+        let new = self.adam.step(&params, &g)?;
+        self.net.set_parameters(new)?;
+        l.item()
+    }
+}
+
+/// Median training-step time of a V-Net at `patch`; a "not wired" entry when an op cannot run
+/// on `device` (a device, CUDA or not-implemented error) rather than a failed run.
+fn bench_step(
+    device: Device,
+    width: usize,
+    patch: [usize; 3],
+    quick: bool,
+    precision: Precision,
+) -> anyhow::Result<Value> {
+    let [d, h, w] = patch;
+    let prec = precision.suffix();
+    let name = format!("{device}/vnet_step_{prec}/w{width}/{d}x{h}x{w}");
+    dnvs_engine::ops::set_conv_precision(precision);
+    let (warm, iters) = match (device, quick) {
+        (Device::Cpu, true) => (1, 3),
+        (Device::Cpu, false) => (1, 5),
+        (Device::Cuda(_), true) => (2, 5),
+        (Device::Cuda(_), false) => (3, 20),
+    };
+    let sync = || match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(o) => cu::synchronize(o),
+    };
+    let mut last = f32::NAN;
+    let timed = Trainer::new(device, width, patch)
+        .and_then(|mut t| time(warm, iters, || t.step().map(|l| last = l), &sync));
+    let secs = match timed {
+        Ok(s) => s,
+        Err(e @ (Error::Device { .. } | Error::NotImplemented(_) | Error::Cuda(_))) => {
+            let why = format!("not wired on {device}: {e}");
+            println!("{name:<48} {why}");
+            return Ok(json!({ "name": name, "status": why, "precision": prec }));
+        }
+        Err(e) => return Err(e).context(format!("V-Net training step {name}")),
+    };
+    let voxels = (d * h * w) as f64;
+    println!(
+        "{name:<48} {:>9.1} ms/step {:>9.3} Mvox/s  ({prec} convs, median of {iters}, loss {last:.4})",
+        secs * 1e3,
+        voxels / secs / 1e6
+    );
+    Ok(json!({ "name": name, "precision": prec, "width": width, "patch": patch,
+               "warmup": warm, "steps": iters, "ms": secs * 1e3,
+               "voxels_per_s": voxels / secs, "loss": last }))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device: Device = args.device.parse()?;
     let kernels = match device {
@@ -185,8 +303,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bench_cuda(o, args.quick)?
         }
     };
-    let step = "not wired: the V-Net training step lands with the network";
-    println!("{device}/vnet_train_step {step}");
+    let step = if args.no_step {
+        println!("{device}/vnet_step skipped (--no-step)");
+        json!({ "status": "skipped (--no-step)" })
+    } else {
+        let patch = args.patch.unwrap_or(match device {
+            Device::Cpu => CPU_PATCH,
+            Device::Cuda(_) => GPU_PATCH,
+        });
+        // The CPU computes in f32 only; a GPU is timed with f32 and with bf16 convolutions.
+        let precisions: &[Precision] = match device {
+            Device::Cpu => &[Precision::F32],
+            Device::Cuda(_) => &[Precision::F32, Precision::Bf16],
+        };
+        let steps = precisions
+            .iter()
+            .map(|&p| bench_step(device, args.width, patch, args.quick, p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        dnvs_engine::ops::set_conv_precision(Precision::F32);
+        Value::Array(steps)
+    };
     let card = match device {
         Device::Cpu => format!("{} threads", rayon::current_num_threads()),
         Device::Cuda(o) => cu::probe(o).unwrap_or_default(),
@@ -197,7 +333,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
         "quick": args.quick,
         "kernels": kernels,
-        "vnet_train_step": { "status": step },
+        "vnet_train_step": step,
     });
     if let Some(path) = args.json {
         let text = serde_json::to_string_pretty(&report)?;

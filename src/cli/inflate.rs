@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use dnvs_engine::geometry::{inflate, InflateConfig};
+use dnvs_engine::geometry::{self, inflate, InflateConfig};
 use dnvs_engine::io::{check_aligned, mesh::write_mesh, read_volume, write_nifti, VoxelKind};
+use dnvs_engine::Device;
 
 #[derive(clap::Args)]
 #[command(
@@ -26,13 +27,25 @@ pub struct Args {
     /// Longest march along a surface normal, in mm.
     #[arg(long, default_value_t = InflateConfig::default().max_mm)]
     max_mm: f64,
+    /// cpu, cuda or cuda:N; default: the GPU when one is usable, else the CPU.
+    #[arg(long)]
+    device: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mc = read_volume(&args.mc).with_context(|| format!("cannot read {}", args.mc.display()))?;
     let tb = read_volume(&args.tb).with_context(|| format!("cannot read {}", args.tb.display()))?;
     check_aligned(&mc, &tb, "MC and TB masks")?;
-    let res = inflate(&mc, &tb, InflateConfig { max_mm: args.max_mm }).context("inflation")?;
+    let cfg = InflateConfig { max_mm: args.max_mm };
+    let device = match &args.device {
+        Some(d) => d.parse::<Device>()?,
+        None => Device::auto(),
+    };
+    let res = match device {
+        Device::Cuda(ordinal) => geometry::gpu::inflate(&mc, &tb, cfg, ordinal),
+        Device::Cpu => inflate(&mc, &tb, cfg),
+    }
+    .with_context(|| format!("inflation on {device}"))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let nv = mc.with_data(res.nv.iter().map(|&b| b as u8 as f32).collect());

@@ -8,7 +8,10 @@
 //! face's own corners, so the two cubes sharing a face draw the same segments, and each segment is
 //! oriented with the outside on its left seen from outside the cube, so the two cubes traverse it
 //! in opposite directions. The segments of a cube close into loops, and each loop is fanned into
-//! triangles. Hence: every edge is in exactly two triangles and every directed edge appears once.
+//! triangles from a vertex that shares no face with the chords' other ends (a chord across an
+//! ambiguous face would also be drawn by the neighbour); the rare loop without such a vertex is
+//! fanned from an extra vertex at its centroid. Hence: every edge is in exactly two triangles and
+//! every directed edge appears once. The same table serves every case; a GPU port can embed it.
 //!
 //! # Borders
 //! The volume is padded by one virtual layer of background, so a foreground that touches the
@@ -19,7 +22,8 @@
 //! slice (the `+i`, `+j`, `+k` edges from its samples) and a prefix sum gives each slice its range
 //! of vertex ids; a second pass, parallel over chunks of slices, numbers the edges of each slice in
 //! the same order, writes the vertices of the slices it owns and emits the triangles. Shared
-//! vertices get one id without any locking.
+//! vertices get one id without any locking. As in flying edges, each row keeps the span of its
+//! inside samples, and rows (and row ends) that cannot cross the level are skipped.
 
 use std::sync::OnceLock;
 
@@ -84,6 +88,41 @@ fn table() -> &'static CaseTable {
         }
         CaseTable { offsets, tris, centres }
     })
+}
+
+/// The case table flattened for upload to the GPU (`kernels/marching_cubes.cu`), so CPU and CUDA
+/// marching cubes share one table source.
+#[derive(Clone, Debug)]
+pub struct FlatCaseTable {
+    /// Triangles of case `c` are `tris[3 * tri_offsets[c]..3 * tri_offsets[c + 1]]`.
+    pub tri_offsets: Vec<u32>,
+    /// Cube edge numbers (`< 12`) or `12 + loop` for a loop's centroid vertex, three per triangle.
+    pub tris: Vec<u8>,
+    /// Centroid loops of case `c` are `centre_offsets[c]..centre_offsets[c + 1]`.
+    pub centre_offsets: Vec<u32>,
+    /// Edges of loop `l` are `loop_edges[loop_offsets[l]..loop_offsets[l + 1]]`.
+    pub loop_offsets: Vec<u32>,
+    pub loop_edges: Vec<u8>,
+}
+
+/// The table [`marching_cubes`] uses, flattened (see [`FlatCaseTable`]).
+pub fn flat_case_table() -> FlatCaseTable {
+    let t = table();
+    let mut flat = FlatCaseTable {
+        tri_offsets: t.offsets.iter().map(|&o| o as u32).collect(),
+        tris: t.tris.iter().flatten().copied().collect(),
+        centre_offsets: vec![0],
+        loop_offsets: vec![0],
+        loop_edges: Vec::new(),
+    };
+    for loops in &t.centres {
+        for lp in loops {
+            flat.loop_edges.extend_from_slice(lp);
+            flat.loop_offsets.push(flat.loop_edges.len() as u32);
+        }
+        flat.centre_offsets.push((flat.loop_offsets.len() - 1) as u32);
+    }
+    flat
 }
 
 fn midpoint(e: usize) -> [f64; 3] {
@@ -227,19 +266,26 @@ struct Grid<'a> {
 }
 
 impl Grid<'_> {
-    /// Inside flags of padded slice `si` (all background for the padding slices).
-    fn flags(&self, si: usize, out: &mut [u8]) {
-        out.fill(0);
+    /// Inside flags of padded slice `si` (all background for the padding slices) and the span
+    /// of inside samples of each row.
+    fn flags(&self, si: usize, out: &mut Flags) {
+        out.f.fill(0);
+        out.span.fill(EMPTY_SPAN);
         if si == 0 || si > self.dims[0] {
             return;
         }
         let [_, h, w] = self.dims;
+        let pw = self.p[2];
         let plane = &self.field[(si - 1) * h * w..si * h * w];
         for j in 0..h {
             let row = &plane[j * w..(j + 1) * w];
-            let dst = &mut out[(j + 1) * self.p[2] + 1..(j + 1) * self.p[2] + 1 + w];
+            let dst = &mut out.f[(j + 1) * pw + 1..(j + 1) * pw + 1 + w];
             for (d, &v) in dst.iter_mut().zip(row) {
                 *d = (v > self.level) as u8;
+            }
+            if let Some(lo) = dst.iter().position(|&x| x != 0) {
+                let hi = dst.iter().rposition(|&x| x != 0).expect("a first one implies a last");
+                out.span[j + 1] = (lo + 1, hi + 2);
             }
         }
     }
@@ -273,17 +319,54 @@ impl Grid<'_> {
     }
 }
 
+/// Inside flags of one padded slice plus, per row, the half-open span `[lo, hi)` of its inside
+/// samples (flying-edges style trimming: most rows of a volume cross nothing).
+struct Flags {
+    f: Vec<u8>,
+    span: Vec<(usize, usize)>,
+}
+
+const EMPTY_SPAN: (usize, usize) = (usize::MAX, 0);
+
+impl Flags {
+    fn new(p: [usize; 3]) -> Self {
+        Flags { f: vec![0; p[1] * p[2]], span: vec![EMPTY_SPAN; p[1]] }
+    }
+
+    fn clear(&mut self) {
+        self.f.fill(0);
+        self.span.fill(EMPTY_SPAN);
+    }
+}
+
+/// The sample range `[lo - 1, hi)` (clipped to `[0, end)`) outside which the given row spans
+/// cannot produce a crossing or a non-empty cube.
+#[inline]
+fn trimmed(spans: &[(usize, usize)], end: usize) -> (usize, usize) {
+    let (lo, hi) = spans.iter().fold(EMPTY_SPAN, |a, b| (a.0.min(b.0), a.1.max(b.1)));
+    if lo >= hi {
+        (0, 0)
+    } else {
+        (lo.saturating_sub(1), hi.min(end))
+    }
+}
+
 /// Visits the crossing edges owned by slice `si` in the one fixed order both passes use.
 #[inline]
 fn for_each_crossing(
     p: [usize; 3],
-    f0: &[u8],
-    f1: Option<&[u8]>,
+    fl0: &Flags,
+    fl1: Option<&Flags>,
     mut visit: impl FnMut(usize, usize, usize),
 ) {
     let (ph, pw) = (p[1], p[2]);
+    let f0 = &fl0.f[..];
+    let f1 = fl1.map(|x| &x.f[..]);
     for j in 0..ph {
-        for k in 0..pw {
+        let below = fl0.span.get(j + 1).copied().unwrap_or(EMPTY_SPAN);
+        let next = fl1.map_or(EMPTY_SPAN, |x| x.span[j]);
+        let (k0, k1) = trimmed(&[fl0.span[j], below, next], pw);
+        for k in k0..k1 {
             let q = j * pw + k;
             let a = f0[q];
             if let Some(f1) = f1 {
@@ -319,13 +402,20 @@ fn cube_case(f0: &[u8], f1: &[u8], q: usize, pw: usize) -> usize {
         | (f1[q + pw + 1] << 7)) as usize
 }
 
+/// The cube range along `k` of cube row `j` between two slices that can be non-empty.
+#[inline]
+fn cube_span(f0: &Flags, f1: &Flags, j: usize, pw: usize) -> (usize, usize) {
+    trimmed(&[f0.span[j], f0.span[j + 1], f1.span[j], f1.span[j + 1]], pw - 1)
+}
+
 /// Centroid vertices needed by the cubes between two slices.
-fn count_centres(p: [usize; 3], table: &CaseTable, f0: &[u8], f1: &[u8]) -> usize {
+fn count_centres(p: [usize; 3], table: &CaseTable, f0: &Flags, f1: &Flags) -> usize {
     let pw = p[2];
     let mut n = 0;
     for j in 0..p[1] - 1 {
-        for k in 0..pw - 1 {
-            n += table.centres[cube_case(f0, f1, j * pw + k, pw)].len();
+        let (k0, k1) = cube_span(f0, f1, j, pw);
+        for k in k0..k1 {
+            n += table.centres[cube_case(&f0.f, &f1.f, j * pw + k, pw)].len();
         }
     }
     n
@@ -356,7 +446,7 @@ pub fn marching_cubes(
     let counts: Vec<(usize, usize)> = (0..p[0])
         .into_par_iter()
         .map_init(
-            || (vec![0u8; plane], vec![0u8; plane]),
+            || (Flags::new(p), Flags::new(p)),
             |(f0, f1), si| {
                 grid.flags(si, f0);
                 let has_next = si + 1 < p[0];
@@ -364,7 +454,7 @@ pub fn marching_cubes(
                     grid.flags(si + 1, f1);
                 }
                 let mut n = 0;
-                for_each_crossing(p, f0, has_next.then_some(&f1[..]), |_, _, _| n += 1);
+                for_each_crossing(p, f0, has_next.then_some(&*f1), |_, _, _| n += 1);
                 let c = if has_next { count_centres(p, table, f0, f1) } else { 0 };
                 (n, c)
             },
@@ -398,7 +488,7 @@ pub fn marching_cubes(
         .into_par_iter()
         .map(|(a, b, verts)| {
             let base = offsets[a];
-            let mut flags = [vec![0u8; plane], vec![0u8; plane], vec![0u8; plane]];
+            let mut flags = [Flags::new(p), Flags::new(p), Flags::new(p)];
             let new_ids =
                 || SliceIds { ids: [vec![0u32; plane], vec![0u32; plane], vec![0u32; plane]] };
             let mut ids = [new_ids(), new_ids()];
@@ -412,7 +502,7 @@ pub fn marching_cubes(
                 if si + 2 < p[0] {
                     grid.flags(si + 2, &mut flags[2]);
                 } else {
-                    flags[2].fill(0);
+                    flags[2].clear();
                 }
                 let own = if si + 1 < b { Some((&mut *verts, base)) } else { None };
                 let (lo, hi) = ids.split_at_mut(1);
@@ -450,8 +540,8 @@ fn number_slice(
     grid: &Grid,
     si: usize,
     first: usize,
-    f0: &[u8],
-    f1: &[u8],
+    f0: &Flags,
+    f1: &Flags,
     ids: &mut SliceIds,
     mut out: Option<(&mut [[f32; 3]], usize)>,
 ) {
@@ -470,8 +560,8 @@ fn number_slice(
 /// The two slices around one slab of cubes.
 struct Slab<'a> {
     si: usize,
-    f0: &'a [u8],
-    f1: &'a [u8],
+    f0: &'a Flags,
+    f1: &'a Flags,
     ids0: &'a SliceIds,
     ids1: &'a SliceIds,
     /// Id of the slab's first centroid vertex.
@@ -491,9 +581,10 @@ fn emit_slab(
     let pw = p[2];
     let mut next_centre = slab.first_centre;
     for j in 0..p[1] - 1 {
-        for k in 0..pw - 1 {
+        let (k0, k1) = cube_span(slab.f0, slab.f1, j, pw);
+        for k in k0..k1 {
             let q = j * pw + k;
-            let case = cube_case(slab.f0, slab.f1, q, pw);
+            let case = cube_case(&slab.f0.f, &slab.f1.f, q, pw);
             if case == 0 || case == 255 {
                 continue;
             }

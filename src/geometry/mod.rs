@@ -8,6 +8,7 @@
 
 pub mod components;
 pub mod edt;
+pub mod gpu;
 pub mod inflate;
 pub mod marching_cubes;
 pub mod mesh;

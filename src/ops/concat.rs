@@ -16,6 +16,9 @@ use crate::Result;
 /// [`Error::Shape`](crate::Error::Shape) for an empty list, or inputs whose leading dims differ.
 pub fn concat_channels(xs: &[&Tensor]) -> Result<Tensor> {
     let op = "concat_channels";
+    if super::cuda::any_cuda(xs) {
+        return super::cuda::concat_channels(xs);
+    }
     let first = xs.first().ok_or_else(|| shape_err(op, "at least one tensor", 0))?;
     if first.rank() == 0 {
         return Err(shape_err(op, "tensors with a channel axis", first.dims()));

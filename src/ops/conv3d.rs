@@ -33,6 +33,9 @@ pub fn conv3d(
     padding: usize,
 ) -> Result<Tensor> {
     const OP: &str = "conv3d";
+    if super::cuda::any_cuda(&[&[x, w], b.as_slice()].concat()) {
+        return super::cuda::conv3d(x, w, b, stride, padding);
+    }
     let (xd, wd) = check_operands(OP, x, w, b)?;
     let [n, d, h, wi, c] = xd;
     let [k, kd, kh, kw, wc] = wd;

@@ -34,6 +34,9 @@ pub fn conv_transpose3d(
     stride: usize,
 ) -> Result<Tensor> {
     const OP: &str = "conv_transpose3d";
+    if super::cuda::any_cuda(&[&[x, w], b.as_slice()].concat()) {
+        return super::cuda::conv_transpose3d(x, w, b, stride);
+    }
     let (xd, wd) = check_operands(OP, x, w, b)?;
     let [k, kd, kh, kw, wc] = wd;
     if wc != xd[4] {

@@ -27,6 +27,9 @@ pub fn channel_dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     if p == 0.0 {
         return Ok(x.clone());
     }
+    if super::cuda::any_cuda(&[x]) {
+        return super::cuda::channel_dropout(x, p, seed);
+    }
     let c = channels(op, x)?;
     let n = x.dims()[0];
     let per = x.numel().checked_div(n).unwrap_or(0);

@@ -57,6 +57,9 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 /// # Errors
 /// [`Error::Shape`] when the shapes differ; [`Error::Device`] for non-CPU tensors.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[a, b]) {
+        return super::cuda::add(a, b);
+    }
     same_shape("add", a, b)?;
     let out = like(k::map2(data("add", a)?, data("add", b)?, |p, q| p + q), a)?;
     Ok(record("add", out, &[a, b], |g| Ok(vec![Some(g.clone()), Some(g.clone())])))
@@ -67,6 +70,9 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `a` and `b` of equal shape -> that shape.
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[a, b]) {
+        return super::cuda::mul(a, b);
+    }
     same_shape("mul", a, b)?;
     let out = like(k::map2(data("mul", a)?, data("mul", b)?, |p, q| p * q), a)?;
     let (sa, sb) = (a.clone(), b.clone());
@@ -80,6 +86,9 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `a * s` for a constant `s`.
 pub fn scale(a: &Tensor, s: f32) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[a]) {
+        return super::cuda::scale(a, s);
+    }
     let out = like(k::map1(data("scale", a)?, |p| p * s), a)?;
     Ok(record("scale", out, &[a], move |g| {
         Ok(vec![Some(like(k::map1(data("scale", g)?, |p| p * s), g)?)])
@@ -95,6 +104,9 @@ pub fn scale(a: &Tensor, s: f32) -> Result<Tensor> {
 /// # Errors
 /// [`Error::Shape`] when `g` is not `x`'s shape with one channel.
 pub fn gate_mul(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[x, g]) {
+        return super::cuda::gate_mul(x, g);
+    }
     let [n, d, h, w, c] = ndhwc("gate_mul", x)?;
     if g.dims() != [n, d, h, w, 1] {
         return Err(Error::shape("gate_mul", [n, d, h, w, 1], g.dims()));
@@ -115,6 +127,9 @@ pub fn gate_mul(x: &Tensor, g: &Tensor) -> Result<Tensor> {
 
 /// `max(x, 0)`; the gradient is passed where `x > 0`.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[x]) {
+        return super::cuda::relu(x);
+    }
     let out = like(k::map1(data("relu", x)?, |v| v.max(0.0)), x)?;
     let sx = x.clone();
     Ok(record("relu", out, &[x], move |g| {
@@ -133,6 +148,9 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// # Errors
 /// [`Error::Shape`] when `weight` is neither `(C)` nor `(1)`.
 pub fn prelu(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[x, weight]) {
+        return super::cuda::prelu(x, weight);
+    }
     let c = channels("prelu", x)?;
     if weight.dims() != [c] && weight.dims() != [1] {
         return Err(shape_err(
@@ -153,6 +171,9 @@ pub fn prelu(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 
 /// ELU: `x` where `x > 0`, else `alpha * (exp(x) - 1)`.
 pub fn elu(x: &Tensor, alpha: f32) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[x]) {
+        return super::cuda::elu(x, alpha);
+    }
     let out = like(k::map1(data("elu", x)?, |v| k::elu(v, alpha)), x)?;
     let sx = x.clone();
     Ok(record("elu", out, &[x], move |g| {
@@ -163,6 +184,9 @@ pub fn elu(x: &Tensor, alpha: f32) -> Result<Tensor> {
 
 /// The logistic function `1 / (1 + exp(-x))`.
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[x]) {
+        return super::cuda::sigmoid(x);
+    }
     let out = like(k::map1(data("sigmoid", x)?, k::sigmoid), x)?;
     let y = out.clone();
     Ok(record("sigmoid", out, &[x], move |g| {

@@ -5,6 +5,7 @@
 mod concat;
 mod conv3d;
 mod conv_transpose3d;
+pub(crate) mod cuda;
 mod dropout;
 mod elementwise;
 mod norm;
@@ -15,6 +16,7 @@ mod upsample;
 pub use concat::{concat_channels, reshape};
 pub use conv3d::conv3d;
 pub use conv_transpose3d::conv_transpose3d;
+pub use cuda::{conv_precision, set_conv_precision};
 pub use dropout::channel_dropout;
 pub use elementwise::{add, elu, gate_mul, mul, prelu, relu, scale, sigmoid};
 pub use norm::{batch_norm, group_norm, BatchStats, RunningStats};

@@ -76,6 +76,9 @@ pub fn batch_norm(
     eps: f32,
 ) -> Result<Tensor> {
     let op = "batch_norm";
+    if super::cuda::any_cuda(&[&[x], weight.as_slice(), bias.as_slice()].concat()) {
+        return super::cuda::batch_norm(x, weight, bias, stats, eps);
+    }
     if x.rank() < 2 {
         return Err(shape_err(op, "(N, D, H, W, C)", x.dims()));
     }
@@ -193,6 +196,9 @@ pub fn group_norm(
     eps: f32,
 ) -> Result<Tensor> {
     let op = "group_norm";
+    if super::cuda::any_cuda(&[&[x], weight.as_slice(), bias.as_slice()].concat()) {
+        return super::cuda::group_norm(x, groups, weight, bias, eps);
+    }
     if x.rank() < 2 {
         return Err(shape_err(op, "(N, D, H, W, C)", x.dims()));
     }

@@ -15,6 +15,9 @@ use crate::{Error, Result};
 /// # Errors
 /// [`Error::Shape`] when `x` is not 5-D or a spatial axis is shorter than 2.
 pub fn max_pool3d_k2(x: &Tensor) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[x]) {
+        return super::cuda::max_pool3d_k2(x);
+    }
     let op = "max_pool3d_k2";
     let [n, d, h, w, c] = ndhwc(op, x)?;
     if d < 2 || h < 2 || w < 2 {

@@ -22,6 +22,9 @@ fn check(op: &'static str, x: &Tensor) -> Result<usize> {
 /// # Errors
 /// [`Error::Shape`](crate::Error::Shape) for a scalar or an empty channel axis.
 pub fn softmax_channels(x: &Tensor) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[x]) {
+        return super::cuda::softmax_channels(x);
+    }
     let c = check("softmax_channels", x)?;
     let out = like(k::softmax_fwd(data("softmax_channels", x)?, c), x)?;
     let y = out.clone();
@@ -39,6 +42,9 @@ pub fn softmax_channels(x: &Tensor) -> Result<Tensor> {
 /// # Errors
 /// [`Error::Shape`](crate::Error::Shape) for a scalar or an empty channel axis.
 pub fn log_softmax_channels(x: &Tensor) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[x]) {
+        return super::cuda::log_softmax_channels(x);
+    }
     let op = "log_softmax_channels";
     let c = check(op, x)?;
     let out = like(k::log_softmax_fwd(data(op, x)?, c), x)?;

@@ -16,6 +16,9 @@ use crate::Result;
 /// [`Error::Shape`](crate::Error::Shape) when `x` is not 5-D, or a size is zero while the input axis is not (or the
 /// reverse).
 pub fn upsample_nearest(x: &Tensor, size: [usize; 3]) -> Result<Tensor> {
+    if super::cuda::any_cuda(&[x]) {
+        return super::cuda::upsample_nearest(x, size);
+    }
     let op = "upsample_nearest";
     let dims = ndhwc(op, x)?;
     let [n, d, h, w, c] = dims;

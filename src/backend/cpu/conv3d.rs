@@ -1,12 +1,18 @@
 //! CPU 3-D convolution over channels-last data: forward, gradient of the input, gradient of the
-//! weight. Every pass is an implicit GEMM: a tile of output (or input) voxels gathers its
-//! receptive fields into a thread-local patch matrix `[rows, kd*kh*kw*C]` (zeros where the window
-//! hangs over the padding) and one single-threaded `gemm` call multiplies it by the weight
-//! matrix. Tiles run in parallel on rayon, so the GEMM crate's own threading stays off.
+//! weight. Two implementations, picked per call:
 //!
-//! Why this shape: channels-last makes every `kw*C` run of a receptive field one contiguous slice,
-//! so building a patch row is `kd*kh` copies; the GEMM then sees a deep reduction (`kvol*C`,
-//! e.g. 2000 for the V-Net's 5x5x5x16) which is what keeps its microkernel busy.
+//! - `direct` (x86-64 with AVX2+FMA or AVX-512F, detected at run time): a register-blocked
+//!   microkernel reads the zero-padded input in place. Used for the forward pass, the stride-1
+//!   input gradient (a forward convolution of `grad_out` with the flipped weight) and the weight
+//!   gradient whenever the channel counts fill its 16-wide tiles reasonably.
+//! - im2col + `gemm` (everything else, and every CPU): a tile of output (or input) voxels gathers
+//!   its receptive fields into a thread-local patch matrix `[rows, kd*kh*kw*C]` (zeros where the
+//!   window hangs over the padding) and one single-threaded `gemm` call multiplies it by the
+//!   weight matrix. Channels-last makes every `kw*C` run of a receptive field one contiguous
+//!   slice, so a patch row is `kd*kh` copies. Non-overlapping windows (2x2x2 stride 2, 1x1x1)
+//!   need no patch for the input gradient: one GEMM and a block copy.
+//!
+//! Tiles run in parallel on rayon, so the GEMM crate's own threading stays off.
 //!
 //! Layouts: `x (N, D, H, W, C)`, `w (K, kd, kh, kw, C)` (= a `(K, kvol*C)` matrix),
 //! `out (N, D', H', W', K)`. The transposed convolution reuses these kernels (see
@@ -171,9 +177,9 @@ fn matmul(
 }
 
 /// `out (rows x n, row-major) = [bias +] a (rows x k) * b (k x n)` for a tile with few columns
-/// (output channels). The GEMM writes a column-major scratch copy first: the microkernel's long
-/// side (24 floats with AVX2) then runs along the tile's rows rather than along `n` (often 16),
-/// which would leave a third of it idle; the transpose back costs `rows * n` moves.
+/// (output channels). The GEMM writes a column-major scratch copy first, so the microkernel's
+/// 16-float side runs along the tile's rows whatever `n` is: this path serves K = 2..11, where a
+/// row-major destination would leave most of it idle. The transpose back costs `rows * n` moves.
 #[allow(clippy::too_many_arguments)]
 fn tile_matmul(
     rows: usize,
@@ -383,14 +389,13 @@ fn bwd_input_blocks(grad_out: &[f32], w: &[f32], g: &ConvGeom, gi: &mut [f32]) {
     let [od, oh, ow] = g.output;
     let slab = s * h * wd * c; // input floats under one output depth slice
     let plane = oh * ow; // output voxels in one depth slice
-    let rows_per_tile = TILE_ROWS.max(1);
     let wm = Mat { data: w, rs: p, cs: 1 };
     for (b, gi_b) in gi.chunks_mut(d * h * wd * c).enumerate() {
         // Input depths past od*s lie under no window: their gradient stays zero.
         gi_b[..od * slab].par_chunks_mut(slab).enumerate().for_each(|(z, gslab)| {
             let v_base = (b * od + z) * plane;
-            for r0 in (0..plane).step_by(rows_per_tile) {
-                let rows = rows_per_tile.min(plane - r0);
+            for r0 in (0..plane).step_by(TILE_ROWS) {
+                let rows = TILE_ROWS.min(plane - r0);
                 let go = &grad_out[(v_base + r0) * k..(v_base + r0 + rows) * k];
                 with_scratch(rows * p, |blocks, _| {
                     let go = Mat { data: go, rs: k, cs: 1 };
@@ -502,7 +507,7 @@ fn bwd_weight_gemm(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
         return vec![0.0; k * p];
     }
     let tiles = voxels.div_ceil(TILE_ROWS);
-    let parts = (rayon::current_num_threads() * 2).clamp(1, tiles);
+    let parts = weight_grad_parts(tiles, k * p);
     let per_part = tiles.div_ceil(parts);
     let partials: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
@@ -536,6 +541,15 @@ fn bwd_weight_gemm(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
         }
     }
     dw
+}
+
+/// How many partial weight gradients of `len` floats to split `units` of work into: two per
+/// thread for load balance, fewer when the partials would pass 64 MiB together (a 256-channel
+/// 5x5x5 layer has 8 M weights).
+fn weight_grad_parts(units: usize, len: usize) -> usize {
+    const BUDGET_FLOATS: usize = 16 << 20;
+    let by_memory = (BUDGET_FLOATS / len.max(1)).max(1);
+    (rayon::current_num_threads() * 2).min(by_memory).clamp(1, units.max(1))
 }
 
 /// Gradient of a per-channel bias: `grad_out` summed over every voxel.

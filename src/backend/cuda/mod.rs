@@ -30,14 +30,18 @@
 
 pub mod conv3d;
 pub mod conv_transpose3d;
+pub mod edt;
 pub mod elementwise;
+pub mod inflate;
 pub mod launch;
 pub mod loss;
+pub mod marching_cubes;
 pub mod norm;
 pub mod nvrtc;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod scan;
 pub mod softmax;
 pub mod upsample;
 

@@ -1,12 +1,14 @@
-//! Direct (patch-free) convolution kernels for x86-64 with AVX2 + FMA, chosen at run time.
+//! Direct (patch-free) convolution kernels for x86-64 with AVX-512F or AVX2 + FMA, chosen at run
+//! time (`DNVS_CPU_NO_AVX512=1` forces AVX2).
 //!
 //! The im2col path spends as long copying patches (and `gemm` packing them again) as it does
 //! multiplying when the channel count is small: a 16-channel 5x5x5 patch element feeds only 32
-//! FLOPs. Here a 6x16 register-blocked microkernel reads the zero-padded input in place instead:
+//! FLOPs. Here a register-blocked microkernel (`nj` rows x 16 output channels: 6 rows with
+//! AVX2, 16, 8 or 4 with AVX-512) reads the zero-padded input in place instead:
 //!
-//! - forward: 6 consecutive output voxels x 16 output channels; the reduction walks the
+//! - forward: `nj` consecutive output voxels x 16 output channels; the reduction walks the
 //!   `kd*kh` window rows, each a contiguous `kw*C` run of the padded input (channels-last);
-//! - weight gradient: 6 consecutive input channels x 16 output channels of one tap; the
+//! - weight gradient: `nj` consecutive input channels x 16 output channels of one tap; the
 //!   reduction walks the output voxels of a group of output rows.
 //!
 //! Both are `acc[j][0..16] += sum over runs, q: a[run.a + j*a_js + q*a_qs] * b[run.b + q*b_qs ..]`,
@@ -21,7 +23,7 @@ use super::ConvGeom;
 /// Columns (output channels) of the microkernel's tile.
 const NK: usize = 16;
 /// Most rows (voxels or channels) a microkernel tile has on any ISA.
-const MAX_NJ: usize = 8;
+const MAX_NJ: usize = 16;
 /// Output rows per forward task (they share the task's pass over the weight).
 const FWD_GROUP_ROWS: usize = 4;
 /// Output rows whose voxels one weight-gradient accumulation walks before storing its tile.
@@ -32,8 +34,7 @@ const GROUP_ROWS: usize = 16;
 enum Isa {
     /// 6 rows x 16 columns in 12 ymm accumulators.
     Avx2,
-    /// 8 rows x 16 columns in 8 zmm accumulators (one broadcast per FMA keeps the two load
-    /// ports and the two FMA ports about equally busy).
+    /// 16, 8 or 4 rows x 16 columns in zmm accumulators, one broadcast per FMA.
     Avx512,
     None,
 }
@@ -61,9 +62,13 @@ impl Isa {
         }
     }
 
-    /// Rows of the microkernel tile.
-    fn nj(self) -> usize {
+    /// Rows of the microkernel tile for an axis of `extent` rows: AVX-512 takes 16 (one weight
+    /// line feeds 16 FMAs) unless that would leave much of the last tile empty, then 8 or 4.
+    fn nj(self, extent: usize) -> usize {
         match self {
+            Isa::Avx512 if extent.is_multiple_of(16) || extent > 40 => 16,
+            // The V-Net's deepest level is 4 voxels wide.
+            Isa::Avx512 if extent <= 4 => 4,
             Isa::Avx512 => 8,
             _ => 6,
         }
@@ -96,6 +101,9 @@ fn pad_input(x: &[f32], g: &ConvGeom) -> Padded {
     let slack = (MAX_NJ * g.stride + g.kernel[2] + MAX_NJ) * c + NK;
     let mut data = vec![0.0; g.n * dp * hp * wp * c + slack];
     let plane = hp * wp * c;
+    if plane == 0 {
+        return Padded { data, dims };
+    }
     data[..g.n * dp * plane].par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
         let (b, z) = (i / dp, i % dp);
         if z < p || z >= p + d {
@@ -144,7 +152,7 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
     // outer loop so that its slice (`kvol*C*16` floats) is reused from cache by every row.
     out.par_chunks_mut(FWD_GROUP_ROWS * ow * k).enumerate().for_each(|(grp, out_rows)| {
         let mut acc = [0.0f32; MAX_NJ * NK];
-        let nj_tile = Isa::detect().nj();
+        let nj_tile = Isa::detect().nj(ow);
         let rows = out_rows.len() / (ow * k);
         for kb in (0..k).step_by(NK) {
             let nk = NK.min(k - kb);
@@ -164,7 +172,7 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
                 for x0 in (0..ow).step_by(nj_tile) {
                     acc.fill(0.0);
                     let a = Operand { data: &xp.data, base: x0 * s * c, js: s * c, qs: 1 };
-                    micro(a, bm, &runs, run, &mut acc);
+                    micro(a, bm, &runs, run, nj_tile, &mut acc);
                     for j in 0..nj_tile.min(ow - x0) {
                         let dst = &mut out_row[(x0 + j) * k + kb..][..nk];
                         dst.copy_from_slice(&acc[j * NK..j * NK + nk]);
@@ -207,7 +215,7 @@ pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
     };
     let rows = g.n * od * oh;
     let groups = rows.div_ceil(GROUP_ROWS);
-    let parts = (rayon::current_num_threads() * 2).clamp(1, groups);
+    let parts = super::weight_grad_parts(groups, kvol * c * k16);
     let per_part = groups.div_ceil(parts);
     let partials: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
@@ -215,7 +223,7 @@ pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
             // dwt[(tap * C + c) * K16 + k]: the microkernel's tile is 6 channels x 16 outputs.
             let mut dwt = vec![0.0f32; kvol * c * k16];
             let mut acc = [0.0f32; MAX_NJ * NK];
-            let nj_tile = Isa::detect().nj();
+            let nj_tile = Isa::detect().nj(c);
             for grp in part * per_part..((part + 1) * per_part).min(groups) {
                 let r0 = grp * GROUP_ROWS;
                 // One run per output row: its `ow` voxels, stride `s*C` in the padded input.
@@ -241,7 +249,7 @@ pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
                             }
                             let a =
                                 Operand { data: &xp.data, base: tap_off + c0, js: 1, qs: s * c };
-                            micro(a, bm, &runs, ow, &mut acc);
+                            micro(a, bm, &runs, ow, nj_tile, &mut acc);
                             for j in 0..nj {
                                 dwt[tile(j)..][..NK].copy_from_slice(&acc[j * NK..][..NK]);
                             }
@@ -286,6 +294,7 @@ fn micro(
     b: Operand,
     runs: &[(usize, usize)],
     len: usize,
+    nj: usize,
     acc: &mut [f32; MAX_NJ * NK],
 ) {
     if len == 0 || runs.is_empty() {
@@ -294,23 +303,25 @@ fn micro(
     let isa = Isa::detect();
     let max_ra = runs.iter().map(|r| r.0).max().expect("runs is not empty");
     let max_rb = runs.iter().map(|r| r.1).max().expect("runs is not empty");
-    let a_last = a.base + max_ra + (isa.nj() - 1) * a.js + (len - 1) * a.qs;
+    let a_last = a.base + max_ra + (nj - 1) * a.js + (len - 1) * a.qs;
     assert!(a_last < a.data.len(), "micro: a");
     assert!(b.base + max_rb + (len - 1) * b.qs + NK <= b.data.len(), "micro: b");
     let strides = [a.js, a.qs, b.qs];
     #[cfg(target_arch = "x86_64")]
     {
         let (pa, pb) = (a.data[a.base..].as_ptr(), b.data[b.base..].as_ptr());
-        match isa {
-            // SAFETY: the asserts bound every read; AVX-512F was detected at run time.
-            Isa::Avx512 => unsafe { micro_avx512(pa, pb, runs, len, strides, acc) },
-            // SAFETY: the asserts bound every read; AVX2 and FMA were detected at run time.
-            Isa::Avx2 => unsafe { micro_avx2(pa, pb, runs, len, strides, acc) },
-            Isa::None => panic!("micro: the direct kernels need AVX2+FMA; check available()"),
+        match (isa, nj) {
+            // SAFETY (three arms): the asserts bound every read of an `nj`-row tile; the ISA was
+            // detected at run time.
+            (Isa::Avx512, 16) => unsafe { micro_avx512::<16>(pa, pb, runs, len, strides, acc) },
+            (Isa::Avx512, 8) => unsafe { micro_avx512::<8>(pa, pb, runs, len, strides, acc) },
+            (Isa::Avx512, 4) => unsafe { micro_avx512::<4>(pa, pb, runs, len, strides, acc) },
+            (Isa::Avx2, 6) => unsafe { micro_avx2(pa, pb, runs, len, strides, acc) },
+            _ => panic!("micro: no {nj}-row kernel for {isa:?}; check available()"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    panic!("micro: the direct kernels need x86-64; check available() {strides:?}");
+    panic!("micro: the direct kernels need x86-64; check available() {isa:?} {strides:?}");
 }
 
 /// The 6x16 AVX2 microkernel: twelve accumulators, two weight vectors and one broadcast live in
@@ -371,15 +382,15 @@ unsafe fn micro_avx2(
     }
 }
 
-/// The 8x16 AVX-512 microkernel: eight zmm accumulators, one weight vector, one broadcast per
-/// FMA.
+/// The `NJ`x16 AVX-512 microkernel: `NJ` zmm accumulators (the loops over them unroll), one
+/// weight vector, one broadcast per FMA.
 ///
 /// # Safety
-/// The CPU supports AVX-512F; every address `a + ra + j*a_js + q*a_qs` (j < 8, q < len) and
-/// `b + rb + q*b_qs + 0..16` is readable.
+/// The CPU supports AVX-512F; every address `a + ra + j*a_js + q*a_qs` (j < NJ, q < len) and
+/// `b + rb + q*b_qs + 0..16` is readable; `NJ * 16 <= acc.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_avx512(
+unsafe fn micro_avx512<const NJ: usize>(
     a: *const f32,
     b: *const f32,
     runs: &[(usize, usize)],
@@ -389,33 +400,24 @@ unsafe fn micro_avx512(
 ) {
     use std::arch::x86_64::*;
     let o = acc.as_mut_ptr();
-    let mut c0 = _mm512_loadu_ps(o);
-    let mut c1 = _mm512_loadu_ps(o.add(NK));
-    let mut c2 = _mm512_loadu_ps(o.add(2 * NK));
-    let mut c3 = _mm512_loadu_ps(o.add(3 * NK));
-    let mut c4 = _mm512_loadu_ps(o.add(4 * NK));
-    let mut c5 = _mm512_loadu_ps(o.add(5 * NK));
-    let mut c6 = _mm512_loadu_ps(o.add(6 * NK));
-    let mut c7 = _mm512_loadu_ps(o.add(7 * NK));
+    let mut c = [_mm512_setzero_ps(); NJ];
+    for (j, cj) in c.iter_mut().enumerate() {
+        *cj = _mm512_loadu_ps(o.add(j * NK));
+    }
     for &(ra, rb) in runs {
         let mut pa = a.add(ra);
         let mut pb = b.add(rb);
         for _ in 0..len {
             let w = _mm512_loadu_ps(pb);
-            c0 = _mm512_fmadd_ps(_mm512_set1_ps(*pa), w, c0);
-            c1 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(a_js)), w, c1);
-            c2 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(2 * a_js)), w, c2);
-            c3 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(3 * a_js)), w, c3);
-            c4 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(4 * a_js)), w, c4);
-            c5 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(5 * a_js)), w, c5);
-            c6 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(6 * a_js)), w, c6);
-            c7 = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(7 * a_js)), w, c7);
+            for (j, cj) in c.iter_mut().enumerate() {
+                *cj = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(j * a_js)), w, *cj);
+            }
             pa = pa.add(a_qs);
             pb = pb.add(b_qs);
         }
     }
-    for (j, cj) in [c0, c1, c2, c3, c4, c5, c6, c7].into_iter().enumerate() {
-        _mm512_storeu_ps(o.add(j * NK), cj);
+    for (j, cj) in c.iter().enumerate() {
+        _mm512_storeu_ps(o.add(j * NK), *cj);
     }
 }
 
@@ -451,6 +453,12 @@ mod tests {
             (1, [6, 4, 9], 16, 17, [5, 3, 2], 1, 2),
             (1, [7, 6, 5], 7, 32, [3, 3, 3], 2, 1),
             (1, [1, 1, 13], 2, 3, [1, 1, 5], 1, 2),
+            // 16-voxel rows and 16+ channels: the 16-row AVX-512 tile on both axes.
+            (1, [2, 3, 16], 24, 16, [3, 3, 3], 1, 1),
+            (1, [2, 2, 45], 16, 20, [1, 3, 3], 1, 1),
+            // 4-voxel rows (4-row tile) and 2-voxel rows.
+            (1, [3, 2, 4], 8, 16, [3, 3, 3], 1, 1),
+            (2, [2, 3, 2], 4, 16, [3, 3, 3], 1, 1),
         ];
         for (i, &(n, dims, c, k, ks, s, p)) in cases.iter().enumerate() {
             let g = ConvGeom::new(n, dims, c, k, ks, s, p).unwrap();
