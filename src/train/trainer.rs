@@ -254,6 +254,12 @@ pub fn prepare(cfg: &Config) -> Result<Prepared> {
         });
     }
     let device = resolve_device(&cfg.training.device)?;
+    // GPU convolutions take bf16 or fp32 operands (fp32 accumulation either way); the CPU is
+    // always fp32.
+    crate::ops::set_conv_precision(match cfg.training.precision.as_str() {
+        "fp32" => crate::backend::cuda::Precision::F32,
+        _ => crate::backend::cuda::Precision::Bf16,
+    });
     Ok(Prepared { samples, ids, folds, device })
 }
 
