@@ -51,7 +51,8 @@ enum Command {
     Info(info::Args),
 }
 
-/// Runs one subcommand. Exit codes: 0 done, 1 failed (the error is printed), 2 not built yet.
+/// Runs one subcommand. Exit codes: 0 done, 1 failed (the error is printed), 2 bad arguments
+/// (clap).
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Train(a) => train::run(a),
@@ -67,18 +68,9 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<NotBuilt>() => {
-            eprintln!("dnvs-engine: {e}");
-            ExitCode::from(2)
-        }
         Err(e) => {
             eprintln!("dnvs-engine: error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
-
-/// A subcommand that exists in the design but is not built yet.
-#[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not built yet in this version")]
-pub struct NotBuilt(pub &'static str);
