@@ -93,6 +93,26 @@ pub(super) fn check_operands(
     w: &Tensor,
     b: Option<&Tensor>,
 ) -> Result<([usize; 5], [usize; 5])> {
+    let dims = check_shapes(op, x, w, b)?;
+    for t in std::iter::once(x).chain(Some(w)).chain(b) {
+        if t.device() != Device::Cpu {
+            return Err(Error::Device {
+                op,
+                msg: format!("the CPU kernel got a tensor on {:?}", t.device()),
+            });
+        }
+    }
+    Ok(dims)
+}
+
+/// The device-independent part of [`check_operands`], shared with the GPU ops: a 5-D input and
+/// weight and a bias of length `w.dims()[0]`.
+pub(super) fn check_shapes(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+) -> Result<([usize; 5], [usize; 5])> {
     let xd =
         x.shape().ndhwc().ok_or_else(|| Error::shape(op, "input (N, D, H, W, C)", x.dims()))?;
     let wd =
@@ -104,14 +124,6 @@ pub(super) fn check_operands(
                 format!("bias [{}] for weight {wd:?}", wd[0]),
                 format!("bias {:?}", b.dims()),
             ));
-        }
-    }
-    for t in std::iter::once(x).chain(Some(w)).chain(b) {
-        if t.device() != Device::Cpu {
-            return Err(Error::Device {
-                op,
-                msg: format!("the CPU kernel got a tensor on {:?}", t.device()),
-            });
         }
     }
     Ok((xd, wd))

@@ -8,26 +8,14 @@ use crate::backend::cuda::{conv3d as cc, conv_transpose3d as ct, reduce};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-/// The shape checks of the CPU `check_operands` (same messages), without its CPU-only rule.
+/// The CPU ops' shape checks (same messages) plus the channel match, without the CPU-only rule.
 fn operands(
     op: &'static str,
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
 ) -> Result<([usize; 5], [usize; 5])> {
-    let xd =
-        x.shape().ndhwc().ok_or_else(|| Error::shape(op, "input (N, D, H, W, C)", x.dims()))?;
-    let wd =
-        w.shape().ndhwc().ok_or_else(|| Error::shape(op, "weight (K, kd, kh, kw, C)", w.dims()))?;
-    if let Some(b) = b {
-        if b.dims() != [wd[0]] {
-            return Err(Error::shape(
-                op,
-                format!("bias [{}] for weight {wd:?}", wd[0]),
-                format!("bias {:?}", b.dims()),
-            ));
-        }
-    }
+    let (xd, wd) = super::super::conv3d::check_shapes(op, x, w, b)?;
     if wd[4] != xd[4] {
         return Err(Error::shape(
             op,
