@@ -20,9 +20,10 @@ pub enum Error {
     #[error("{op}: device mismatch or unsupported device: {msg}")]
     Device { op: &'static str, msg: String },
 
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    /// A file could not be read or written. The OS error is part of the message (not a
+    /// `source`), so error chains print it once.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
 
     /// A file was read but its content is not what it claims to be.
     #[error("{}: {msg}", path.display())]
@@ -59,7 +60,7 @@ impl Error {
 
     /// Shorthand for [`Error::Io`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), err: source }
     }
 
     /// Shorthand for [`Error::Format`].
