@@ -126,9 +126,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => nn::checkpoint_width(args.arch, &model)?,
     };
     let mut net = nn::build(args.arch, width)?;
-    net.load_safetensors(&model).with_context(|| {
-        format!("loading {} as {} width {width}", model.display(), args.arch)
-    })?;
+    net.load_safetensors(&model)
+        .with_context(|| format!("loading {} as {} width {width}", model.display(), args.arch))?;
     let device = args.device.unwrap_or_else(Device::auto);
     net.to_device(device)?;
     let mut vol = if args.input.is_dir() {
