@@ -38,15 +38,7 @@ pub fn edt_sq(
     spacing: [f64; 3],
     ordinal: usize,
 ) -> Result<Vec<f32>> {
-    check_len("edt", seeds.len(), dims)?;
-    check_spacing("edt", spacing)?;
-    if empty(dims) {
-        return Ok(Vec::new());
-    }
-    let gpu = device(ordinal)?;
-    let s = kedt::upload_mask(&gpu, seeds)?;
-    let (d, _) = kedt::edt_sq(&gpu, &s, dims, spacing, false)?;
-    gpu.stream.clone_dtoh(&d).map_err(cuda_err)
+    edt_to_host(seeds, dims, spacing, ordinal, false)
 }
 
 /// [`super::distance_to`] on GPU `ordinal`.
@@ -56,6 +48,18 @@ pub fn distance_to(
     spacing: [f64; 3],
     ordinal: usize,
 ) -> Result<Vec<f32>> {
+    edt_to_host(seeds, dims, spacing, ordinal, true)
+}
+
+/// Squared distances (or distances when `take_sqrt`) to the nearest seed, computed on the GPU and
+/// copied back.
+fn edt_to_host(
+    seeds: &[bool],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    ordinal: usize,
+    take_sqrt: bool,
+) -> Result<Vec<f32>> {
     check_len("edt", seeds.len(), dims)?;
     check_spacing("edt", spacing)?;
     if empty(dims) {
@@ -64,7 +68,9 @@ pub fn distance_to(
     let gpu = device(ordinal)?;
     let s = kedt::upload_mask(&gpu, seeds)?;
     let (mut d, _) = kedt::edt_sq(&gpu, &s, dims, spacing, false)?;
-    kedt::sqrt_in_place(&gpu, &mut d)?;
+    if take_sqrt {
+        kedt::sqrt_in_place(&gpu, &mut d)?;
+    }
     gpu.stream.clone_dtoh(&d).map_err(cuda_err)
 }
 
@@ -178,12 +184,7 @@ pub fn inflate_masks(
     cfg: InflateConfig,
     ordinal: usize,
 ) -> Result<Inflation> {
-    check_len("inflate", mc.len(), dims)?;
-    check_len("inflate", tb.len(), dims)?;
-    check_spacing("inflate", spacing)?;
-    if !(cfg.max_mm.is_finite() && cfg.max_mm > 0.0) {
-        return Err(Error::arg("inflate", format!("max_mm must be > 0, got {}", cfg.max_mm)));
-    }
+    super::inflate::check_inflate_args(mc, tb, dims, spacing, cfg)?;
     if empty(dims) {
         return Ok(Inflation {
             nv: Vec::new(),

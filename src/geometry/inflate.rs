@@ -81,6 +81,23 @@ pub fn inflate(mc: &Volume, tb: &Volume, cfg: InflateConfig) -> Result<Inflation
     inflate_masks(&m, &t, mc.dims, mc.spacing, &mc.affine, cfg)
 }
 
+/// The argument checks every inflation (CPU or GPU) makes: mask lengths, spacing, `max_mm`.
+pub(crate) fn check_inflate_args(
+    mc: &[bool],
+    tb: &[bool],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    cfg: InflateConfig,
+) -> Result<()> {
+    check_len("inflate", mc.len(), dims)?;
+    check_len("inflate", tb.len(), dims)?;
+    check_spacing("inflate", spacing)?;
+    if !(cfg.max_mm.is_finite() && cfg.max_mm > 0.0) {
+        return Err(Error::arg("inflate", format!("max_mm must be > 0, got {}", cfg.max_mm)));
+    }
+    Ok(())
+}
+
 /// Inflation of boolean masks; `affine` maps voxel indices to the frame of the returned mesh.
 pub fn inflate_masks(
     mc: &[bool],
@@ -90,12 +107,7 @@ pub fn inflate_masks(
     affine: &[[f64; 4]; 4],
     cfg: InflateConfig,
 ) -> Result<Inflation> {
-    check_len("inflate", mc.len(), dims)?;
-    check_len("inflate", tb.len(), dims)?;
-    check_spacing("inflate", spacing)?;
-    if !(cfg.max_mm.is_finite() && cfg.max_mm > 0.0) {
-        return Err(Error::arg("inflate", format!("max_mm must be > 0, got {}", cfg.max_mm)));
-    }
+    check_inflate_args(mc, tb, dims, spacing, cfg)?;
     let mcf: Vec<f32> = mc.iter().map(|&b| b as u8 as f32).collect();
     let surface = marching_cubes(&mcf, dims, 0.5, &spacing_affine(spacing))?;
     let phi = signed_distance(tb, dims, spacing)?;
