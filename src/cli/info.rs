@@ -65,7 +65,12 @@ fn describe(path: &Path) -> anyhow::Result<()> {
         Some((lo, hi)) => println!("values: {lo} .. {hi}"),
         None => println!("values: none finite"),
     }
-    println!("non-finite voxels: {} ({} NaN, {} infinite)", stats.nan + stats.infinite, stats.nan, stats.infinite);
+    println!(
+        "non-finite voxels: {} ({} NaN, {} infinite)",
+        stats.nan + stats.infinite,
+        stats.nan,
+        stats.infinite
+    );
     Ok(())
 }
 

@@ -223,8 +223,7 @@ fn check_pixel_format(
     let allocated = int(tags::BITS_ALLOCATED, "BitsAllocated")?;
     let stored = opt_int(tags::BITS_STORED, "BitsStored", allocated)?;
     let high = opt_int(tags::HIGH_BIT, "HighBit", stored.saturating_sub(1))?;
-    if ![8, 16, 32].contains(&allocated) || stored == 0 || stored > allocated || high >= allocated
-    {
+    if ![8, 16, 32].contains(&allocated) || stored == 0 || stored > allocated || high >= allocated {
         return Err(Error::format(
             path,
             format!(
@@ -407,7 +406,10 @@ fn decode_slice(s: &SliceInfo) -> Result<Vec<f32>> {
             .map(|m| m.to_string())
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown cause".to_string());
-        Err(Error::format(&s.path, format!("pixel data cannot be decoded (decoder failed: {what})")))
+        Err(Error::format(
+            &s.path,
+            format!("pixel data cannot be decoded (decoder failed: {what})"),
+        ))
     })
 }
 
@@ -458,11 +460,15 @@ fn check_j2k_frame(s: &SliceInfo, obj: &DefaultDicomObject) -> Result<()> {
         .ok()
         .flatten()
         .and_then(|e| e.value().fragments().and_then(|f| f.first()))
-        .ok_or_else(|| Error::format(&s.path, "JPEG 2000 transfer syntax without pixel data fragments"))?;
+        .ok_or_else(|| {
+            Error::format(&s.path, "JPEG 2000 transfer syntax without pixel data fragments")
+        })?;
     let siz = j2k_siz(fragment).ok_or_else(|| {
         Error::format(&s.path, "JPEG 2000 pixel data without a readable codestream header (SIZ)")
     })?;
-    if (siz.width, siz.height, siz.components) != (s.columns as u64, s.rows as u64, 1) || !siz.full_res {
+    if (siz.width, siz.height, siz.components) != (s.columns as u64, s.rows as u64, 1)
+        || !siz.full_res
+    {
         return Err(Error::format(
             &s.path,
             format!(

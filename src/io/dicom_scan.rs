@@ -98,10 +98,10 @@ fn walk(path: &Path, bytes: &[u8], mut pos: usize, enc: Encoding) -> Result<()> 
         let end = value_end(path, bytes, &el)?;
         // A sequence of defined length holds items whose lengths are checked too. Implicit VR
         // names no VR: a value that starts with an item tag is a sequence.
-        let starts_with_item = bytes.get(el.value..el.value + 4)
-            == Some(&item_tag_bytes(enc)[..])
-            && el.len >= 8;
-        pos = if el.sq || (enc == Encoding::ImplicitLe && starts_with_item) { el.value } else { end };
+        let starts_with_item =
+            bytes.get(el.value..el.value + 4) == Some(&item_tag_bytes(enc)[..]) && el.len >= 8;
+        pos =
+            if el.sq || (enc == Encoding::ImplicitLe && starts_with_item) { el.value } else { end };
     }
     Ok(())
 }
@@ -117,11 +117,19 @@ fn header(path: &Path, b: &[u8], at: usize, enc: Encoding) -> Result<Element> {
     let be = enc == Encoding::ExplicitBe;
     let u16_at = |p: usize| {
         let x = [b[p], b[p + 1]];
-        if be { u16::from_be_bytes(x) } else { u16::from_le_bytes(x) }
+        if be {
+            u16::from_be_bytes(x)
+        } else {
+            u16::from_le_bytes(x)
+        }
     };
     let u32_at = |p: usize| {
         let x = [b[p], b[p + 1], b[p + 2], b[p + 3]];
-        if be { u32::from_be_bytes(x) } else { u32::from_le_bytes(x) }
+        if be {
+            u32::from_be_bytes(x)
+        } else {
+            u32::from_le_bytes(x)
+        }
     };
     let tag = (u16_at(at), u16_at(at + 2));
     if tag.0 == 0xFFFE || enc == Encoding::ImplicitLe {
@@ -134,7 +142,10 @@ fn header(path: &Path, b: &[u8], at: usize, enc: Encoding) -> Result<Element> {
     if at + 12 > b.len() {
         return Err(Error::format(
             path,
-            format!("element ({:04X},{:04X}) at byte {at}: header cut by the end of the file", tag.0, tag.1),
+            format!(
+                "element ({:04X},{:04X}) at byte {at}: header cut by the end of the file",
+                tag.0, tag.1
+            ),
         ));
     }
     Ok(Element { tag, at, value: at + 12, len: u32_at(at + 8), sq: &vr == b"SQ" })
@@ -179,7 +190,10 @@ mod tests {
         // (0009,0010) OB with 2^31 bytes declared in a 160-byte file.
         let bad = file(&[0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0, 0, 0, 0, 0x80, 1, 2]);
         let msg = check_lengths(p, &bad).unwrap_err().to_string();
-        assert!(msg.contains("slice.dcm") && msg.contains("(0009,0010)") && msg.contains("2147483648"), "{msg}");
+        assert!(
+            msg.contains("slice.dcm") && msg.contains("(0009,0010)") && msg.contains("2147483648"),
+            "{msg}"
+        );
         // An undefined-length sequence with an item that lies.
         let seq = file(&[
             0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, // SQ, undefined

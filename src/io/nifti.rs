@@ -310,7 +310,13 @@ impl NiftiReader {
             let got = read_full(&mut self.stream, &mut bytes, &self.path)?;
             if got < bytes.len() {
                 let total = nx * ny * nz * dt.size();
-                return Err(short_data(&self.path, self.dims, dt, k0 * plane * dt.size() + got, total));
+                return Err(short_data(
+                    &self.path,
+                    self.dims,
+                    dt,
+                    k0 * plane * dt.size() + got,
+                    total,
+                ));
             }
             let (slope, inter) = self.scale;
             f(k0, &decode_all(&bytes, dt, self.big, slope, inter));
