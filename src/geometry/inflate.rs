@@ -610,7 +610,7 @@ mod tests {
     fn mask_warnings_name_the_values() {
         assert_eq!(mask_warning("MC", &[0.0, 1.0, 1.0]), None);
         let w = mask_warning("TB", &[0.0, 255.0, 2.0, 255.0, -1.0]).unwrap();
-        assert!(w.contains("TB") && w.contains("3 voxels") && w.contains("255, 2, -1"), "{w}");
+        assert!(w.contains("TB") && w.contains("4 voxels") && w.contains("255, 2, -1"), "{w}");
     }
 
     #[test]
