@@ -104,7 +104,7 @@ pub fn smooth_normals(mesh: &mut Mesh, iterations: usize) {
 }
 
 /// Vertex adjacency in compressed rows: neighbours of `v` are `nbr[start[v]..start[v + 1]]`.
-fn neighbours(mesh: &Mesh) -> (Vec<usize>, Vec<u32>) {
+pub(crate) fn neighbours(mesh: &Mesh) -> (Vec<usize>, Vec<u32>) {
     let n = mesh.vertices.len();
     let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(mesh.triangles.len() * 6);
     for t in &mesh.triangles {
