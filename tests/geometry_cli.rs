@@ -144,6 +144,8 @@ fn mesh_inflate_metrics_round_trip() {
         "cpu",
     ]);
     assert!(err.contains("TB mask is empty") && err.contains("empty.nii.gz"), "{err}");
+    let help = run(&["inflate", "--help"]);
+    assert!(help.contains("negative volume (NV)") && help.contains("--head-depth-mm"), "{help}");
     let err = fails(&["mesh", &p("mc.nii.gz"), &p("nan.stl"), "--level", "NaN"]);
     assert!(err.contains("finite"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
