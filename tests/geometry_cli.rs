@@ -34,7 +34,15 @@ fn phantom(dir: &Path) -> f64 {
     }
     write_nifti(&dir.join("mc.nii.gz"), &mc, VoxelKind::Mask).unwrap();
     write_nifti(&dir.join("tb.nii.gz"), &tb, VoxelKind::Mask).unwrap();
-    4.0 / 3.0 * std::f64::consts::PI * (big_r.powi(3) - r.powi(3))
+    // The head is the upper hemisphere: NV is the upper half shell.
+    2.0 / 3.0 * std::f64::consts::PI * (big_r.powi(3) - r.powi(3))
+}
+
+/// Runs the binary expecting failure; returns stderr.
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dnvs-engine")).args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
 }
 
 #[test]
@@ -66,11 +74,23 @@ fn mesh_inflate_metrics_round_trip() {
         &p("nv"),
         "--max-mm",
         "8",
+        "--device",
+        "cpu",
     ]);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("nv/nv.json")).unwrap()).unwrap();
     let vol = json["volume_mm3"].as_f64().unwrap();
     assert!((vol - want).abs() < 0.05 * want, "NV {vol} vs {want}");
+    for (key, v) in [("head_depth_mm", 7.0), ("min_up", 0.0), ("max_mm", 8.0)] {
+        assert_eq!(json[key].as_f64(), Some(v), "{key}");
+    }
+    let min = json["joint_space_mm"]["min"].as_f64().unwrap_or(f64::NAN);
+    assert!((2.5..=4.0).contains(&min), "joint_space_mm.min = {min}");
+    for key in ["anterior", "superior", "posterior", "mean", "median"] {
+        let js = json["joint_space_mm"][key].as_f64().unwrap_or(f64::NAN);
+        assert!((js - 4.0).abs() < 0.5, "joint_space_mm.{key} = {js}");
+    }
+    assert!(json["hits"]["head_points"].as_u64().unwrap() > 0);
     let nv = read_nifti(&dir.join("nv/nv.nii.gz")).unwrap();
     let mc = read_nifti(&dir.join("mc.nii.gz")).unwrap();
     assert_eq!(nv.dims, mc.dims);
@@ -98,5 +118,35 @@ fn mesh_inflate_metrics_round_trip() {
         assert!(m[key].is_number(), "{key} in {text}");
     }
     assert_eq!(m["dice"].as_f64(), Some(0.0));
+
+    // Masks that are not 0/1 get a warning naming the values; an empty mask is an error.
+    let mut odd = read_nifti(&dir.join("mc.nii.gz")).unwrap();
+    odd.data.iter_mut().for_each(|v| *v *= 255.0);
+    write_nifti(&dir.join("mc255.nii.gz"), &odd, VoxelKind::Image).unwrap();
+    let empty = odd.with_data(vec![0.0; odd.data.len()]);
+    write_nifti(&dir.join("empty.nii.gz"), &empty, VoxelKind::Mask).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dnvs-engine"))
+        .args(["inflate", "--mc", &p("mc255.nii.gz"), "--tb", &p("tb.nii.gz")])
+        .args(["--out", &p("nv255"), "--max-mm", "8", "--device", "cpu"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("not 0/1") && err.contains("255"), "{err}");
+    let err = fails(&[
+        "inflate",
+        "--mc",
+        &p("mc.nii.gz"),
+        "--tb",
+        &p("empty.nii.gz"),
+        "--out",
+        &p("nv0"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("TB mask is empty") && err.contains("empty.nii.gz"), "{err}");
+    let help = run(&["inflate", "--help"]);
+    assert!(help.contains("negative volume (NV)") && help.contains("--head-depth-mm"), "{help}");
+    let err = fails(&["mesh", &p("mc.nii.gz"), &p("nan.stl"), "--level", "NaN"]);
+    assert!(err.contains("finite"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -28,8 +28,8 @@ fn affine(c: &Case, dims: [usize; 3]) -> [[f64; 4]; 4] {
         }
     }
     // Put the grid's centre at the world origin.
-    for r in 0..3 {
-        a[r][3] = -(0..3).map(|k| a[r][k] * (dims[k] as f64 - 1.0) / 2.0).sum::<f64>();
+    for row in a.iter_mut().take(3) {
+        row[3] = -(0..3).map(|k| row[k] * (dims[k] as f64 - 1.0) / 2.0).sum::<f64>();
     }
     a
 }

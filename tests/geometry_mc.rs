@@ -1,7 +1,10 @@
 //! Marching cubes: area against scikit-image's ellipsoid test, watertightness and orientation on
 //! random blobs, enclosed volume of a sphere, mirrored affines, smoothing, mesh files.
 
-use dnvs_engine::geometry::{marching_cubes, marching_cubes_spacing, taubin_smooth, Mesh};
+use dnvs_engine::geometry::smooth::{TAUBIN_LAMBDA, TAUBIN_MU};
+use dnvs_engine::geometry::{
+    marching_cubes, marching_cubes_spacing, spacing_affine, taubin_smooth, Mesh,
+};
 
 /// scikit-image's `draw.ellipsoid(a, b, c, levelset=True)` with spacing 1: integer coordinates
 /// from `ceil(-r - 1)` to `floor(r + 1)` inclusive on each axis (odd and symmetric about 0, which
@@ -155,12 +158,31 @@ fn sphere_mask_volume_matches_voxel_volume() {
 
     // Smoothing keeps the volume (Taubin) and the topology.
     let mut smooth = mesh.clone();
-    taubin_smooth(&mut smooth, 10, 0.5, -0.53);
+    taubin_smooth(&mut smooth, 10, TAUBIN_LAMBDA, TAUBIN_MU);
     assert_closed_outward(&smooth, "smoothed sphere");
     let sv = smooth.enclosed_volume();
     println!("smoothed volume {sv:.1}; area {:.1} -> {:.1}", mesh.area(), smooth.area());
     assert!((sv - voxels).abs() < 0.01 * voxels);
     assert!(smooth.area() < mesh.area());
+}
+
+#[test]
+fn long_smoothing_keeps_the_volume_and_nan_levels_are_refused() {
+    // The ball: about 754 mm^3 (r = 5.6 mm at 1 mm voxels).
+    let n = 16;
+    let mask = sphere_mask(n, 5.6, [1.0; 3]);
+    let mesh = marching_cubes_spacing(&mask, [n; 3], 0.5, [1.0; 3]).unwrap();
+    let vol = mesh.enclosed_volume();
+    // Many iterations keep it too (the old mu = -0.53 grew a ball 26 % in 1000, 1e6x in 10000).
+    for (iters, tol) in [(1000, 0.01), (10000, 0.01)] {
+        let mut long = mesh.clone();
+        taubin_smooth(&mut long, iters, TAUBIN_LAMBDA, TAUBIN_MU);
+        let lv = long.enclosed_volume();
+        println!("{iters} iterations: volume {vol:.1} -> {lv:.1}");
+        assert!((lv - vol).abs() < tol * vol, "{iters} iterations: {vol} -> {lv}");
+        assert_closed_outward(&long, "long-smoothed sphere");
+    }
+    assert!(marching_cubes(&mask, [n, n, n], f32::NAN, &spacing_affine([1.0; 3])).is_err());
 }
 
 #[test]

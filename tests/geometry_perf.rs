@@ -79,3 +79,47 @@ fn geometry_cpu_time() {
         hausdorff(&a, &b, dims, [0.4; 3], None).unwrap();
     });
 }
+
+/// The inputs of the side-by-side EDT comparison with the `edt` PyPI package
+/// (`docs/edt_side_by_side.py` builds the same masks with numpy): 256^3, spacing (1.0, 0.8, 1.2),
+/// a ball of radius 0.4 n (dense) and one of radius 0.1 n (sparse), centre (n - 1) / 2.
+fn ball(n: usize, frac: f64) -> Vec<bool> {
+    let c = (n as f64 - 1.0) / 2.0;
+    let r2 = (frac * n as f64).powi(2);
+    let mut v = Vec::with_capacity(n * n * n);
+    for i in 0..n {
+        for j in 0..n {
+            for k in 0..n {
+                let d2 = (i as f64 - c).powi(2) + (j as f64 - c).powi(2) + (k as f64 - c).powi(2);
+                v.push(d2 <= r2);
+            }
+        }
+    }
+    v
+}
+
+#[test]
+#[ignore = "timing for PERF.md; run in release beside docs/edt_side_by_side.py"]
+fn edt_side_by_side() {
+    let n = 256;
+    let spacing = [1.0, 0.8, 1.2];
+    for (name, frac) in [("dense ball r=0.4n", 0.4), ("sparse ball r=0.1n", 0.1)] {
+        let m = ball(n, frac);
+        let d = edt(&m, [n; 3], spacing).unwrap();
+        let sum: f64 = d.iter().map(|&x| x as f64).sum();
+        println!("{name}: checksum {sum:.1}");
+        let (mut best, mut best_cpu) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..5 {
+            let (c0, t0) = (cpu_seconds(), Instant::now());
+            edt(&m, [n; 3], spacing).unwrap();
+            best = best.min(t0.elapsed().as_secs_f64());
+            best_cpu = best_cpu.min(cpu_seconds() - c0);
+        }
+        println!(
+            "engine edt {name} 256^3 ({} threads): best wall {:.1} ms, best CPU {:.1} ms",
+            rayon::current_num_threads(),
+            best * 1e3,
+            best_cpu * 1e3
+        );
+    }
+}

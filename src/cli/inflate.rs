@@ -8,24 +8,21 @@ use dnvs_engine::io::weights::write_atomic;
 use dnvs_engine::io::{check_aligned, mesh::write_mesh, read_volume, write_nifti, VoxelKind};
 use dnvs_engine::Device;
 
-/// The definition in two sentences (README says the same).
-const ABOUT: &str = "Negative volume (NV) of one joint: the condylar head (the MC surface within \
-    --head-depth-mm of MC's highest point, facing up) is inflated along its outward normals until \
-    the temporal bone stops it, at most --max-mm. NV is the swept space between the two bones \
-    (mm^3); the anterior, superior and posterior joint spaces are the stopping distances along \
-    45 deg anterior-superior, superior and 45 deg posterior-superior.";
-
 #[derive(clap::Args)]
-#[command(
-    about = ABOUT,
-    long_about = ABOUT,
-    after_help = "Examples:\n  dnvs-engine inflate --mc mc.nii.gz --tb tb.nii.gz --out nv/\n  \
-    dnvs-engine inflate --mc mc.nii.gz --tb tb.nii.gz --out nv/ --head-depth-mm 5\n\n\
+#[command(after_help = "Definition (the paper's, made exact): the condylar head, i.e. the MC \
+    surface within --head-depth-mm of MC's highest point whose normals face up (superior \
+    component > --min-up) and that connects to that point, is inflated along its outward normals \
+    until the temporal bone stops it, at most --max-mm. The negative volume (NV) is the space \
+    it sweeps between the two bones (mm^3); the anterior, superior and posterior joint spaces \
+    are the stopping distances along 45 deg anterior-superior, superior and 45 deg \
+    posterior-superior.\n\n\
     MC cavities (marrow) are filled first; superior is world +z through the affine, so oblique \
-    and LPS volumes work.\nWrites DIR/nv.nii.gz (mask in MC's geometry), DIR/nv.stl and \
-    DIR/nv.json (volume_mm3, joint_space_mm {anterior, superior, posterior, min, mean, median}, \
-    head_depth_mm, min_up, max_mm, hits)."
-)]
+    and LPS volumes work.\n\n\
+    Examples:\n  dnvs-engine inflate --mc mc.nii.gz --tb tb.nii.gz --out nv/\n  \
+    dnvs-engine inflate --mc mc.nii.gz --tb tb.nii.gz --out nv/ --head-depth-mm 5\n\n\
+    Writes DIR/nv.nii.gz (mask in MC's geometry), DIR/nv.stl and DIR/nv.json (volume_mm3, \
+    joint_space_mm {anterior, superior, posterior, min, mean, median}, head_depth_mm, min_up, \
+    max_mm, hits).")]
 pub struct Args {
     /// Mandibular condyle mask (NIfTI or DICOM folder; foreground > 0.5).
     #[arg(long)]

@@ -183,20 +183,59 @@ impl Envelope {
     }
 
     /// Lower envelope of the parabolas `(x - q s)^2 + f[q]` sampled at `x = p s`: writes `out`
-    /// (and `outi`, the feature of the winning parabola, when `FT`). Returns false when the line
-    /// has no finite value (nothing to do).
+    /// (and `outi`, the feature of the winning parabola, when `FT`). Returns false when nothing
+    /// changes (no finite value, or every value 0), so the caller can skip writing back.
+    ///
+    /// A zero at `b` (a seed on this line) beats every parabola behind it for every voxel beyond
+    /// it: `(x - b)^2 <= (x - q)^2 + f[q]` when `b` lies between `q` and `x` and `f[q] >= 0`. So
+    /// the line splits at its zeros into independent stretches, each bounded by its two zeros,
+    /// and runs of zeros cost nothing: on a sparse mask (distance to the background) almost
+    /// every line is all zeros or one short stretch.
     fn run<const FT: bool>(&mut self, s: f64) -> bool {
         let n = self.f.len();
+        let mut changed = false;
+        let mut p = 0;
+        while p < n {
+            if self.f[p] == 0.0 {
+                self.out[p] = 0.0;
+                if FT {
+                    self.outi[p] = self.fi[p];
+                }
+                p += 1;
+                continue;
+            }
+            let a = p;
+            while p < n && self.f[p] != 0.0 {
+                p += 1;
+            }
+            let lo = a.saturating_sub(1);
+            let hi = (p + 1).min(n);
+            changed |= self.stretch::<FT>(s, lo, hi, a, p);
+        }
+        changed
+    }
+
+    /// The envelope of the parabolas at `lo..hi`, written for the voxels `a..b` (within it).
+    /// Returns false when the range holds no finite value (the outputs are then infinite).
+    fn stretch<const FT: bool>(
+        &mut self,
+        s: f64,
+        lo: usize,
+        hi: usize,
+        a: usize,
+        b: usize,
+    ) -> bool {
         let f = &self.f;
         let (v, z) = (&mut self.v, &mut self.z);
-        let mut k = 0usize;
-        let Some(first) = f.iter().position(|x| x.is_finite()) else {
+        let Some(first) = (lo..hi).find(|&q| f[q].is_finite()) else {
+            self.out[a..b].fill(FAR);
             return false;
         };
+        let mut k = 0usize;
         v[0] = first;
         z[0] = f64::NEG_INFINITY;
         z[1] = f64::INFINITY;
-        for q in first + 1..n {
+        for q in first + 1..hi {
             let fq = f[q] as f64;
             if !fq.is_finite() {
                 continue;
@@ -220,7 +259,7 @@ impl Envelope {
             }
         }
         k = 0;
-        for p in 0..n {
+        for p in a..b {
             let x = p as f64 * s;
             while z[k + 1] < x {
                 k += 1;

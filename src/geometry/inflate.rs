@@ -8,7 +8,8 @@
 //!    millimetre frame `index * spacing`; the normals are averaged over their neighbourhood
 //!    (host, both devices) so they follow the smooth surface rather than the voxel staircase;
 //! 3. **head**: the points within `head_depth_mm` of MC's highest point along the patient's
-//!    superior direction (world +z through the affine) whose normal points up (`n . up > min_up`);
+//!    superior direction (world +z through the affine) whose normal points up (`n . up > min_up`)
+//!    and which connect to the highest point through such points (not a coronoid process);
 //! 4. **SDF** of TB, then **march** `p + t n`, `0 < t <= max_mm`, from every head point through it
 //!    (trilinear, conservative sphere-tracing steps); the first entry into TB is the hit `h(p)`;
 //! 5. **owners**: every surface point marks the voxel it falls in; a **feature transform** over
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::components::fill_cavities;
 use super::edt::{FeatureTransform, NO_FEATURE};
 use super::mesh::Mesh;
-use super::smooth::smooth_normals;
+use super::smooth::{neighbours, smooth_normals};
 use super::{check_len, check_spacing, spacing_affine};
 use crate::io::Volume;
 use crate::tensor::Device;
@@ -314,25 +315,39 @@ fn feature_transform_of(
     }
 }
 
-/// The head's points and MC's highest point (along `up`).
+/// The head's points and MC's highest point (along `up`): the vertices within `head_depth_mm`
+/// below the top whose normals face up, and of those only the ones connected (along mesh
+/// edges) to the highest: other bone of the mandible that rises into the depth band (a coronoid
+/// process in a large VOI) is not the condylar head.
 fn head_points(surface: &Mesh, up: [f64; 3], params: &NvParams) -> (Vec<bool>, [f64; 3]) {
-    let mut top = [0.0; 3];
-    let mut top_h = f64::NEG_INFINITY;
-    for p in &surface.vertices {
-        let h = dot(f64s(*p), up);
-        if h > top_h {
-            top_h = h;
-            top = f64s(*p);
+    let height: Vec<f64> = surface.vertices.iter().map(|p| dot(f64s(*p), up)).collect();
+    let Some(top_i) = (0..height.len()).max_by(|&a, &b| height[a].total_cmp(&height[b])) else {
+        return (Vec::new(), [0.0; 3]);
+    };
+    let floor = height[top_i] - params.head_depth_mm;
+    let candidate: Vec<bool> = (0..height.len())
+        .map(|i| height[i] >= floor && dot(f64s(surface.normals[i]), up) > params.min_up)
+        .collect();
+    // Start from the highest candidate (the top vertex itself unless its normal is odd).
+    let start = (0..height.len())
+        .filter(|&i| candidate[i])
+        .max_by(|&a, &b| height[a].total_cmp(&height[b]));
+    let mut head = vec![false; height.len()];
+    if let Some(start) = start {
+        let (first, nbr) = neighbours(surface);
+        let mut stack = vec![start];
+        head[start] = true;
+        while let Some(v) = stack.pop() {
+            for &u in &nbr[first[v]..first[v + 1]] {
+                let u = u as usize;
+                if candidate[u] && !head[u] {
+                    head[u] = true;
+                    stack.push(u);
+                }
+            }
         }
     }
-    let floor = top_h - params.head_depth_mm;
-    let head = surface
-        .vertices
-        .iter()
-        .zip(&surface.normals)
-        .map(|(p, n)| dot(f64s(*p), up) >= floor && dot(f64s(*n), up) > params.min_up)
-        .collect();
-    (head, top)
+    (head, f64s(surface.vertices[top_i]))
 }
 
 /// Hit distance of every head point (`None` elsewhere and where no TB is met within `max_mm`).
@@ -610,7 +625,7 @@ mod tests {
     fn mask_warnings_name_the_values() {
         assert_eq!(mask_warning("MC", &[0.0, 1.0, 1.0]), None);
         let w = mask_warning("TB", &[0.0, 255.0, 2.0, 255.0, -1.0]).unwrap();
-        assert!(w.contains("TB") && w.contains("3 voxels") && w.contains("255, 2, -1"), "{w}");
+        assert!(w.contains("TB") && w.contains("4 voxels") && w.contains("255, 2, -1"), "{w}");
     }
 
     #[test]

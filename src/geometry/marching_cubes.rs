@@ -437,6 +437,13 @@ pub fn marching_cubes(
     affine: &[[f64; 4]; 4],
 ) -> Result<Mesh> {
     check_len("marching_cubes", field.len(), dims)?;
+    if !level.is_finite() {
+        // A NaN level puts every voxel outside: an empty mesh that looks like a result.
+        return Err(crate::Error::arg(
+            "marching_cubes",
+            format!("level must be finite, got {level}"),
+        ));
+    }
     let p = dims.map(|d| d + 2);
     let plane = p[1] * p[2];
     let grid = Grid { field, dims, level, p };

@@ -13,8 +13,9 @@
 //!   precisely", the one `geometry::inflate` implements on masks), computed here independently
 //!   from the analytic geometry ([`NvTruth`]): a voxel centre `v` outside all bone, at distance
 //!   `d` from the mandible, has its closest mandible surface point `p = v - d grad(d)` with
-//!   normal `grad(d)`; `v` is NV when `p` is a head point (within `head_depth_mm` of the
-//!   mandible's top along world superior, `n . up > min_up`) and the ray `p + t n`, sphere-traced
+//!   normal `grad(d)`; `v` is NV when `p` is a head point (on the condylar process, not the
+//!   coronoid; within `head_depth_mm` of the mandible's top along world superior;
+//!   `n . up > min_up`) and the ray `p + t n`, sphere-traced
 //!   through the analytic cranial distance inside the VOI, enters cranial bone at `h` with
 //!   `d <= h <= max_mm`. `nv_mm3` = NV voxel count x voxel volume.
 
@@ -142,6 +143,23 @@ impl Group {
         }
         d
     }
+
+    /// [`Group::sdf`] and the index (in push order) of the part that attains it.
+    fn nearest(&self, p: V3, margin: f64) -> (f64, Option<usize>) {
+        let mut best = (1e9, None);
+        if !self.bounds.is_some_and(|b| b.near(p, margin)) {
+            return best;
+        }
+        for (i, (prim, b)) in self.parts.iter().enumerate() {
+            if b.near(p, margin) {
+                let d = prim.sdf(p);
+                if d < best.0 {
+                    best = (d, Some(i));
+                }
+            }
+        }
+        best
+    }
 }
 
 /// One temporomandibular joint in the anatomy frame.
@@ -188,6 +206,9 @@ pub struct Phantom {
     foramen: Cylinder,
     cranial: Group,
     mandible: Group,
+    /// Per joint (L, R): the mandible parts of the condylar process (head and neck capsules),
+    /// the only mandible surface the NV truth inflates (the coronoid is not the head).
+    condylar: [[usize; 2]; 2],
     vertebrae: Group,
     cortex_cranial: f64,
     cortex_mandible: f64,
@@ -270,6 +291,7 @@ impl Phantom {
             Cylinder { c: [0.0, -30.0 * k, base_z + 3.0], radius: 14.0 * k, half_height: 6.0 };
         let mut cranial = Group::default();
         let mut mandible = Group::default();
+        let mut condylar = [[0usize; 2]; 2];
         let ramus_half_h = 20.0 * k;
         let body_z = -58.0 * k;
         for j in &joints {
@@ -306,6 +328,8 @@ impl Phantom {
             }));
 
             // Mandible: head, neck, ramus, coronoid.
+            let first = mandible.parts.len();
+            condylar[j.side.index()] = [first, first + 1];
             mandible.push(Prim::Capsule(j.head));
             let neck_end = add(c, [-s * 1.5, rng.uniform(1.5, 3.5), -13.0 * k]);
             mandible.push(Prim::Capsule(Capsule {
@@ -435,6 +459,7 @@ impl Phantom {
             brain_floor_z: base_z + 6.0,
             cranial,
             mandible,
+            condylar,
             vertebrae,
             cortex_cranial,
             cortex_mandible,
@@ -542,8 +567,8 @@ impl Phantom {
     /// Mandible distance at anatomy point `a` and its unit gradient (central differences; the
     /// union of exact distances is exact outside, so the gradient is the outward normal of the
     /// closest surface point).
-    fn mandible_distance(&self, a: V3, margin: f64) -> (f64, V3) {
-        let d = self.mandible.sdf(a, margin);
+    fn mandible_distance(&self, a: V3, margin: f64) -> (f64, Option<usize>, V3) {
+        let (d, part) = self.mandible.nearest(a, margin);
         let g = [0, 1, 2].map(|k| {
             let mut plus = a;
             let mut minus = a;
@@ -552,15 +577,20 @@ impl Phantom {
             (self.mandible.sdf(plus, margin) - self.mandible.sdf(minus, margin))
                 / (2.0 * GRAD_EPS_MM)
         });
-        (d, normalize_or(g, up_of(&self.pose)))
+        (d, part, normalize_or(g, up_of(&self.pose)))
     }
 
     /// Whether anatomy point `a` (already known to be outside all bone) is NV of `truth`'s joint.
     fn in_nv(&self, truth: &NvTruth, a: V3) -> bool {
         let prm = &truth.params;
         // Exact wherever it is within max_mm: no primitive that close is skipped.
-        let (d, n) = self.mandible_distance(a, prm.max_mm + 1.0);
+        let (d, part, n) = self.mandible_distance(a, prm.max_mm + 1.0);
         if d <= 0.0 || d > prm.max_mm {
+            return false;
+        }
+        // The head is the condylar process's surface (inflate finds it as the part of the band
+        // below the top connected to the top; here the anatomy names it).
+        if !part.is_some_and(|i| self.condylar[truth.side.index()].contains(&i)) {
             return false;
         }
         let p = sub(a, scale(n, d));
