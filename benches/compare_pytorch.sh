@@ -9,7 +9,10 @@
 #   ROUNDS=5 CASES="step:32,32,32 forward:64,64,32" benches/compare_pytorch.sh
 #
 # Cases are WHAT:PATCH with WHAT one of step, forward, window (window = sliding window over a
-# 120x150x70 volume with PATCH as window). PYTHON picks the interpreter that has torch.
+# VOLUME, default 120x150x70, with PATCH as window). PYTHON picks the interpreter that has torch.
+# OpenMP threads wait passively by default (OMP_WAIT_POLICY=PASSIVE): on a machine shared with
+# other jobs PyTorch's spinning OpenMP barriers made its step 2.5x slower (27 s vs 10 s at 32^3,
+# load 11 on 2 cores); on an idle machine set OMP_WAIT_POLICY=ACTIVE to give PyTorch its best case.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -17,7 +20,8 @@ ROUNDS=${ROUNDS:-3}
 REPS=${REPS:-5}
 THREADS=${THREADS:-2}
 CASES=${CASES:-"step:32,32,32 step:64,64,32 forward:64,64,32 window:64,64,32"}
-VOLUME=120,150,70
+VOLUME=${VOLUME:-120,150,70}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 BIN=target/release/dnvs-engine
 cargo build --release --quiet
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
@@ -45,7 +49,7 @@ torch_side() { # what patch -> ms
     --threads "$THREADS" --reps "$reps" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["ms"])'
 }
 
-echo "date $(date -u +%FT%TZ), $(nproc) cores, $THREADS threads per side, $ROUNDS rounds, median of $REPS reps per run"
+echo "date $(date -u +%FT%TZ), $(nproc) cores, $THREADS threads per side, $ROUNDS rounds, median of $REPS reps per run, OMP_WAIT_POLICY=$OMP_WAIT_POLICY, window volume $VOLUME"
 for r in $(seq 1 "$ROUNDS"); do
   for c in $CASES; do
     what=${c%%:*}; patch=${c#*:}
