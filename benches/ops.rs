@@ -41,6 +41,12 @@ fn cases() -> Vec<Case> {
         conv("k3_c32_56x72x32", [56, 72, 32], 32, 32, 3, 1),
         conv("k2s2_c16to32_56x72x32", [56, 72, 32], 16, 32, 2, 2),
         up("up_k2s2_c64to32_28x36x16", [28, 36, 16], 64, 32),
+        // The V-Net's deep, small-volume levels (64x64x32 and 32^3 patches): few voxels, most
+        // window taps in the padding, 2-8 M weights per layer.
+        conv("k5_c128_8x8x4", [8, 8, 4], 128, 128, 5, 1),
+        conv("k5_c256_4x4x2", [4, 4, 2], 256, 256, 5, 1),
+        conv("k5_c256_2x2x2", [2, 2, 2], 256, 256, 5, 1),
+        conv("k5_c128_16x16x8", [16, 16, 8], 128, 128, 5, 1),
     ]
 }
 

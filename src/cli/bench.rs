@@ -3,6 +3,9 @@
 //! TFLOP/s (GPU) or GFLOP/s (CPU), after warm-up, synchronised before every clock read; then
 //! times one V-Net training step (forward, `nll_probs`, backward, Adam, `set_parameters`) at the
 //! anchor patch 112x144x64 on a GPU or a small patch on the CPU (`--patch`), median of N steps.
+//! Optionally times a no-grad forward at the patch (`--forward`), a sliding-window inference
+//! over a volume with the patch as window (`--window-over`), and prints where a CPU step's time
+//! goes, per phase and per convolution shape and pass (`--profile`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,7 +13,9 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use dnvs_engine::backend::cpu::profile;
 use dnvs_engine::backend::cuda::{self as cu, Precision};
+use dnvs_engine::io::volume::Volume;
 use dnvs_engine::nn::{self, Arch, Mode, Network};
 use dnvs_engine::optim::{Adam, AdamConfig};
 use dnvs_engine::tensor::{Device, Tensor};
@@ -19,6 +24,9 @@ use dnvs_engine::{autograd, loss, Error};
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  dnvs-engine bench --device cpu --quick\n  \
                         dnvs-engine bench --device cpu --width 8 --patch 48,48,32\n  \
+                        dnvs-engine bench --device cpu --patch 32,32,32 --profile\n  \
+                        dnvs-engine bench --device cpu --no-kernels --patch 64,64,32 --forward \
+                        --window-over 120,150,70\n  \
                         dnvs-engine bench --device cuda --json bench-h100.json")]
 pub struct Args {
     /// cpu or cuda (cuda:N for another GPU).
@@ -41,6 +49,23 @@ pub struct Args {
     /// Skip the V-Net training-step timing.
     #[arg(long)]
     no_step: bool,
+    /// Skip the single-convolution timings.
+    #[arg(long)]
+    no_kernels: bool,
+    /// Also time a forward pass without the tape (eval mode) at the patch.
+    #[arg(long)]
+    forward: bool,
+    /// Also time a sliding-window inference (window = the patch, overlap 0.5, Gaussian
+    /// blending) over a random volume of D,H,W voxels.
+    #[arg(long, value_name = "D,H,W", value_parser = parse_patch)]
+    window_over: Option<[usize; 3]>,
+    /// Print where the CPU training step's time goes: forward, backward and Adam per step, and
+    /// every convolution pass by shape (total over the timed steps).
+    #[arg(long)]
+    profile: bool,
+    /// Timed repetitions of the step / forward (median reported); default 5 on the CPU.
+    #[arg(long)]
+    reps: Option<usize>,
 }
 
 fn parse_patch(s: &str) -> Result<[usize; 3], String> {
@@ -58,6 +83,25 @@ fn parse_patch(s: &str) -> Result<[usize; 3], String> {
 const GPU_PATCH: [usize; 3] = [112, 144, 64];
 /// A CPU patch small enough for a quick run on a few cores.
 const CPU_PATCH: [usize; 3] = [32, 32, 32];
+/// The V-Net halves the patch four times: every side must be a multiple of this.
+const VNET_MULTIPLE: usize = 16;
+
+/// Refuses a patch the V-Net cannot take before anything is timed (a bad `--patch` used to fail
+/// only after the kernel timings, minutes into the run).
+fn check_patch(patch: [usize; 3]) -> anyhow::Result<()> {
+    if patch.iter().any(|&s| s % VNET_MULTIPLE != 0) {
+        let [d, h, w] = patch;
+        bail!(
+            "--patch {d},{h},{w}: every side must be a multiple of {VNET_MULTIPLE} (the V-Net \
+             halves it four times); try {}",
+            patch
+                .map(|s| s.div_ceil(VNET_MULTIPLE).max(1) * VNET_MULTIPLE)
+                .map(|s| s.to_string())
+                .join(",")
+        );
+    }
+    Ok(())
+}
 
 /// One conv3d layer shape: C in = C out = `c`, a cube kernel `k`, padding `k / 2`, stride 1.
 struct Layer {
@@ -226,10 +270,19 @@ impl Trainer {
 
     /// One step; returns the loss, read back to the host (which also waits for the GPU).
     fn step(&mut self) -> dnvs_engine::Result<f32> {
+        self.step_phases().map(|(l, _)| l)
+    }
+
+    /// One step and the seconds of its forward (with the loss), backward and Adam phases (the
+    /// phases are only meaningful on the CPU: a GPU's work is timed where it is waited for).
+    fn step_phases(&mut self) -> dnvs_engine::Result<(f32, [f64; 3])> {
         self.seed += 1;
+        let t0 = Instant::now();
         let probs = self.net.forward(&self.x, Mode::Train { seed: self.seed })?;
         let l = loss::nll_probs(&probs, &self.target, None)?;
+        let t1 = Instant::now();
         let grads = autograd::backward(&l)?;
+        let t2 = Instant::now();
         let params = self.net.parameters();
         let g = params
             .iter()
@@ -240,8 +293,90 @@ impl Trainer {
             .collect::<dnvs_engine::Result<Vec<_>>>()?;
         let new = self.adam.step(&params, &g)?;
         self.net.set_parameters(new)?;
-        l.item()
+        let loss = l.item()?;
+        let t3 = Instant::now();
+        let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
+        Ok((loss, [secs(t0, t1), secs(t1, t2), secs(t2, t3)]))
     }
+}
+
+/// Prints the median phase times of CPU steps and the per-convolution table of
+/// [`profile`], and returns both as JSON.
+fn profile_step(width: usize, patch: [usize; 3], reps: usize) -> anyhow::Result<Value> {
+    let mut t = Trainer::new(Device::Cpu, width, patch)?;
+    t.step()?; // warm-up: first-touch pages and thread pool start-up
+    profile::enable(true);
+    let mut phases = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        phases.push(t.step_phases()?.1);
+    }
+    profile::enable(false);
+    let rows = profile::take();
+    let median = |i: usize| {
+        let mut v: Vec<f64> = phases.iter().map(|p| p[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [d, h, w] = patch;
+    println!("profile of cpu/vnet_step_f32/w{width}/{d}x{h}x{w}, median of {reps} steps:");
+    let names = ["forward+loss", "backward", "adam+set_parameters"];
+    for (i, n) in names.iter().enumerate() {
+        println!("  {n:<22} {:>9.1} ms", median(i) * 1e3);
+    }
+    let conv_total: f64 = rows.iter().map(|(_, e)| e.secs).sum::<f64>() / reps as f64;
+    println!(
+        "  convolutions (all passes) {:>9.1} ms per step; by shape and pass:",
+        conv_total * 1e3
+    );
+    for (name, e) in &rows {
+        let per_step = e.secs / reps as f64 * 1e3;
+        println!("  {name:<52} {per_step:>9.2} ms/step  {:>4} calls", e.calls / reps as u64);
+    }
+    let ops: Vec<Value> = rows
+        .iter()
+        .map(|(n, e)| {
+            json!({ "op": n, "ms_per_step": e.secs / reps as f64 * 1e3,
+                              "calls_per_step": e.calls as f64 / reps as f64 })
+        })
+        .collect();
+    Ok(json!({ "steps": reps, "forward_ms": median(0) * 1e3, "backward_ms": median(1) * 1e3,
+               "adam_ms": median(2) * 1e3, "conv_ms": conv_total * 1e3, "ops": ops }))
+}
+
+/// Median seconds of a tape-free eval forward of a fresh V-Net at `patch` (CPU).
+fn bench_forward(width: usize, patch: [usize; 3], reps: usize) -> anyhow::Result<Value> {
+    let mut net = nn::build(Arch::VNet, width)?;
+    let [d, h, w] = patch;
+    let x = Tensor::from_vec(random(d * h * w, 11), [1, d, h, w, 1])?;
+    let f = || autograd::no_grad(|| net.forward(&x, Mode::Eval)).map(|_| ());
+    let mut f = f;
+    let secs = time(1, reps, &mut f, &|| Ok(()))?;
+    let name = format!("cpu/vnet_forward_f32/w{width}/{d}x{h}x{w}");
+    println!("{name:<48} {:>9.1} ms  (no tape, eval, median of {reps})", secs * 1e3);
+    Ok(json!({ "name": name, "width": width, "patch": patch, "ms": secs * 1e3, "reps": reps }))
+}
+
+/// Seconds of one sliding-window inference (window `patch`, overlap 0.5, Gaussian) over a
+/// random volume of `dims`, median of `reps` after one warm-up (CPU).
+fn bench_window(
+    width: usize,
+    patch: [usize; 3],
+    dims: [usize; 3],
+    reps: usize,
+) -> anyhow::Result<Value> {
+    let mut net = nn::build(Arch::VNet, width)?;
+    let mut vol = Volume::zeros(dims, [0.4; 3]);
+    vol.data = random(vol.data.len(), 13);
+    let opt =
+        nn::segment::Options { window: patch, overlap: 0.5, blend: nn::segment::Blend::Gaussian };
+    let mut f = || nn::segment::sliding_window_with(net.as_mut(), &vol, &opt).map(|_| ());
+    let secs = time(1, reps, &mut f, &|| Ok(()))?;
+    let [d, h, w] = dims;
+    let [pd, ph, pw] = patch;
+    let name = format!("cpu/vnet_sliding_window/w{width}/{d}x{h}x{w}/win{pd}x{ph}x{pw}");
+    println!("{name:<48} {:>9.1} ms  (overlap 0.5, gaussian, median of {reps})", secs * 1e3);
+    Ok(json!({ "name": name, "width": width, "window": patch, "volume": dims, "ms": secs * 1e3,
+               "reps": reps }))
 }
 
 /// Median training-step time of a V-Net at `patch`; a "not wired" entry when an op cannot run
@@ -251,6 +386,7 @@ fn bench_step(
     width: usize,
     patch: [usize; 3],
     quick: bool,
+    reps: Option<usize>,
     precision: Precision,
 ) -> anyhow::Result<Value> {
     let [d, h, w] = patch;
@@ -263,6 +399,7 @@ fn bench_step(
         (Device::Cuda(_), true) => (2, 5),
         (Device::Cuda(_), false) => (3, 20),
     };
+    let iters = reps.unwrap_or(iters).max(1);
     let sync = || match device {
         Device::Cpu => Ok(()),
         Device::Cuda(o) => cu::synchronize(o),
@@ -292,7 +429,14 @@ fn bench_step(
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device: Device = args.device.parse()?;
+    if let Some(p) = args.patch {
+        check_patch(p)?;
+    }
+    if (args.profile || args.forward || args.window_over.is_some()) && device != Device::Cpu {
+        bail!("--profile, --forward and --window-over time the CPU only (got --device {device})");
+    }
     let kernels = match device {
+        _ if args.no_kernels => Vec::new(),
         Device::Cpu => bench_cpu(args.quick)?,
         Device::Cuda(o) => {
             if cfg!(debug_assertions) {
@@ -318,10 +462,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let steps = precisions
             .iter()
-            .map(|&p| bench_step(device, args.width, patch, args.quick, p))
+            .map(|&p| bench_step(device, args.width, patch, args.quick, args.reps, p))
             .collect::<anyhow::Result<Vec<_>>>()?;
         dnvs_engine::ops::set_conv_precision(Precision::F32);
         Value::Array(steps)
+    };
+    let patch = args.patch.unwrap_or(CPU_PATCH);
+    let reps = args.reps.unwrap_or(if args.quick { 3 } else { 5 }).max(1);
+    let profiled = if args.profile { profile_step(args.width, patch, reps)? } else { Value::Null };
+    let forward = if args.forward { bench_forward(args.width, patch, reps)? } else { Value::Null };
+    let window = match args.window_over {
+        Some(dims) => bench_window(args.width, patch, dims, reps.min(3))?,
+        None => Value::Null,
     };
     let card = match device {
         Device::Cpu => format!("{} threads", rayon::current_num_threads()),
@@ -334,12 +486,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "quick": args.quick,
         "kernels": kernels,
         "vnet_train_step": step,
+        "vnet_step_profile": profiled,
+        "vnet_forward": forward,
+        "vnet_sliding_window": window,
     });
     if let Some(path) = args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    if kernels.is_empty() {
+    if kernels.is_empty() && !args.no_kernels {
         bail!("no kernels were timed");
     }
     Ok(())

@@ -22,6 +22,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::profile;
+
 mod direct;
 
 /// Output voxels per forward / weight-gradient tile: enough rows that a GEMM call amortises
@@ -96,6 +98,15 @@ impl ConvGeom {
     /// Multiply-adds times two of one forward pass (the same count for each backward pass).
     pub fn flops(&self) -> f64 {
         2.0 * self.out_voxels() as f64 * self.k as f64 * self.patch_len() as f64
+    }
+
+    /// `k5 s1 C256->256 4x4x2`: the kernel, stride, channels and input size, for profiles.
+    pub fn label(&self) -> String {
+        let [kd, kh, kw] = self.kernel;
+        let k = if kd == kh && kh == kw { format!("k{kd}") } else { format!("k{kd}x{kh}x{kw}") };
+        let [d, h, w] = self.input;
+        let n = if self.n == 1 { String::new() } else { format!(" N{}", self.n) };
+        format!("{k} s{} C{}->{} {d}x{h}x{w}{n}", self.stride, self.c, self.k)
     }
 
     /// Windows tile the input without overlap or gaps between them (`kernel == stride`, no
@@ -293,6 +304,7 @@ fn is_pointwise(g: &ConvGeom) -> bool {
 /// # Shapes
 /// `x (N, D, H, W, C)`, `w (K, kd, kh, kw, C)`, `bias (K)` -> `(N, D', H', W', K)`.
 pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    let _t = profile::scope(|| format!("conv3d_fwd {}", g.label()));
     if direct_fwd_pays(g) {
         direct::fwd(x, w, bias, g)
     } else {
@@ -340,6 +352,7 @@ fn fwd_gemm(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
 /// # Shapes
 /// `grad_out (N, D', H', W', K)`, `w (K, kd, kh, kw, C)` -> `(N, D, H, W, C)`.
 pub fn bwd_input(grad_out: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let _t = profile::scope(|| format!("conv3d_bwd_input {}", g.label()));
     let mut gi = vec![0.0; g.in_voxels() * g.c];
     if gi.is_empty() || g.k == 0 {
         return gi;
@@ -347,7 +360,7 @@ pub fn bwd_input(grad_out: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     if g.non_overlapping() {
         bwd_input_blocks(grad_out, w, g, &mut gi);
     } else if let Some(flipped) = flipped_geometry(g).filter(direct_fwd_pays) {
-        return direct::fwd(grad_out, &flip_weight(w, g), None, &flipped);
+        return direct::fwd_blocked(grad_out, &direct::flipped_blocks(w, g), None, &flipped);
     } else {
         bwd_input_gather(grad_out, w, g, &mut gi);
     }
@@ -364,20 +377,6 @@ fn flipped_geometry(g: &ConvGeom) -> Option<ConvGeom> {
     }
     let f = ConvGeom::new(g.n, g.output, g.k, g.c, g.kernel, 1, ks - 1 - g.padding)?;
     (f.output == g.input).then_some(f)
-}
-
-/// `w (K, taps, C)` -> `(C, reversed taps, K)`.
-fn flip_weight(w: &[f32], g: &ConvGeom) -> Vec<f32> {
-    let (k, c, kvol) = (g.k, g.c, g.kvol());
-    let mut out = vec![0.0; w.len()];
-    for kk in 0..k {
-        for t in 0..kvol {
-            for ch in 0..c {
-                out[(ch * kvol + kvol - 1 - t) * k + kk] = w[(kk * kvol + t) * c + ch];
-            }
-        }
-    }
-    out
 }
 
 /// Non-overlapping windows: every output voxel's `kvol*C` gradient block is one GEMM row
@@ -491,6 +490,7 @@ fn gather_grad_row(grad_out: &[f32], g: &ConvGeom, v: usize, row: &mut [f32]) {
 /// # Shapes
 /// `x (N, D, H, W, C)`, `grad_out (N, D', H', W', K)` -> `(K, kd, kh, kw, C)`.
 pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let _t = profile::scope(|| format!("conv3d_bwd_weight {}", g.label()));
     // The direct kernel tiles input channels by 6: below that it would mostly multiply padding.
     if direct::available() && !is_pointwise(g) && g.c >= 6 {
         direct::bwd_weight(x, grad_out, g)
@@ -557,6 +557,7 @@ fn weight_grad_parts(units: usize, len: usize) -> usize {
 /// # Shapes
 /// `grad_out (voxels, K)` -> `(K)`.
 pub fn bwd_bias(grad_out: &[f32], k: usize) -> Vec<f32> {
+    let _t = profile::scope(|| format!("conv_bwd_bias K{k}"));
     if k == 0 {
         return Vec::new();
     }
@@ -596,6 +597,34 @@ mod tests {
         assert!(g.non_overlapping());
         assert!(ConvGeom::new(1, [3, 3, 3], 1, 1, [5, 5, 5], 1, 0).is_none());
         assert!(ConvGeom::new(1, [3, 3, 3], 1, 1, [1, 1, 1], 0, 0).is_none());
+    }
+
+    /// The stride-1 input gradient through the flipped forward convolution agrees with the
+    /// gather path, including deep layers whose windows lie mostly in the padding.
+    #[test]
+    fn flipped_input_gradient_matches_gather() {
+        let cases = [
+            (1, [2, 2, 2], 32, 48, 5, 2),
+            (1, [4, 4, 2], 16, 32, 5, 2),
+            (2, [3, 5, 4], 16, 17, 3, 1),
+            (1, [6, 5, 7], 20, 16, 5, 2),
+        ];
+        for (i, &(n, dims, c, k, ks, pad)) in cases.iter().enumerate() {
+            let g = ConvGeom::new(n, dims, c, k, [ks; 3], 1, pad).unwrap();
+            if flipped_geometry(&g).filter(direct_fwd_pays).is_none() {
+                eprintln!("case {i}: no direct kernel on this CPU, skipped");
+                continue;
+            }
+            let val = |j: usize, s: usize| ((j * 2_654_435_761 + s) % 1999) as f32 / 1000.0 - 1.0;
+            let go: Vec<f32> = (0..g.out_voxels() * k).map(|j| val(j, 7)).collect();
+            let w: Vec<f32> = (0..k * g.patch_len()).map(|j| val(j, 3)).collect();
+            let mut want = vec![0.0; g.in_voxels() * c];
+            bwd_input_gather(&go, &w, &g, &mut want);
+            let got = bwd_input(&go, &w, &g);
+            for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-3 + 1e-4 * b.abs(), "case {i} [{j}]: {a} vs {b}");
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! non-overlapping path of `bwd_input`: one GEMM per tile and a block copy, no overlap.
 
 use super::conv3d::{self, ConvGeom};
+use super::profile;
 
 /// The geometry of the convolution whose input-gradient this transposed convolution is: its input
 /// is our output, its output our input. `None` for a zero stride or kernel.
@@ -50,6 +51,7 @@ pub fn swap_outer_axes(w: &[f32], a: usize, kvol: usize, b: usize) -> Vec<f32> {
 /// `x (N, D, H, W, C_in)`, `w (K_out, kd, kh, kw, C_in)`, `bias (K_out)` ->
 /// `(N, (D-1)*s + kd, (H-1)*s + kh, (W-1)*s + kw, K_out)`.
 pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    let _t = profile::scope(|| format!("conv_transpose3d_fwd {}", g.label()));
     let wc = swap_outer_axes(w, g.c, g.kvol(), g.k);
     let mut out = conv3d::bwd_input(x, &wc, g);
     if let Some(bias) = bias {
@@ -60,12 +62,14 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
 
 /// Gradient of the input: a plain strided convolution of `grad_out`.
 pub fn bwd_input(grad_out: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let _t = profile::scope(|| format!("conv_transpose3d_bwd_input {}", g.label()));
     let wc = swap_outer_axes(w, g.c, g.kvol(), g.k);
     conv3d::fwd(grad_out, &wc, None, g)
 }
 
 /// Gradient of the weight, in the engine layout `(K_out, kd, kh, kw, C_in)`.
 pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let _t = profile::scope(|| format!("conv_transpose3d_bwd_weight {}", g.label()));
     let dwc = conv3d::bwd_weight(grad_out, x, g);
     swap_outer_axes(&dwc, g.k, g.kvol(), g.c)
 }

@@ -10,5 +10,6 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod profile;
 pub mod softmax;
 pub mod upsample;

@@ -16,6 +16,8 @@
 //! and row tails read (finite) neighbouring values whose results are dropped, which keeps the
 //! kernel free of tail cases; the padded input carries slack at its end for those reads.
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use super::ConvGeom;
@@ -84,12 +86,66 @@ fn round_up(v: usize, m: usize) -> usize {
     v.div_ceil(m) * m
 }
 
+// ---- reusable buffers -------------------------------------------------------------------------
+
+/// Buffers kept for reuse between calls. A 256-channel 5x5x5 layer's relaid weight is 32 MB and
+/// the padded input of a 64x64x32 level 10 MB: allocated fresh on every call they cost page
+/// faults and zeroing comparable to the convolution itself on the small deep levels.
+static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+/// Most buffers the pool keeps (the largest ones): one convolution uses at most three at once.
+const POOL_KEEP: usize = 4;
+
+/// A buffer of `len` initialised floats with unspecified contents (callers write every element
+/// they read), returned to [`POOL`] when dropped.
+struct Scratch(Vec<f32>, usize);
+
+fn pool() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>> {
+    // The pool only holds plain buffers: one left by a panicking thread is still usable.
+    POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Scratch {
+    fn new(len: usize) -> Scratch {
+        let mut pool = pool();
+        // The smallest kept buffer that is long enough, else a new one.
+        let best = (0..pool.len()).filter(|&i| pool[i].len() >= len).min_by_key(|&i| pool[i].len());
+        match best {
+            Some(i) => Scratch(pool.swap_remove(i), len),
+            None => Scratch(vec![0.0; len], len),
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0[..self.1]
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0[..self.1]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let mut pool = pool();
+        pool.push(std::mem::take(&mut self.0));
+        if pool.len() > POOL_KEEP {
+            let smallest = (0..pool.len()).min_by_key(|&i| pool[i].len()).expect("not empty");
+            pool.swap_remove(smallest);
+        }
+    }
+}
+
 // ---- operands ---------------------------------------------------------------------------------
 
 /// The input zero-padded by `g.padding` on every spatial side, `(N, Dp, Hp, Wp, C)`, plus slack
 /// at the end for the microkernel's dropped tail reads.
 struct Padded {
-    data: Vec<f32>,
+    data: Scratch,
     dims: [usize; 3],
 }
 
@@ -99,13 +155,17 @@ fn pad_input(x: &[f32], g: &ConvGeom) -> Padded {
     let dims = [d + 2 * p, h + 2 * p, w + 2 * p];
     let [dp, hp, wp] = dims;
     let slack = (MAX_NJ * g.stride + g.kernel[2] + MAX_NJ) * c + NK;
-    let mut data = vec![0.0; g.n * dp * hp * wp * c + slack];
+    let body = g.n * dp * hp * wp * c;
+    let mut data = Scratch::new(body + slack);
+    data[body..].fill(0.0);
     let plane = hp * wp * c;
     if plane == 0 {
         return Padded { data, dims };
     }
-    data[..g.n * dp * plane].par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+    data[..body].par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
         let (b, z) = (i / dp, i % dp);
+        // A reused buffer holds old values: zero the plane (the padding) before the interior.
+        dst.fill(0.0);
         if z < p || z >= p + d {
             return;
         }
@@ -118,69 +178,190 @@ fn pad_input(x: &[f32], g: &ConvGeom) -> Padded {
     Padded { data, dims }
 }
 
+/// Reduction steps (`q`) per task of the weight relayouts: enough to amortise a rayon task,
+/// small enough that a 256-channel layer splits into dozens of tasks.
+const RELAYOUT_Q: usize = 2048;
+
 /// `(K, kvol*C)` weight -> `(K16 / 16, kvol*C, 16)`, zero-padded to `K16 = round_up(K, 16)`
-/// output channels: each 16-channel block the microkernel reads is one contiguous slice.
-fn weight_blocks(w: &[f32], k: usize, p: usize, k16: usize) -> Vec<f32> {
-    let mut out = vec![0.0; p * k16];
-    for kk in 0..k {
-        let (blk, col) = (kk / NK, kk % NK);
-        for q in 0..p {
-            out[(blk * p + q) * NK + col] = w[kk * p + q];
-        }
+/// output channels: each 16-channel block the microkernel reads is one contiguous slice. A
+/// 256-channel 5x5x5 layer has 8 M weights, so the relayout runs in parallel, 16 x `RELAYOUT_Q`
+/// tiles at a time (16 read streams, one write stream).
+fn weight_blocks(w: &[f32], k: usize, p: usize) -> Scratch {
+    let k16 = round_up(k, NK);
+    let mut out = Scratch::new(p * k16);
+    if out.is_empty() {
+        return out;
     }
+    out.par_chunks_mut(p * NK).enumerate().for_each(|(blk, ob)| {
+        let kb = blk * NK;
+        let nk = NK.min(k - kb);
+        ob.par_chunks_mut(RELAYOUT_Q * NK).enumerate().for_each(|(qc, tile)| {
+            let q0 = qc * RELAYOUT_Q;
+            // 16 x 16 transposes: 64-byte reads from 16 weight rows, 64-byte writes.
+            for (t, dst) in tile.chunks_mut(NK * NK).enumerate() {
+                let qs = q0 + t * NK;
+                let nq = dst.len() / NK;
+                let mut sq = [[0.0f32; NK]; NK];
+                for (col, row) in sq.iter_mut().enumerate().take(nk) {
+                    row[..nq].copy_from_slice(&w[(kb + col) * p + qs..][..nq]);
+                }
+                for (qq, d) in dst.chunks_exact_mut(NK).enumerate() {
+                    for (col, v) in d.iter_mut().enumerate() {
+                        *v = sq[col][qq];
+                    }
+                }
+            }
+        });
+    });
     out
+}
+
+/// The weight of the input gradient's forward convolution, already in block layout: `w (K,
+/// taps, C)` flipped in space with its channel axes swapped, `(C16 / 16, kvol*K, 16)` with
+/// element `[cb][(t', kk)][cc] = w[kk, kvol-1-t', cb*16 + cc]`. One parallel pass of 16-float
+/// copies (`C` is the contiguous axis on both sides) instead of a scalar flip and a relayout.
+pub fn flipped_blocks(w: &[f32], g: &ConvGeom) -> impl std::ops::Deref<Target = [f32]> {
+    let (k, c, kvol) = (g.k, g.c, g.kvol());
+    let c16 = round_up(c, NK);
+    let mut out = Scratch::new(kvol * k * c16);
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(kvol * k * NK).enumerate().for_each(|(cb, ob)| {
+        let c0 = cb * NK;
+        let nc = NK.min(c - c0);
+        ob.par_chunks_mut(k * NK).enumerate().for_each(|(tf, rows)| {
+            let t = kvol - 1 - tf;
+            for (kk, dst) in rows.chunks_exact_mut(NK).enumerate() {
+                dst[..nc].copy_from_slice(&w[(kk * kvol + t) * c + c0..][..nc]);
+                dst[nc..].fill(0.0);
+            }
+        });
+    });
+    out
+}
+
+/// Taps `lo..hi` of a `ksize` window, applied at input coordinates `start + tap - pad` for
+/// `start` in `first..=last`, that land inside `0..size` for at least one start: the window
+/// taps worth multiplying (the rest read only zero padding).
+fn live_taps(first: usize, last: usize, ksize: usize, pad: usize, size: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(last).min(ksize);
+    let hi = (pad + size).saturating_sub(first).min(ksize);
+    (lo, hi.max(lo))
 }
 
 // ---- forward ----------------------------------------------------------------------------------
 
 /// Forward convolution (any stride and padding). Same contract as [`super::fwd`].
 pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
-    let (k, c, s) = (g.k, g.c, g.stride);
-    let [kd, kh, kw] = g.kernel;
-    let [od, oh, ow] = g.output;
-    let mut out = vec![0.0; g.out_voxels() * k];
-    if out.is_empty() {
+    fwd_blocked(x, &weight_blocks(w, g.k, g.patch_len()), bias, g)
+}
+
+/// Forward convolution with the weight already in [`weight_blocks`] layout.
+///
+/// Work items are (16-channel output block, group of output rows), so a deep layer with few
+/// voxels (256 channels at 4x4x2: 16 rows) still gives every thread work. Window rows and
+/// columns that lie wholly in the zero padding are skipped: at 4x4x2 with a 5x5x5 kernel four
+/// fifths of the taps would only multiply zeros.
+pub fn fwd_blocked(x: &[f32], wc: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    let (k, ow) = (g.k, g.output[2]);
+    let voxels = g.out_voxels();
+    if voxels * k == 0 {
+        return vec![0.0; voxels * k];
+    }
+    let nblk = k.div_ceil(NK);
+    let p = g.patch_len();
+    assert_eq!(wc.len(), nblk * NK * p, "fwd_blocked: weight blocks");
+    let xp = pad_input(x, g);
+    let rows = voxels / ow;
+    // Rows per task: up to FWD_GROUP_ROWS, fewer when that would leave threads idle.
+    let want_tasks = 4 * rayon::current_num_threads();
+    let gr = (rows * nblk / want_tasks).clamp(1, FWD_GROUP_ROWS);
+    let run_block = |blk: usize, r0: usize, ob: &mut [f32]| {
+        let mut acc = [0.0f32; MAX_NJ * NK];
+        let mut runs = Vec::with_capacity(g.kernel[0] * g.kernel[1]);
+        let kb = blk * NK;
+        let nk = NK.min(k - kb);
+        for (i, orow) in ob.chunks_exact_mut(ow * NK).enumerate() {
+            fwd_row(&xp, wc, g, blk, r0 + i, &mut runs, &mut acc, orow);
+            if let Some(bias) = bias {
+                for v in orow.chunks_exact_mut(NK) {
+                    v[..nk].iter_mut().zip(&bias[kb..]).for_each(|(o, b)| *o += b);
+                }
+            }
+        }
+    };
+    if k == NK {
+        // One block whose layout is the output's own.
+        let mut out = vec![0.0; voxels * k];
+        out.par_chunks_mut(gr * ow * NK)
+            .enumerate()
+            .for_each(|(grp, ob)| run_block(0, grp * gr, ob));
         return out;
     }
-    let k16 = round_up(k, NK);
-    let xp = pad_input(x, g);
+    // Every element is written by the tasks below.
+    let mut blocked = Scratch::new(nblk * voxels * NK);
+    blocked.par_chunks_mut(voxels * NK).enumerate().for_each(|(blk, ob)| {
+        ob.par_chunks_mut(gr * ow * NK)
+            .enumerate()
+            .for_each(|(grp, rows)| run_block(blk, grp * gr, rows));
+    });
+    unblock(&blocked, k, voxels)
+}
+
+/// One output row of one 16-channel block: `orow (ow, 16)`.
+#[allow(clippy::too_many_arguments)]
+fn fwd_row(
+    xp: &Padded,
+    wc: &[f32],
+    g: &ConvGeom,
+    blk: usize,
+    row: usize,
+    runs: &mut Vec<(usize, usize)>,
+    acc: &mut [f32; MAX_NJ * NK],
+    orow: &mut [f32],
+) {
+    let (c, s, pad) = (g.c, g.stride, g.padding);
+    let [kd, kh, kw] = g.kernel;
+    let [d, h, w] = g.input;
+    let [od, oh, ow] = g.output;
     let [dp, hp, wp] = xp.dims;
     let p = g.patch_len();
-    let wc = weight_blocks(w, k, p, k16);
     let run = kw * c;
-    // Output rows go to rayon in groups; inside a group the 16-channel weight block is the
-    // outer loop so that its slice (`kvol*C*16` floats) is reused from cache by every row.
-    out.par_chunks_mut(FWD_GROUP_ROWS * ow * k).enumerate().for_each(|(grp, out_rows)| {
-        let mut acc = [0.0f32; MAX_NJ * NK];
-        let nj_tile = Isa::detect().nj(ow);
-        let rows = out_rows.len() / (ow * k);
-        for kb in (0..k).step_by(NK) {
-            let nk = NK.min(k - kb);
-            let bm = Operand { data: &wc, base: kb * p, js: 0, qs: NK };
-            for r in 0..rows {
-                let row = grp * FWD_GROUP_ROWS + r;
-                let (b, z, y) = (row / (od * oh), (row / oh) % od, row % oh);
-                // One run per (a, b) window row: `kw*C` consecutive floats of the padded input.
-                let runs: Vec<(usize, usize)> = (0..kd * kh)
-                    .map(|t| {
-                        let (ta, tb) = (t / kh, t % kh);
-                        let a = ((b * dp + z * s + ta) * hp + y * s + tb) * wp * c;
-                        (a, t * run * NK)
-                    })
-                    .collect();
-                let out_row = &mut out_rows[r * ow * k..][..ow * k];
-                for x0 in (0..ow).step_by(nj_tile) {
-                    acc.fill(0.0);
-                    let a = Operand { data: &xp.data, base: x0 * s * c, js: s * c, qs: 1 };
-                    micro(a, bm, &runs, run, nj_tile, &mut acc);
-                    for j in 0..nj_tile.min(ow - x0) {
-                        let dst = &mut out_row[(x0 + j) * k + kb..][..nk];
-                        dst.copy_from_slice(&acc[j * NK..j * NK + nk]);
-                        if let Some(bias) = bias {
-                            dst.iter_mut().zip(&bias[kb..]).for_each(|(v, bb)| *v += bb);
-                        }
-                    }
-                }
+    let (b, z, y) = (row / (od * oh), (row / oh) % od, row % oh);
+    // One run per live (a, b) window row: `kw*C` consecutive floats of the padded input.
+    let (a_lo, a_hi) = live_taps(z * s, z * s, kd, pad, d);
+    let (b_lo, b_hi) = live_taps(y * s, y * s, kh, pad, h);
+    runs.clear();
+    for ta in a_lo..a_hi {
+        for tb in b_lo..b_hi {
+            let a = ((b * dp + z * s + ta) * hp + y * s + tb) * wp * c;
+            runs.push((a, (ta * kh + tb) * run * NK));
+        }
+    }
+    let nj_tile = Isa::detect().nj(ow);
+    for x0 in (0..ow).step_by(nj_tile) {
+        let x1 = (x0 + nj_tile).min(ow);
+        acc.fill(0.0);
+        let (e_lo, e_hi) = live_taps(x0 * s, (x1 - 1) * s, kw, pad, w);
+        if e_hi > e_lo {
+            let a = Operand { data: &xp.data, base: (x0 * s + e_lo) * c, js: s * c, qs: 1 };
+            let bm = Operand { data: wc, base: (blk * p + e_lo * c) * NK, js: 0, qs: NK };
+            micro(a, bm, runs, (e_hi - e_lo) * c, nj_tile, acc);
+        }
+        orow[x0 * NK..x1 * NK].copy_from_slice(&acc[..(x1 - x0) * NK]);
+    }
+}
+
+/// `(K16 / 16, voxels, 16)` -> `(voxels, K)`.
+fn unblock(blocked: &[f32], k: usize, voxels: usize) -> Vec<f32> {
+    let mut out = vec![0.0; voxels * k];
+    out.par_chunks_mut(256 * k).enumerate().for_each(|(i, chunk)| {
+        let v0 = i * 256;
+        for (v, o) in chunk.chunks_exact_mut(k).enumerate() {
+            for (blk, dst) in o.chunks_mut(NK).enumerate() {
+                let src = &blocked[(blk * voxels + v0 + v) * NK..];
+                dst.copy_from_slice(&src[..dst.len()]);
             }
         }
     });
@@ -191,6 +372,132 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
 
 /// Gradient of the weight (any stride and padding). Same contract as [`super::bwd_weight`].
 pub fn bwd_weight(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
+    if g.c.is_multiple_of(NK) {
+        bwd_weight_kc(x, grad_out, g)
+    } else {
+        bwd_weight_ck(x, grad_out, g)
+    }
+}
+
+/// Weight gradient for `C` a multiple of 16, tiled `nj` output channels x 16 input channels of
+/// one tap, so each tile is `nj` contiguous 16-float runs of the `(K, kvol*C)` result: no
+/// transpose at the end. Work items are (tile of output channels, share of the output voxels);
+/// the voxel shares (only as many as keep both threads busy) sum at the end. For each tap only
+/// the output voxels whose window tap lies inside the input are walked.
+fn bwd_weight_kc(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (k, p, ow) = (g.k, g.patch_len(), g.output[2]);
+    let voxels = g.out_voxels();
+    if voxels == 0 || k == 0 || p == 0 {
+        return vec![0.0; k * p];
+    }
+    let xp = pad_input(x, g);
+    let nj = Isa::detect().nj(k);
+    // The last channel tile reads up to nj - 1 floats past the last voxel: give it slack.
+    let slack_go;
+    let go: &[f32] = if k.is_multiple_of(nj) {
+        grad_out
+    } else {
+        let mut v = Vec::with_capacity(grad_out.len() + MAX_NJ);
+        v.extend_from_slice(grad_out);
+        v.resize(grad_out.len() + MAX_NJ, 0.0);
+        slack_go = v;
+        &slack_go
+    };
+    let rows = voxels / ow;
+    let groups = rows.div_ceil(GROUP_ROWS);
+    let ktiles = k.div_ceil(nj);
+    let threads = rayon::current_num_threads();
+    let parts = if ktiles >= 2 * threads {
+        1
+    } else {
+        (2 * threads).div_ceil(ktiles).min(super::weight_grad_parts(groups, k * p)).max(1)
+    };
+    let per_part = groups.div_ceil(parts);
+    let mut dws: Vec<Vec<f32>> = (0..parts).map(|_| vec![0.0; k * p]).collect();
+    dws.par_iter_mut().enumerate().for_each(|(part, dw)| {
+        let g0 = part * per_part;
+        let g1 = ((part + 1) * per_part).min(groups);
+        dw.par_chunks_mut(nj * p).enumerate().for_each(|(kt, dw_rows)| {
+            let mut acc = [0.0f32; MAX_NJ * NK];
+            let mut runs = Vec::with_capacity(GROUP_ROWS);
+            for grp in g0..g1 {
+                let r1 = ((grp + 1) * GROUP_ROWS).min(rows);
+                let rows_span = grp * GROUP_ROWS..r1;
+                for tap in 0..g.kvol() {
+                    let span = rows_span.clone();
+                    let a = (go, kt * nj);
+                    bwd_weight_tap(&xp, a, g, span, tap, nj, &mut runs, &mut acc, dw_rows);
+                }
+            }
+        });
+    });
+    let mut iter = dws.into_iter();
+    let mut dw = iter.next().expect("at least one part");
+    for part in iter {
+        dw.par_chunks_mut(1 << 14)
+            .zip(part.par_chunks(1 << 14))
+            .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y));
+    }
+    dw
+}
+
+/// Adds one tap's contribution over output rows `rows` to `dw_rows (nj, kvol*C)`, the rows of
+/// output channels `k0 .. k0 + nj` (`go` = (grad_out with slack, k0)).
+#[allow(clippy::too_many_arguments)]
+fn bwd_weight_tap(
+    xp: &Padded,
+    (go, k0): (&[f32], usize),
+    g: &ConvGeom,
+    rows: std::ops::Range<usize>,
+    tap: usize,
+    nj: usize,
+    runs: &mut Vec<(usize, usize)>,
+    acc: &mut [f32; MAX_NJ * NK],
+    dw_rows: &mut [f32],
+) {
+    let (k, c, s, pad, p) = (g.k, g.c, g.stride, g.padding, g.patch_len());
+    let [_, kh, kw] = g.kernel;
+    let [d, h, w] = g.input;
+    let [od, oh, ow] = g.output;
+    let [dp, hp, wp] = xp.dims;
+    let (ta, tb, te) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
+    // Output columns x whose tap lands inside the input: pad <= x*s + te < pad + w.
+    let x_lo = pad.saturating_sub(te).div_ceil(s);
+    let x_hi = if pad + w > te { ((pad + w - 1 - te) / s + 1).min(ow) } else { 0 };
+    if x_lo >= x_hi {
+        return;
+    }
+    runs.clear();
+    for r in rows {
+        let (b, z, y) = (r / (od * oh), (r / oh) % od, r % oh);
+        let (zi, yi) = (z * s + ta, y * s + tb);
+        if zi < pad || zi >= pad + d || yi < pad || yi >= pad + h {
+            continue;
+        }
+        let xa = (((b * dp + zi) * hp + yi) * wp + x_lo * s + te) * c;
+        runs.push(((r * ow + x_lo) * k, xa));
+    }
+    if runs.is_empty() {
+        return;
+    }
+    let nrows = dw_rows.len() / p;
+    let a = Operand { data: go, base: k0, js: 1, qs: k };
+    for c0 in (0..c).step_by(NK) {
+        let at = tap * c + c0;
+        for j in 0..nrows {
+            acc[j * NK..][..NK].copy_from_slice(&dw_rows[j * p + at..][..NK]);
+        }
+        let b = Operand { data: &xp.data, base: c0, js: 0, qs: s * c };
+        micro(a, b, runs, x_hi - x_lo, nj, acc);
+        for j in 0..nrows {
+            dw_rows[j * p + at..][..NK].copy_from_slice(&acc[j * NK..][..NK]);
+        }
+    }
+}
+
+/// Weight gradient for any `C`, tiled `nj` input channels x 16 output channels (output channels
+/// padded to 16), accumulated in `(kvol*C, K16)` and transposed at the end.
+fn bwd_weight_ck(x: &[f32], grad_out: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (k, c, s, kvol) = (g.k, g.c, g.stride, g.kvol());
     let [kd, kh, kw] = g.kernel;
     let [od, oh, ow] = g.output;
@@ -459,6 +766,11 @@ mod tests {
             // 4-voxel rows (4-row tile) and 2-voxel rows.
             (1, [3, 2, 4], 8, 16, [3, 3, 3], 1, 1),
             (2, [2, 3, 2], 4, 16, [3, 3, 3], 1, 1),
+            // Deep, small volumes (most taps in the padding), 16-multiple channels, stride 2.
+            (1, [2, 2, 2], 32, 48, [5, 5, 5], 1, 2),
+            (1, [4, 4, 2], 32, 32, [5, 5, 5], 1, 2),
+            (1, [5, 7, 6], 32, 20, [3, 3, 3], 2, 1),
+            (2, [4, 3, 5], 16, 2, [5, 5, 5], 1, 2),
         ];
         for (i, &(n, dims, c, k, ks, s, p)) in cases.iter().enumerate() {
             let g = ConvGeom::new(n, dims, c, k, ks, s, p).unwrap();
