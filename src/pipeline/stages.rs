@@ -318,6 +318,22 @@ impl Segmenter for ThresholdSegmenter {
     }
 }
 
+/// Segmentation read from a label map in the CT's geometry (1 MC, 2 TB, as `synth` writes
+/// `labelsTr`): a stand-in that isolates everything after segmentation (tests, and measuring the
+/// NV stage against a phantom's truth).
+pub struct LabelSegmenter {
+    pub labels: Volume,
+}
+
+impl Segmenter for LabelSegmenter {
+    fn segment(&mut self, voi: &Volume, _center: [f64; 3]) -> Result<SegProbs> {
+        let l = resample_onto(&self.labels, voi, Sample::Nearest, 0.0)?;
+        let pick =
+            |id: f32| voi.with_data(l.data.iter().map(|&x| f32::from(u8::from(x == id))).collect());
+        Ok(SegProbs { mc: pick(1.0), tb: pick(2.0) })
+    }
+}
+
 /// ADAPTER over today's `nn::segment::sliding_window` (until `nn::model::LoadedModel` lands):
 /// two networks with explicit normalisation, foreground probability of each.
 pub struct NetSegmenter {
