@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use phantom::{Phantom, Tissue};
 
+use crate::geometry::NvParams;
 use crate::io::nifti::{generated_header, DataType};
 use crate::io::{Volume, VoxelKind};
 use crate::{Error, Result};
@@ -100,6 +101,8 @@ pub struct SynthConfig {
     pub blur_sigma_vox: f64,
     /// Add the case's Gaussian noise (10-20 HU); off gives clean, blurred HU.
     pub noise: bool,
+    /// The NV definition's parameters the truth is computed with (written to `dataset.json`).
+    pub nv: NvParams,
 }
 
 impl Default for SynthConfig {
@@ -110,6 +113,7 @@ impl Default for SynthConfig {
             head_spacing: 1.5,
             blur_sigma_vox: 0.5,
             noise: true,
+            nv: NvParams::default(),
         }
     }
 }
@@ -135,6 +139,7 @@ impl SynthConfig {
         if !(0.0..=4.0).contains(&self.blur_sigma_vox) {
             return Err(Error::arg("synth", "blur sigma must be 0..=4 voxels"));
         }
+        self.nv.validate()?;
         Ok(())
     }
 
@@ -199,6 +204,7 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
     cfg.validate()?;
     let ph = Phantom::new(cfg.seed, index as u64);
     let grids = Side::BOTH.map(|s| voi_grid(cfg, &ph, index, s));
+    let truths = Side::BOTH.map(|s| ph.nv_truth(s, &grids[s.index()], cfg.nv));
 
     let head = cfg.head_grid();
     let (mut ct, labels) = render(&head, |w| {
@@ -206,7 +212,7 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
         let label = Side::BOTH
             .iter()
             .find(|s| grids[s.index()].contains(w))
-            .map_or(0, |&s| ph.label(s, w, &e));
+            .map_or(0, |&s| ph.label(&truths[s.index()], w, &e));
         (e.hu as f32, label)
     });
     finish_ct(&mut ct, head.dims, cfg, &ph, 0);
@@ -219,7 +225,7 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
             let grid = grids[side.index()];
             let (mut ct, labels) = render(&grid, |w| {
                 let e = ph.eval(w);
-                (e.hu as f32, ph.label(side, w, &e))
+                (e.hu as f32, ph.label(&truths[side.index()], w, &e))
             });
             finish_ct(&mut ct, grid.dims, cfg, &ph, 1 + side.index() as u64);
             let mask = |id: u8| grid.volume(labels.iter().map(|&l| f32::from(l == id)).collect());
@@ -264,6 +270,10 @@ pub struct Manifest {
     pub spacing_voi: [f64; 3],
     #[serde(default)]
     pub voi_dims: Option<[usize; 3]>,
+    /// The NV definition's parameters of the `nv_mm3` truth (absent in data sets written before
+    /// the definition was fixed).
+    #[serde(default)]
+    pub nv_params: Option<NvParams>,
     pub labels: BTreeMap<String, String>,
     pub cases: Vec<ManifestCase>,
 }
@@ -385,6 +395,7 @@ pub fn write_dataset(
         spacing_head: [cfg.head_spacing; 3],
         spacing_voi: [VOI_SPACING; 3],
         voi_dims: Some(cfg.voi_dims),
+        nv_params: Some(cfg.nv),
         labels,
         cases: entries,
     };
