@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use dnvs_engine::geometry::NvParams;
 use dnvs_engine::io::{self, resample::crop_or_pad, Volume, VoxelKind};
 use dnvs_engine::pipeline::enhance::EnhanceParams;
 use dnvs_engine::pipeline::stages::{
-    FixedCenters, InflateAdapter, LabelSegmenter, ThresholdSegmenter, VoiSpec,
+    FixedCenters, LabelSegmenter, NegativeVolume, ThresholdSegmenter, VoiSpec,
 };
 use dnvs_engine::pipeline::{run_case, CaseOptions, Stages};
 use dnvs_engine::synth::{generate_case, Side, SynthConfig};
@@ -50,7 +51,7 @@ fn truth_stages(h: &Head, centers: [Option<[f64; 3]>; 2]) -> Stages {
     Stages {
         localizer: Box::new(FixedCenters { centers, voi: small_voi() }),
         segmenter: Box::new(LabelSegmenter { labels: io::read_volume(&h.labels).unwrap() }),
-        nv: Box::new(InflateAdapter { max_mm: 10.0, device: Device::Cpu }),
+        nv: Box::new(NegativeVolume { params: NvParams::default(), device: Device::Cpu }),
     }
 }
 
@@ -186,7 +187,7 @@ fn a_joint_outside_the_field_of_view_is_null_with_a_reason() {
     let mut stages = Stages {
         localizer: Box::new(FixedCenters { centers: h.centers.map(Some), voi: small_voi() }),
         segmenter: Box::new(ThresholdSegmenter::default()),
-        nv: Box::new(InflateAdapter { max_mm: 10.0, device: Device::Cpu }),
+        nv: Box::new(NegativeVolume { params: NvParams::default(), device: Device::Cpu }),
     };
     let opts = CaseOptions { enhance: None, ..Default::default() };
     let report = run_case(&path, &out, &mut stages, &opts, &mut |_| {}).unwrap();

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
+use dnvs_engine::geometry::NvParams;
 use dnvs_engine::nn::{self, Arch};
 use dnvs_engine::pipeline::cohort::{self, CaseStatus};
 use dnvs_engine::pipeline::enhance::EnhanceParams;
 use dnvs_engine::pipeline::models;
 use dnvs_engine::pipeline::report;
 use dnvs_engine::pipeline::stages::{
-    FixedCenters, InflateAdapter, Localizer, NetSegmenter, Segmenter, ThresholdSegmenter, VoiSpec,
+    FixedCenters, Localizer, NegativeVolume, NetSegmenter, Segmenter, ThresholdSegmenter, VoiSpec,
 };
 use dnvs_engine::pipeline::{run_case, CaseOptions, Stages};
 use dnvs_engine::Device;
@@ -56,6 +57,9 @@ pub struct Args {
     /// How MC and TB are segmented: the trained models, or a HU threshold (a baseline).
     #[arg(long, value_enum, default_value_t = SegChoice::Models)]
     segmenter: SegChoice,
+    /// With --segmenter threshold: the bone threshold (HU).
+    #[arg(long, default_value_t = ThresholdSegmenter::default().bone_hu)]
+    threshold_hu: f32,
     /// Longest march along a condyle normal (mm).
     #[arg(long, default_value_t = 10.0)]
     max_mm: f64,
@@ -117,7 +121,7 @@ fn localizer(args: &Args) -> anyhow::Result<Box<dyn Localizer>> {
 /// normalised over [-1000, 2000] HU.
 fn segmenter(args: &Args, device: Device) -> anyhow::Result<Box<dyn Segmenter>> {
     if args.segmenter == SegChoice::Threshold {
-        return Ok(Box::new(ThresholdSegmenter::default()));
+        return Ok(Box::new(ThresholdSegmenter { bone_hu: args.threshold_hu }));
     }
     let dir = match &args.models {
         Some(d) => d.clone(),
@@ -167,7 +171,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut stages = Stages {
         localizer: localizer(&args)?,
         segmenter: segmenter(&args, device)?,
-        nv: Box::new(InflateAdapter { max_mm: args.max_mm, device }),
+        nv: Box::new(NegativeVolume {
+            params: NvParams { max_mm: args.max_mm, ..Default::default() },
+            device,
+        }),
     };
     let opts = CaseOptions {
         enhance: (args.enhance == OnOff::On).then(EnhanceParams::default),

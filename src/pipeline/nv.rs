@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::enhance::{enhance_tb, EnhanceParams};
 use super::report::{self, SidePicture};
-use super::stages::{resample_onto, JointSpaceMm, Located, Sample, SideFound, Stages};
-use crate::geometry::{self, marching_cubes, segmentation_metrics, Mesh};
+use super::stages::{resample_onto, Located, Sample, SideFound, Stages};
+use crate::geometry::{self, marching_cubes, segmentation_metrics, JointSpaces, Mesh};
 use crate::io::orientation;
 use crate::io::{self, check_aligned, mesh::write_mesh, Volume, VoxelKind};
 use crate::synth::Side;
@@ -62,7 +62,7 @@ pub struct SideReport {
     pub mc_volume_mm3: f64,
     pub tb_volume_mm3: f64,
     pub nv_mm3: f64,
-    pub joint_space_mm: JointSpaceMm,
+    pub joint_space_mm: JointSpaces,
     /// Surface points, hits and hit distances of the inflation.
     pub hits: serde_json::Value,
     /// Voxels the TB enhancement added (`null` when off).
@@ -177,7 +177,7 @@ pub fn run_case(
     for (side, f) in Side::BOTH.into_iter().zip(found) {
         match f {
             SideFound::Found(loc) => {
-                works.push(run_side(side, loc, stages, opts, gt.as_ref(), &mut clock, on_stage)?)
+                works.push(run_side(side, *loc, stages, opts, gt.as_ref(), &mut clock, on_stage)?)
             }
             SideFound::Missing { reason } => {
                 reasons.insert(side.name().to_string(), reason);
@@ -280,7 +280,7 @@ fn run_side(
         metrics,
         files: side_files(side, opts.save_probs),
     };
-    let probs = opts.save_probs.then(|| [probs.mc, probs.tb]);
+    let probs = opts.save_probs.then_some([probs.mc, probs.tb]);
     Ok(SideWork { side, report, voi, labels, masks: [nv.mc_filled, tb, nv.nv], probs, meshes })
 }
 

@@ -6,17 +6,17 @@
 //! - [`Segmenter`]: VOI CT -> MC and TB probabilities on the VOI grid;
 //! - [`NvMeasure`]: MC and TB masks -> negative volume, joint spaces, NV mesh.
 //!
-//! ADAPTERS (until issues 9, 10 and 14 land on main): [`FixedCenters`] cuts the VOI itself,
-//! [`NetSegmenter`] runs `nn::segment::sliding_window` with explicit flags instead of a model
-//! card, [`InflateAdapter`] calls `geometry::inflate` instead of `geometry::inflate::
-//! negative_volume`. Each is marked where it is defined; the pipeline code does not change when
-//! they are replaced.
+//! [`NegativeVolume`] is the real NV stage (`geometry::negative_volume`). ADAPTERS until issues 9
+//! and 10 land on main: [`FixedCenters`] cuts the VOI itself (not through
+//! `pipeline::localize::cut_voi`), [`NetSegmenter`] runs `nn::segment::sliding_window` with
+//! explicit flags instead of a model card. Each is marked where it is defined; the pipeline code
+//! does not change when they are replaced.
 
 use serde::{Deserialize, Serialize};
 
+use crate::geometry::components::try_fill_cavities;
 use crate::geometry::components::{label, Connectivity};
-use crate::geometry::inflate::HitStats;
-use crate::geometry::{self, InflateConfig, Mesh};
+use crate::geometry::{self, negative_volume, HitStats, JointSpaces, Mesh, NvParams};
 use crate::io::orientation::{self, Affine};
 use crate::io::Volume;
 use crate::nn::{segment, Network};
@@ -37,7 +37,7 @@ pub struct Located {
 /// One side's localisation outcome.
 #[derive(Clone, Debug)]
 pub enum SideFound {
-    Found(Located),
+    Found(Box<Located>),
     Missing { reason: String },
 }
 
@@ -67,25 +67,13 @@ pub trait Segmenter {
     }
 }
 
-/// Joint spaces (mm) along the three sagittal directions and their summary; `None` when not
-/// measured. Field names as `geometry::inflate::JointSpaces` (issue 14).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct JointSpaceMm {
-    pub anterior: Option<f64>,
-    pub superior: Option<f64>,
-    pub posterior: Option<f64>,
-    pub min: Option<f64>,
-    pub mean: Option<f64>,
-    pub median: Option<f64>,
-}
-
 /// A negative-volume measurement on one VOI.
 #[derive(Clone, Debug)]
 pub struct NvOut {
     /// 0/1 mask on the MC grid.
     pub nv: Volume,
     pub volume_mm3: f64,
-    pub joint_space_mm: JointSpaceMm,
+    pub joint_space_mm: JointSpaces,
     pub stats: HitStats,
     /// NV mesh in world mm.
     pub mesh: Mesh,
@@ -157,16 +145,14 @@ pub fn invert(a: &Affine) -> Result<Affine> {
         return Err(Error::arg("invert affine", format!("singular affine {a:?}")));
     }
     let mut inv = orientation::identity();
-    for r in 0..3 {
-        for c in 0..3 {
+    for (r, row) in inv.iter_mut().take(3).enumerate() {
+        for (c, x) in row.iter_mut().take(3).enumerate() {
             // Cofactor of (c, r) over the determinant: the adjugate's transpose.
             let (r1, r2) = ((c + 1) % 3, (c + 2) % 3);
             let (c1, c2) = ((r + 1) % 3, (r + 2) % 3);
-            inv[r][c] = (m(r1, c1) * m(r2, c2) - m(r1, c2) * m(r2, c1)) / det;
+            *x = (m(r1, c1) * m(r2, c2) - m(r1, c2) * m(r2, c1)) / det;
         }
-    }
-    for r in 0..3 {
-        inv[r][3] = -(0..3).map(|c| inv[r][c] * a[c][3]).sum::<f64>();
+        row[3] = -(0..3).map(|c| row[c] * a[c][3]).sum::<f64>();
     }
     Ok(inv)
 }
@@ -272,7 +258,7 @@ impl Localizer for FixedCenters {
                 });
             }
             let voi = cut_voi(ct, c, &self.voi)?;
-            Ok(SideFound::Found(Located { center_ras_mm: c, voi, score: 1.0 }))
+            Ok(SideFound::Found(Box::new(Located { center_ras_mm: c, voi, score: 1.0 })))
         };
         Ok([one(Side::L)?, one(Side::R)?])
     }
@@ -355,50 +341,22 @@ impl Segmenter for NetSegmenter {
     }
 }
 
-/// Background not connected to the VOI border becomes foreground (marrow is not joint space).
-///
-/// ADAPTER: `geometry::components::fill_cavities` (issue 14) replaces this.
-pub fn fill_cavities(mask: &[bool], dims: [usize; 3]) -> Result<Vec<bool>> {
-    let bg: Vec<bool> = mask.iter().map(|&b| !b).collect();
-    let comps = label(&bg, dims, Connectivity::Six)?;
-    let [d, h, w] = dims;
-    let mut outer = vec![false; comps.sizes.len() + 1];
-    for (q, &l) in comps.labels.iter().enumerate() {
-        let (i, j, k) = (q / (h * w), (q / w) % h, q % w);
-        if l != 0 && (i == 0 || j == 0 || k == 0 || i + 1 == d || j + 1 == h || k + 1 == w) {
-            outer[l as usize] = true;
-        }
-    }
-    Ok(comps.labels.iter().zip(mask).map(|(&l, &m)| m || !outer[l as usize]).collect())
-}
-
-/// ADAPTER over today's `geometry::inflate` (until `negative_volume` of issue 14 lands): fills
-/// MC's cavities, inflates every MC surface point (not only the head) up to `max_mm`; joint
-/// spaces are only the minimum and mean hit distances.
-pub struct InflateAdapter {
-    pub max_mm: f64,
+/// The negative volume by the paper's definition (`geometry::negative_volume`): MC's cavities
+/// filled, the condylar head inflated along its normals until it meets TB.
+pub struct NegativeVolume {
+    pub params: NvParams,
     pub device: Device,
 }
 
-impl NvMeasure for InflateAdapter {
+impl NvMeasure for NegativeVolume {
     fn measure(&mut self, mc: &Volume, tb: &Volume) -> Result<NvOut> {
-        let filled = fill_cavities(&geometry::mask_from(&mc.data, 0.5), mc.dims)?;
+        let filled = try_fill_cavities(&geometry::mask_from(&mc.data, 0.5), mc.dims)?;
         let mc_filled = mc.with_data(filled.iter().map(|&b| f32::from(u8::from(b))).collect());
-        let cfg = InflateConfig { max_mm: self.max_mm };
-        let res = match self.device {
-            Device::Cuda(ordinal) => geometry::gpu::inflate(&mc_filled, tb, cfg, ordinal)?,
-            Device::Cpu => geometry::inflate(&mc_filled, tb, cfg)?,
-        };
-        let has = res.stats.hits > 0;
-        let joint_space_mm = JointSpaceMm {
-            min: has.then_some(res.stats.min_hit_mm),
-            mean: has.then_some(res.stats.mean_hit_mm),
-            ..Default::default()
-        };
+        let res = negative_volume(&mc_filled, tb, &self.params, self.device)?;
         Ok(NvOut {
-            nv: mc.with_data(res.nv.iter().map(|&b| f32::from(u8::from(b))).collect()),
+            nv: res.nv,
             volume_mm3: res.volume_mm3,
-            joint_space_mm,
+            joint_space_mm: res.joint_space_mm,
             stats: res.stats,
             mesh: res.mesh,
             mc_filled,
@@ -406,7 +364,12 @@ impl NvMeasure for InflateAdapter {
     }
 
     fn params(&self) -> serde_json::Value {
-        serde_json::json!({ "max_mm": self.max_mm, "method": "geometry::inflate (all MC surface points)" })
+        let p = &self.params;
+        serde_json::json!({
+            "head_depth_mm": p.head_depth_mm,
+            "min_up": p.min_up,
+            "max_mm": p.max_mm,
+        })
     }
 }
 
@@ -447,16 +410,5 @@ mod tests {
         assert_eq!(r.data[r.index(3, 5, 7)], 5.0);
         assert_eq!(r.data.iter().filter(|&&v| v == 5.0).count(), 8);
         assert_eq!(r.data.iter().filter(|&&v| v == -1.0).count(), 0, "all inside");
-    }
-
-    #[test]
-    fn cavities_fill_and_open_hollows_do_not() {
-        let dims = [5, 5, 5];
-        let mut m = vec![true; 125];
-        m[(2 * 5 + 2) * 5 + 2] = false; // closed cavity
-        m[0] = false; // border notch
-        let f = fill_cavities(&m, dims).unwrap();
-        assert!(f[(2 * 5 + 2) * 5 + 2]);
-        assert!(!f[0]);
     }
 }
