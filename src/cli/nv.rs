@@ -12,7 +12,8 @@ use dnvs_engine::pipeline::enhance::EnhanceParams;
 use dnvs_engine::pipeline::models;
 use dnvs_engine::pipeline::report;
 use dnvs_engine::pipeline::stages::{
-    FixedCenters, Localizer, NegativeVolume, NetSegmenter, Segmenter, ThresholdSegmenter, VoiSpec,
+    FixedCenters, LabelSegmenter, Localizer, NegativeVolume, NetSegmenter, Segmenter,
+    ThresholdSegmenter, VoiSpec,
 };
 use dnvs_engine::pipeline::{run_case, CaseOptions, Stages};
 use dnvs_engine::Device;
@@ -54,7 +55,8 @@ pub struct Args {
     /// automatic localisation.
     #[arg(long, value_parser = parse_joints)]
     joints: Option<Joints>,
-    /// How MC and TB are segmented: the trained models, or a HU threshold (a baseline).
+    /// How MC and TB are segmented: the trained models, a HU threshold (a crude baseline), or
+    /// the --gt labels (NV of a given segmentation; the same file for every case of a cohort).
     #[arg(long, value_enum, default_value_t = SegChoice::Models)]
     segmenter: SegChoice,
     /// With --segmenter threshold: the bone threshold (HU).
@@ -75,6 +77,8 @@ enum OnOff {
 enum SegChoice {
     Models,
     Threshold,
+    /// Read from the --gt labels (1 MC, 2 TB): NV of a manual or reference segmentation.
+    Gt,
 }
 
 type Joints = [Option<[f64; 3]>; 2];
@@ -120,8 +124,19 @@ fn localizer(args: &Args) -> anyhow::Result<Box<dyn Localizer>> {
 /// `arch` when there is one (else V-Net), the width from the weights, and the input is min-max
 /// normalised over [-1000, 2000] HU.
 fn segmenter(args: &Args, device: Device) -> anyhow::Result<Box<dyn Segmenter>> {
-    if args.segmenter == SegChoice::Threshold {
-        return Ok(Box::new(ThresholdSegmenter { bone_hu: args.threshold_hu }));
+    match args.segmenter {
+        SegChoice::Threshold => {
+            return Ok(Box::new(ThresholdSegmenter { bone_hu: args.threshold_hu }))
+        }
+        SegChoice::Gt => {
+            let Some(gt) = &args.gt else {
+                bail!("--segmenter gt reads the --gt labels: give --gt")
+            };
+            let labels = dnvs_engine::io::read_volume(gt)
+                .with_context(|| format!("reading {}", gt.display()))?;
+            return Ok(Box::new(LabelSegmenter { labels }));
+        }
+        SegChoice::Models => {}
     }
     let dir = match &args.models {
         Some(d) => d.clone(),

@@ -177,7 +177,12 @@ pub fn run_case(
     for (side, f) in Side::BOTH.into_iter().zip(found) {
         match f {
             SideFound::Found(loc) => {
-                works.push(run_side(side, *loc, stages, opts, gt.as_ref(), &mut clock, on_stage)?)
+                match run_side(side, *loc, stages, opts, gt.as_ref(), &mut clock, on_stage)? {
+                    Ok(w) => works.push(w),
+                    Err(reason) => {
+                        reasons.insert(side.name().to_string(), reason);
+                    }
+                }
             }
             SideFound::Missing { reason } => {
                 reasons.insert(side.name().to_string(), reason);
@@ -213,7 +218,8 @@ fn count_mm3(v: &Volume) -> f64 {
     v.data.iter().filter(|&&x| x > 0.5).count() as f64 * v.spacing.iter().product::<f64>()
 }
 
-/// Segment, enhance, inflate, mesh and score one side.
+/// Segment, enhance, inflate, mesh and score one side; `Ok(Err(reason))` when the segmentation
+/// leaves nothing to measure (no MC or no TB in the VOI), which makes the side `null`.
 fn run_side(
     side: Side,
     loc: Located,
@@ -222,7 +228,7 @@ fn run_side(
     gt: Option<&Volume>,
     clock: &mut Clock,
     on_stage: &mut dyn FnMut(&str),
-) -> Result<SideWork> {
+) -> Result<std::result::Result<SideWork, String>> {
     let voi = loc.voi;
     on_stage(&format!("segment {side}"));
     let probs = clock.time("segment", || stages.segmenter.segment(&voi, loc.center_ras_mm))?;
@@ -235,6 +241,11 @@ fn run_side(
         }
         None => (mask_volume(&voi, &geometry::mask_from(&probs.tb.data, 0.5)), None),
     };
+    for (name, m) in [("MC", &mc), ("TB", &tb)] {
+        if !m.data.iter().any(|&v| v > 0.5) {
+            return Ok(Err(format!("the {name} segmentation of the {side} VOI is empty")));
+        }
+    }
     on_stage(&format!("inflate {side}"));
     let nv = clock.time("inflate", || stages.nv.measure(&mc, &tb))?;
     on_stage(&format!("mesh {side}"));
@@ -281,7 +292,7 @@ fn run_side(
         files: side_files(side, opts.save_probs),
     };
     let probs = opts.save_probs.then_some([probs.mc, probs.tb]);
-    Ok(SideWork { side, report, voi, labels, masks: [nv.mc_filled, tb, nv.nv], probs, meshes })
+    Ok(Ok(SideWork { side, report, voi, labels, masks: [nv.mc_filled, tb, nv.nv], probs, meshes }))
 }
 
 /// The per-side files, by key, relative to the output folder.
