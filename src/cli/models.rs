@@ -61,8 +61,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 &configs,
                 &mut |m, secs| {
                     eprintln!(
-                        "models: training the default {} model from phantoms ({}); about {:.0} min on \
-                         two CPU cores, less on a GPU",
+                        "models: training the default {} model from phantoms ({}); about {:.0} \
+                         min on two CPU cores, less on a GPU",
                         m.name,
                         m.config,
                         (secs / 60.0).ceil()

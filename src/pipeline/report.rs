@@ -4,8 +4,9 @@
 //! a coronal and a sagittal slice of the VOI CT through the condyle centre with MC (red), TB
 //! (green) and NV (blue) over it, and a shaded rendering of the three meshes (a small
 //! orthographic z-buffer rasteriser, MC and NV opaque, TB translucent so the joint space shows),
-//! seen from lateral, anterior and above. Under the rows a bar of NV left against right with the
-//! asymmetry index. Text is a built-in 5x7 bitmap font, so the PNG reads without anything else.
+//! seen from lateral, anterior and a little below (so the fossa does not hide the condyle).
+//! Under the rows a bar of NV left against right with the asymmetry index. Text is a built-in
+//! 5x7 bitmap font, so the PNG reads without anything else.
 
 use std::io::BufWriter;
 use std::path::Path;
@@ -241,10 +242,11 @@ struct Camera {
 }
 
 impl Camera {
-    /// Looking at the joint of `side` from lateral, anterior and above, fitted to `meshes`.
+    /// Looking at the joint of `side` from lateral, anterior and a little below, fitted to
+    /// `meshes`.
     fn for_side(side: Side, meshes: &[&Mesh], size: [usize; 2]) -> Option<Camera> {
         let lateral = [side.sign(), 0.0, 0.0];
-        let eye = unit([lateral[0] * 0.8, 0.45, 0.4]);
+        let eye = unit([lateral[0] * 0.8, 0.45, -0.3]);
         let forward = eye.map(|x| -x);
         let right = unit(cross(forward, [0.0, 0.0, 1.0]));
         let up = cross(right, forward);

@@ -252,7 +252,8 @@ impl Localizer for FixedCenters {
             if !contains(ct, c)? {
                 return Ok(SideFound::Missing {
                     reason: format!(
-                        "the {side} condyle centre ({:.1}, {:.1}, {:.1}) mm lies outside the CT's field of view",
+                        "the {side} condyle centre ({:.1}, {:.1}, {:.1}) mm lies outside the CT's \
+                         field of view",
                         c[0], c[1], c[2]
                     ),
                 });
