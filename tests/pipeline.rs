@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 use dnvs_engine::geometry::NvParams;
 use dnvs_engine::io::{self, resample::crop_or_pad, Volume, VoxelKind};
 use dnvs_engine::pipeline::enhance::EnhanceParams;
-use dnvs_engine::pipeline::stages::{FixedCenters, LabelSegmenter, NegativeVolume, VoiSpec};
+use dnvs_engine::pipeline::stages::{
+    FixedCenters, LabelSegmenter, NegativeVolume, ThresholdSegmenter, VoiSpec,
+};
 use dnvs_engine::pipeline::{run_case, CaseOptions, Stages};
 use dnvs_engine::synth::{generate_case, Side, SynthConfig};
 use dnvs_engine::Device;
@@ -269,4 +271,28 @@ fn a_cohort_with_a_broken_file_records_it_and_a_rerun_skips_finished_cases() {
     assert!(stdout.contains("0 done, 2 skipped (complete), 1 failed"), "{stdout}");
     let again = std::fs::read_to_string(out.join("cohort.csv")).unwrap();
     assert_eq!(again.lines().filter(|r| r.contains("done (earlier run)")).count(), 4, "{again}");
+}
+
+#[test]
+fn an_empty_segmentation_makes_the_side_null_with_a_reason() {
+    let h = head();
+    let out = h.dir.join("empty");
+    // No voxel of a CT reaches 10^6 HU: both MC and TB come out empty.
+    let mut stages = Stages {
+        localizer: Box::new(FixedCenters { centers: [Some(h.centers[0]), None], voi: small_voi() }),
+        segmenter: Box::new(ThresholdSegmenter { bone_hu: 1e6 }),
+        nv: Box::new(NegativeVolume { params: NvParams::default(), device: Device::Cpu }),
+    };
+    let opts = CaseOptions { enhance: None, ..Default::default() };
+    let report = run_case(&h.ct, &out, &mut stages, &opts, &mut |_| {}).unwrap();
+    assert!(report.sides.values().all(Option::is_none));
+    assert!(
+        report.reasons["L"].contains("MC segmentation of the L VOI is empty"),
+        "{:?}",
+        report.reasons
+    );
+    assert!(report.reasons["R"].contains("no R joint centre given"));
+    let lab = io::read_volume(&out.join("labels.nii.gz")).unwrap();
+    assert!(lab.data.iter().all(|&v| v == 0.0));
+    assert!(out.join("report.png").is_file());
 }
