@@ -182,9 +182,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !(args.max_mm.is_finite() && args.max_mm > 0.0) {
         bail!("--max-mm must be > 0, got {}", args.max_mm);
     }
+    let localizer = localizer(&args)?;
     let device = args.device.unwrap_or_else(Device::auto);
     let mut stages = Stages {
-        localizer: localizer(&args)?,
+        localizer,
         segmenter: segmenter(&args, device)?,
         nv: Box::new(NegativeVolume {
             params: NvParams { max_mm: args.max_mm, ..Default::default() },
