@@ -200,7 +200,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if cohort::is_case_list(&args.input) || cohort::is_case_folder(&args.input) {
         return run_cohort(&args, &mut stages, &opts);
     }
-    let bar = stage_bar(opts.gt.is_some());
+    let bar = stage_bar(opts.gt.is_some(), opts.enhance.is_some());
     let t = std::time::Instant::now();
     let report = run_case(&args.input, &args.out, &mut stages, &opts, &mut |s| {
         bar.set_message(s.to_string());
@@ -214,8 +214,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// A bar over the stages of one case (hidden when stderr is not a terminal).
-fn stage_bar(gt: bool) -> indicatif::ProgressBar {
-    let per_side = if gt { 5 } else { 4 };
+fn stage_bar(gt: bool, enhance: bool) -> indicatif::ProgressBar {
+    // Per side: segment, inflate, mesh, and enhance and metrics when on; read, localize, write.
+    let per_side = 3 + u64::from(gt) + u64::from(enhance);
     let bar = indicatif::ProgressBar::new(3 + 2 * per_side);
     if let Ok(style) =
         indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} {msg}")
