@@ -296,3 +296,67 @@ fn an_empty_segmentation_makes_the_side_null_with_a_reason() {
     assert!(lab.data.iter().all(|&v| v == 0.0));
     assert!(out.join("report.png").is_file());
 }
+
+/// A tiny untrained V-Net saved with a card, standing in for a trained MC or TB model.
+fn tiny_model(dir: &Path, target: &str) -> PathBuf {
+    use dnvs_engine::io::normalize::Normalization;
+    use dnvs_engine::nn::model::{save_with_card, ModelCard, CARD_FORMAT};
+    use dnvs_engine::nn::{build_seeded, Arch};
+    let net = build_seeded(Arch::VNet, 2, 7).unwrap();
+    let card = ModelCard {
+        format: CARD_FORMAT,
+        arch: Arch::VNet,
+        width: 2,
+        target: target.into(),
+        classes: 2,
+        spacing_mm: [1.0; 3],
+        normalization: Normalization::Minmax { min: -1000.0, max: 2000.0 },
+        patch: [32; 3],
+        window: [32; 3],
+        config_sha256: "0".repeat(64),
+        dataset: "none (untrained test model)".into(),
+        seed: 7,
+        train_cases: vec![],
+        val_cases: vec![],
+        dice: None,
+        hd95_mm: None,
+        engine_version: dnvs_engine::VERSION.into(),
+    };
+    let path = dir.join(format!("{target}.safetensors"));
+    save_with_card(net.as_ref(), &path, &card).unwrap();
+    path
+}
+
+#[test]
+fn carded_models_segment_through_the_model_stage_and_their_cards_reach_the_report() {
+    use dnvs_engine::nn::model::{LoadedModel, ModelOverrides};
+    use dnvs_engine::pipeline::stages::ModelSegmenter;
+    let h = head();
+    let dir = h.dir.join("models");
+    std::fs::create_dir_all(&dir).unwrap();
+    let open = |t: &str| {
+        LoadedModel::open(&tiny_model(&dir, t), &ModelOverrides::default(), Device::Cpu).unwrap()
+    };
+    let mut stages = Stages {
+        localizer: Box::new(FixedCenters { centers: [None, Some(h.centers[1])], voi: small_voi() }),
+        segmenter: Box::new(ModelSegmenter { mc: open("mc"), tb: open("tb") }),
+        nv: Box::new(NegativeVolume { params: NvParams::default(), device: Device::Cpu }),
+    };
+    let out = h.dir.join("carded");
+    let opts = CaseOptions { enhance: None, save_probs: true, gt: None };
+    // An untrained network's output is arbitrary: the side is measured or null with a reason,
+    // never an error, and the probabilities are on the VOI grid.
+    let report = run_case(&h.ct, &out, &mut stages, &opts, &mut |_| {}).unwrap();
+    let j = read_json(&out.join("report.json"));
+    assert_eq!(j["models"]["mc"]["target"], "mc");
+    assert_eq!(j["models"]["tb"]["arch"], "vnet");
+    assert!(j["models"]["localize"].is_null());
+    match &report.sides["R"] {
+        Some(s) => {
+            let p = io::read_volume(&out.join("R/mc_prob.nii.gz")).unwrap();
+            assert_eq!(p.dims, s.voi.shape);
+            assert!(p.data.iter().all(|v| (0.0..=1.0).contains(v)));
+        }
+        None => assert!(report.reasons["R"].contains("segmentation"), "{:?}", report.reasons),
+    }
+}

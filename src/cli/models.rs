@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use dnvs_engine::nn::model::read_card;
 use dnvs_engine::pipeline::models::{self, CachedModel};
 use dnvs_engine::train::config::Config;
 use dnvs_engine::train::trainer::{self, TrainOptions};
@@ -81,13 +82,8 @@ fn print_model(m: &CachedModel) -> anyhow::Result<()> {
         println!("  {:<9} missing (dnvs-engine models train)", m.name);
         return Ok(());
     }
-    match models::read_card_json(&m.path)? {
-        Some(card) => println!(
-            "  {:<9} {}\n{}",
-            m.name,
-            m.path.display(),
-            serde_json::to_string_pretty(&card)?
-        ),
+    match read_card(&m.path)? {
+        Some(card) => println!("  {:<9} {}\n    {}", m.name, m.path.display(), card.describe()),
         None => println!("  {:<9} {} (no card)", m.name, m.path.display()),
     }
     Ok(())
@@ -108,17 +104,14 @@ fn train_one(
         cfg.training.device = d.to_string();
     }
     cfg.validate()?;
-    let summary = trainer::train(
-        &cfg,
-        &TrainOptions { resume: false, stop_after_epochs: None, quiet: false },
-    )?;
-    let best = std::fs::read_dir(&summary.run_dir)
-        .map_err(|e| dnvs_engine::Error::io(&summary.run_dir, e))?
-        .flatten()
-        .map(|e| e.path().join("best.safetensors"))
-        .filter(|p| p.is_file())
-        .min();
-    best.ok_or_else(|| {
-        dnvs_engine::Error::format(&summary.run_dir, "training finished without a best.safetensors")
-    })
+    let opts = TrainOptions { resume: false, stop_after_epochs: None, quiet: false, nan_to: None };
+    let summary = trainer::train(&cfg, &opts)?;
+    if summary.best_model.is_file() {
+        Ok(summary.best_model)
+    } else {
+        Err(dnvs_engine::Error::format(
+            &summary.run_dir,
+            "training finished without a best.safetensors",
+        ))
+    }
 }

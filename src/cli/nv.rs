@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use dnvs_engine::geometry::NvParams;
-use dnvs_engine::nn::{self, Arch};
+use dnvs_engine::nn::model::{LoadedModel, ModelOverrides};
 use dnvs_engine::pipeline::cohort::{self, CaseStatus};
 use dnvs_engine::pipeline::enhance::EnhanceParams;
 use dnvs_engine::pipeline::models;
 use dnvs_engine::pipeline::report;
 use dnvs_engine::pipeline::stages::{
-    FixedCenters, LabelSegmenter, Localizer, NegativeVolume, NetSegmenter, Segmenter,
+    FixedCenters, LabelSegmenter, Localizer, ModelSegmenter, NegativeVolume, Segmenter,
     ThresholdSegmenter, VoiSpec,
 };
 use dnvs_engine::pipeline::{run_case, CaseOptions, Stages};
@@ -118,11 +118,7 @@ fn localizer(args: &Args) -> anyhow::Result<Box<dyn Localizer>> {
     }
 }
 
-/// The MC and TB networks from `--models` or the cache.
-///
-/// ADAPTER until `nn::model::LoadedModel` (issue 9): the architecture comes from the card's
-/// `arch` when there is one (else V-Net), the width from the weights, and the input is min-max
-/// normalised over [-1000, 2000] HU.
+/// The MC and TB models from `--models` or the cache; their cards decide how they are fed.
 fn segmenter(args: &Args, device: Device) -> anyhow::Result<Box<dyn Segmenter>> {
     match args.segmenter {
         SegChoice::Threshold => {
@@ -146,36 +142,23 @@ fn segmenter(args: &Args, device: Device) -> anyhow::Result<Box<dyn Segmenter>> 
             models::cached_models(&models::cache_root()?, &configs).0
         }
     };
-    let load = |name: &str| -> anyhow::Result<Box<dyn nn::Network>> {
+    let load = |name: &str| -> anyhow::Result<LoadedModel> {
         let path = dir.join(format!("{name}.safetensors"));
         if !path.is_file() {
             bail!(
                 "no {name} model at {}: train the defaults with `dnvs-engine models train`, pass \
-                 --models DIR, or use --segmenter threshold",
+                 --models DIR, or use --segmenter threshold|gt",
                 path.display()
             );
         }
-        let card = models::read_card_json(&path)?;
-        let arch: Arch = card
-            .as_ref()
-            .and_then(|c| c.get("arch"))
-            .and_then(|a| a.as_str())
-            .map(|a| a.parse())
-            .transpose()
-            .with_context(|| format!("card of {}", path.display()))?
-            .unwrap_or(Arch::VNet);
-        let width = nn::checkpoint_width(arch, &path)?;
-        let mut net = nn::build(arch, width)?;
-        net.load_safetensors(&path).with_context(|| format!("loading {}", path.display()))?;
-        net.to_device(device)?;
-        Ok(net)
+        let m = LoadedModel::open(&path, &ModelOverrides::default(), device)
+            .with_context(|| format!("loading {}", path.display()))?;
+        for w in m.warnings() {
+            eprintln!("nv: {name} model: {w}");
+        }
+        Ok(m)
     };
-    Ok(Box::new(NetSegmenter {
-        mc: load("mc")?,
-        tb: load("tb")?,
-        range: [-1000.0, 2000.0],
-        window: [128, 128, 64],
-    }))
+    Ok(Box::new(ModelSegmenter { mc: load("mc")?, tb: load("tb")? }))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -149,32 +149,6 @@ pub fn train_missing(
     Ok(trained)
 }
 
-/// The card of a model file: the JSON in safetensors `__metadata__["dnvs"]`, `None` without one.
-///
-/// ADAPTER: `nn::model::read_card` (issue 9) replaces this once it lands.
-///
-/// # Errors
-/// [`Error::Io`] / [`Error::Format`] naming the file.
-pub fn read_card_json(path: &Path) -> Result<Option<serde_json::Value>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
-    let n = u64::from_le_bytes(len);
-    if n > 100 << 20 {
-        return Err(Error::format(path, format!("safetensors header of {n} bytes")));
-    }
-    let mut head = vec![0u8; n as usize];
-    f.read_exact(&mut head).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&head).map_err(|e| Error::format(path, format!("header: {e}")))?;
-    let Some(card) = v.get("__metadata__").and_then(|m| m.get("dnvs")).and_then(|c| c.as_str())
-    else {
-        return Ok(None);
-    };
-    serde_json::from_str(card).map(Some).map_err(|e| Error::format(path, format!("card: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

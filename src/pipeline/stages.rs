@@ -6,11 +6,10 @@
 //! - [`Segmenter`]: VOI CT -> MC and TB probabilities on the VOI grid;
 //! - [`NvMeasure`]: MC and TB masks -> negative volume, joint spaces, NV mesh.
 //!
-//! [`NegativeVolume`] is the real NV stage (`geometry::negative_volume`). ADAPTERS until issues 9
-//! and 10 land on main: [`FixedCenters`] cuts the VOI itself (not through
-//! `pipeline::localize::cut_voi`), [`NetSegmenter`] runs `nn::segment::sliding_window` with
-//! explicit flags instead of a model card. Each is marked where it is defined; the pipeline code
-//! does not change when they are replaced.
+//! [`ModelSegmenter`] (the cards' models) and [`NegativeVolume`] (`geometry::negative_volume`)
+//! are the real stages. ADAPTER until issue 10 lands on main: [`FixedCenters`] cuts the VOI
+//! itself (not through `pipeline::localize::cut_voi`) from given centres; the pipeline code does
+//! not change when the localiser replaces it.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +18,7 @@ use crate::geometry::components::{label, Connectivity};
 use crate::geometry::{self, negative_volume, HitStats, JointSpaces, Mesh, NvParams};
 use crate::io::orientation::{self, Affine};
 use crate::io::Volume;
-use crate::nn::{segment, Network};
+use crate::nn::model::LoadedModel;
 use crate::synth::Side;
 use crate::{Device, Error, Result};
 
@@ -321,24 +320,29 @@ impl Segmenter for LabelSegmenter {
     }
 }
 
-/// ADAPTER over today's `nn::segment::sliding_window` (until `nn::model::LoadedModel` lands):
-/// two networks with explicit normalisation, foreground probability of each.
-pub struct NetSegmenter {
-    pub mc: Box<dyn Network>,
-    pub tb: Box<dyn Network>,
-    /// Min-max normalisation range (HU mapped to [-1, 1]) the networks were trained with.
-    pub range: [f32; 2],
-    pub window: [usize; 3],
+/// The trained MC and TB models (`nn::model::LoadedModel`): each card decides normalisation,
+/// spacing and window; the foreground probability (class 1) of each, on the VOI grid.
+pub struct ModelSegmenter {
+    pub mc: LoadedModel,
+    pub tb: LoadedModel,
 }
 
-impl Segmenter for NetSegmenter {
+fn foreground(m: &mut LoadedModel, voi: &Volume) -> Result<Volume> {
+    let p = m.predict(voi)?;
+    let path = m.path().display().to_string();
+    p.probs
+        .into_iter()
+        .nth(1)
+        .ok_or_else(|| Error::arg("segment", format!("{path}: the model has no foreground class")))
+}
+
+impl Segmenter for ModelSegmenter {
     fn segment(&mut self, voi: &Volume, _center: [f64; 3]) -> Result<SegProbs> {
-        let [lo, hi] = self.range;
-        let scale = if hi > lo { 2.0 / (hi - lo) } else { 0.0 };
-        let x = voi.with_data(voi.data.iter().map(|v| (v - lo) * scale - 1.0).collect());
-        let mc = segment::sliding_window(self.mc.as_mut(), &x, self.window, 0.5)?;
-        let tb = segment::sliding_window(self.tb.as_mut(), &x, self.window, 0.5)?;
-        Ok(SegProbs { mc: voi.with_data(mc.data), tb: voi.with_data(tb.data) })
+        Ok(SegProbs { mc: foreground(&mut self.mc, voi)?, tb: foreground(&mut self.tb, voi)? })
+    }
+
+    fn cards(&self) -> [Option<serde_json::Value>; 2] {
+        [self.mc.card(), self.tb.card()].map(|c| serde_json::to_value(c).ok())
     }
 }
 
