@@ -1,10 +1,10 @@
 //! `dnvs-engine convert`: a DICOM series folder or a NIfTI file to NIfTI (`.nii` / `.nii.gz`),
 //! keeping the geometry. The output appears complete or not at all.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use dnvs_engine::io::{self, VoxelKind};
+use dnvs_engine::io::{self, mask_values, Volume, VoxelKind};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -39,6 +39,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     .with_context(|| format!("cannot read {}", args.input.display()))?;
     let kind = if args.mask { VoxelKind::Mask } else { VoxelKind::Image };
+    if args.mask {
+        check_mask_values(&args.input, &vol)?;
+    }
     io::write_nifti(&args.output, &vol, kind)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     let [d, h, w] = vol.dims;
@@ -51,5 +54,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         vol.spacing[2],
         io::orientation::axis_codes(&vol.affine)
     );
+    Ok(())
+}
+
+/// Says what a `--mask` input holds beyond 0/1 and what is done with it: values outside 0..=255
+/// are refused (uint8 cannot hold them), fractions are rounded with a warning naming them,
+/// other whole labels are kept and listed.
+fn check_mask_values(input: &Path, vol: &Volume) -> anyhow::Result<()> {
+    let m = mask_values(&vol.data);
+    if m.out_of_range > 0 {
+        bail!(
+            "{}: --mask needs whole labels 0..=255, but {} voxels are outside that range (e.g. \
+             {:?}); nothing was written",
+            input.display(),
+            m.out_of_range,
+            m.out_of_range_examples
+        );
+    }
+    if m.fractional > 0 {
+        eprintln!(
+            "warning: {}: {} mask voxels are not whole numbers (e.g. {:?}); rounded to the \
+             nearest label (0.5 and up -> 1)",
+            input.display(),
+            m.fractional,
+            m.fractional_examples
+        );
+    }
+    if m.labels.iter().any(|&l| l > 1) {
+        eprintln!(
+            "note: {}: not a 0/1 mask; labels {:?} are stored as they are",
+            input.display(),
+            m.labels
+        );
+    }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use dnvs_engine::io::{self, nifti, orientation};
+use dnvs_engine::io::{self, nifti, orientation, ValueStats};
 use dnvs_engine::tensor::cuda_driver_present;
 
 #[derive(clap::Args)]
@@ -33,52 +33,69 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Shape, spacing, datatype, codes, affine, orientation and value range of a volume file.
+/// Shape, spacing, datatype, codes, affine, orientation, value range and non-finite voxels of a
+/// volume file. A NIfTI file is streamed (header, then one pass of statistics), so memory stays
+/// a few blocks whatever the file's size.
 fn describe(path: &Path) -> anyhow::Result<()> {
-    let (vol, source) = if path.is_dir() {
+    let (geometry, source, stats) = if path.is_dir() {
         let vol = io::read_dicom_series(path, None)?;
-        (vol, "DICOM series (values after rescale)".to_string())
+        let stats = ValueStats::of(&vol);
+        let geometry = (vol.dims, vol.spacing, vol.affine);
+        (geometry, "DICOM series (values after rescale)".to_string(), stats)
     } else {
-        let (vol, h) = nifti::read_nifti_with_info(path)?;
-        let scaled = if h.scl_slope != 0.0
-            && h.scl_slope.is_finite()
-            && (h.scl_slope != 1.0 || h.scl_inter != 0.0)
-        {
-            format!(", scl_slope {} scl_inter {}", h.scl_slope, h.scl_inter)
-        } else {
-            String::new()
-        };
-        let kind = format!(
-            "NIfTI-1, {}{scaled}, qform_code {} sform_code {} (affine from {}), xyzt_units {}",
-            h.datatype.name(),
-            h.qform_code,
-            h.sform_code,
-            if h.sform_code > 0 {
-                "sform"
-            } else if h.qform_code > 0 {
-                "qform"
-            } else {
-                "pixdim"
-            },
-            h.xyzt_units
-        );
-        (vol, kind)
+        let mut reader = nifti::NiftiReader::open(path)?;
+        let mut stats = ValueStats::default();
+        reader.for_each_block(|_, block| stats.add(block))?;
+        let geometry = (reader.dims, reader.spacing, reader.affine);
+        (geometry, nifti_kind(&reader.info), stats)
     };
-    let [d, h, w] = vol.dims;
+    let ([d, h, w], spacing, affine) = geometry;
     println!("file: {}", path.display());
     println!("format: {source}");
-    println!("shape: {d} x {h} x {w} ({} voxels)", vol.len());
-    println!("spacing: {:.6} x {:.6} x {:.6} mm", vol.spacing[0], vol.spacing[1], vol.spacing[2]);
-    println!("orientation: {}", orientation::axis_codes(&vol.affine));
+    println!("shape: {d} x {h} x {w} ({} voxels)", d * h * w);
+    println!("spacing: {:.6} x {:.6} x {:.6} mm", spacing[0], spacing[1], spacing[2]);
+    println!("orientation: {}", orientation::axis_codes(&affine));
     println!("affine (voxel -> RAS mm):");
-    for row in &vol.affine {
+    for row in &affine {
         // `+ 0.0` turns -0.0 (from negating zero terms) into 0.0 for printing.
         let r = row.map(|v| v + 0.0);
         println!("  [{:>12.6} {:>12.6} {:>12.6} {:>12.6}]", r[0], r[1], r[2], r[3]);
     }
-    match vol.value_range() {
+    match stats.range {
         Some((lo, hi)) => println!("values: {lo} .. {hi}"),
         None => println!("values: none finite"),
     }
+    println!(
+        "non-finite voxels: {} ({} NaN, {} infinite)",
+        stats.nan + stats.infinite,
+        stats.nan,
+        stats.infinite
+    );
     Ok(())
+}
+
+/// The datatype, scaling and codes line of a NIfTI header.
+fn nifti_kind(h: &nifti::NiftiInfo) -> String {
+    let scaled = if h.scl_slope != 0.0
+        && h.scl_slope.is_finite()
+        && (h.scl_slope != 1.0 || h.scl_inter != 0.0)
+    {
+        format!(", scl_slope {} scl_inter {}", h.scl_slope, h.scl_inter)
+    } else {
+        String::new()
+    };
+    let from = if h.sform_code > 0 {
+        "sform"
+    } else if h.qform_code > 0 {
+        "qform"
+    } else {
+        "pixdim"
+    };
+    format!(
+        "NIfTI-1, {}{scaled}, qform_code {} sform_code {} (affine from {from}), xyzt_units {}",
+        h.datatype.name(),
+        h.qform_code,
+        h.sform_code,
+        h.xyzt_units
+    )
 }

@@ -150,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut vol = io::read_volume(&args.input)?;
     let bad = match args.nan_to {
         Some(v) => {
-            let n = io::replace_non_finite(&mut vol.data, v);
+            let n = io::replace_non_finite(&mut vol, v);
             if n > 0 {
                 eprintln!(
                     "segment: {n} NaN/infinite voxels of {} set to {v}",
@@ -159,7 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             0
         }
-        None => io::count_non_finite(&vol.data),
+        None => io::count_non_finite(&vol),
     };
     if bad > 0 {
         bail!(

@@ -6,6 +6,7 @@
 //! RAS millimetres (DICOM's LPS with x and y negated).
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use dicom_dictionary_std::tags;
@@ -13,6 +14,7 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 use rayon::prelude::*;
 
+use super::dicom_scan::check_lengths;
 use super::nifti::{generated_header, DataType};
 use super::orientation;
 use super::volume::Volume;
@@ -24,6 +26,8 @@ const SPACING_TOL: f64 = 0.01;
 /// Largest angle (degrees) between the slice stacking direction and the slice normal: more is a
 /// gantry tilt, which a rectangular voxel grid cannot represent.
 const TILT_TOL_DEG: f64 = 0.1;
+/// Slices decoded together (in parallel) before they are placed in the volume.
+const DECODE_BATCH: usize = 16;
 
 /// The geometry of one slice file, read without its pixel data.
 #[derive(Clone, Debug)]
@@ -54,7 +58,12 @@ struct SliceInfo {
 /// [`Error::Format`] naming the folder or file: an empty folder, a file that is not DICOM, a
 /// file without the geometry tags, several series when none is chosen (the error lists them), an
 /// unknown `series`, slices of different size or orientation, two slices at one position,
-/// uneven spacing (> 1 %), a gantry tilt, multi-frame files, pixel data that cannot be decoded.
+/// uneven spacing (> 1 %), a gantry tilt, multi-frame files, pixel data that cannot be decoded,
+/// a rescale, position, orientation, spacing, size or bit-depth value that is not a number, an
+/// element whose declared length runs past the end of its file (checked before the DICOM parser
+/// allocates it), a JPEG 2000 codestream whose size disagrees with Rows x Columns. A panic inside
+/// a pixel decoder is contained and reported as an error naming the file. Peak memory: the
+/// volume plus 16 decoded slices.
 pub fn read_dicom_series(dir: &Path, series: Option<&str>) -> Result<Volume> {
     let files = list_files(dir)?;
     let infos: Vec<SliceInfo> = files.par_iter().map(read_info).collect::<Result<_>>()?;
@@ -62,16 +71,20 @@ pub fn read_dicom_series(dir: &Path, series: Option<&str>) -> Result<Volume> {
     let geometry = stack_geometry(dir, &mut slices)?;
 
     let (rows, cols, n) = (geometry.rows, geometry.columns, slices.len());
-    let frames: Vec<Vec<f32>> = slices.par_iter().map(decode_slice).collect::<Result<_>>()?;
-    // Frame pixel (r, c) of slice s -> engine index (c * rows + r) * n + s.
+    // Decoded a batch of slices at a time and placed at once, so the peak is the volume plus one
+    // batch, not the volume twice. Frame pixel (r, c) of slice s -> index (c * rows + r) * n + s.
     let mut data = vec![0f32; cols * rows * n];
-    data.par_chunks_mut(rows * n).enumerate().for_each(|(c, plane)| {
-        for r in 0..rows {
-            for (s, frame) in frames.iter().enumerate() {
-                plane[r * n + s] = frame[r * cols + c];
+    for (b, batch) in slices.chunks(DECODE_BATCH).enumerate() {
+        let frames: Vec<Vec<f32>> = batch.par_iter().map(decode_slice).collect::<Result<_>>()?;
+        let s0 = b * DECODE_BATCH;
+        data.par_chunks_mut(rows * n).enumerate().for_each(|(c, plane)| {
+            for r in 0..rows {
+                for (ds, frame) in frames.iter().enumerate() {
+                    plane[r * n + s0 + ds] = frame[r * cols + c];
+                }
             }
-        }
-    });
+        });
+    }
     let mut vol = Volume {
         data,
         dims: [cols, rows, n],
@@ -112,6 +125,9 @@ fn open_header(path: &Path) -> Result<DefaultDicomObject> {
 
 /// Reads one slice's series and geometry tags (pixel data are not loaded).
 fn read_info(path: &PathBuf) -> Result<SliceInfo> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    check_lengths(path, &bytes)?;
+    drop(bytes);
     let obj = open_header(path)?;
     let text = |tag, name: &str| -> Result<String> {
         let e = obj
@@ -134,8 +150,21 @@ fn read_info(path: &PathBuf) -> Result<SliceInfo> {
         }
         Ok(v)
     };
-    let opt_float = |tag, default: f64| -> f64 {
-        obj.element_opt(tag).ok().flatten().and_then(|e| e.to_float64().ok()).unwrap_or(default)
+    // Absent or empty: the default. Present but not a finite number: an error, never a silent
+    // default (an intercept read as 0 shifts one slice by 1024 HU against its neighbours).
+    let opt_float = |tag, name: &str, default: f64| -> Result<f64> {
+        let Some(e) = obj.element_opt(tag).ok().flatten() else { return Ok(default) };
+        let text = e.to_str().map(|t| t.trim().trim_end_matches('\0').to_string());
+        if text.as_deref().is_ok_and(str::is_empty) {
+            return Ok(default);
+        }
+        match e.to_float64() {
+            Ok(v) if v.is_finite() => Ok(v),
+            _ => Err(Error::format(
+                path,
+                format!("{name} {:?} is not a number", text.unwrap_or_default()),
+            )),
+        }
     };
     let int = |tag, name: &str| -> Result<usize> {
         let e = obj
@@ -150,7 +179,18 @@ fn read_info(path: &PathBuf) -> Result<SliceInfo> {
     let position = floats(tags::IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3)?;
     let orientation = floats(tags::IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient", 6)?;
     let pixel_spacing = floats(tags::PIXEL_SPACING, "PixelSpacing", 2)?;
-    let slope = opt_float(tags::RESCALE_SLOPE, 1.0);
+    let slope = opt_float(tags::RESCALE_SLOPE, "RescaleSlope", 1.0)?;
+    let opt_int = |tag, name: &str, default: usize| -> Result<usize> {
+        match obj.element_opt(tag).ok().flatten() {
+            None => Ok(default),
+            Some(_) => int(tag, name),
+        }
+    };
+    check_pixel_format(path, &int, &opt_int)?;
+    let (rows, columns) = (int(tags::ROWS, "Rows")?, int(tags::COLUMNS, "Columns")?);
+    if rows == 0 || columns == 0 {
+        return Err(Error::format(path, format!("image of {rows} rows x {columns} columns")));
+    }
     Ok(SliceInfo {
         path: path.clone(),
         series: text(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
@@ -158,12 +198,41 @@ fn read_info(path: &PathBuf) -> Result<SliceInfo> {
         position: [position[0], position[1], position[2]],
         orientation: orientation.try_into().expect("checked: 6 values"),
         pixel_spacing: [pixel_spacing[0], pixel_spacing[1]],
-        rows: int(tags::ROWS, "Rows")?,
-        columns: int(tags::COLUMNS, "Columns")?,
-        frames: int(tags::NUMBER_OF_FRAMES, "NumberOfFrames").unwrap_or(1),
+        rows,
+        columns,
+        frames: opt_int(tags::NUMBER_OF_FRAMES, "NumberOfFrames", 1)?,
         slope: if slope == 0.0 { 1.0 } else { slope },
-        intercept: opt_float(tags::RESCALE_INTERCEPT, 0.0),
+        intercept: opt_float(tags::RESCALE_INTERCEPT, "RescaleIntercept", 0.0)?,
     })
+}
+
+/// Samples per pixel and bit depths the reader can turn into HU: one greyscale sample of 8 or 16
+/// (or 32) bits, `BitsStored` at most `BitsAllocated`, `HighBit` below it.
+fn check_pixel_format(
+    path: &Path,
+    int: &dyn Fn(dicom_object::Tag, &str) -> Result<usize>,
+    opt_int: &dyn Fn(dicom_object::Tag, &str, usize) -> Result<usize>,
+) -> Result<()> {
+    let spp = opt_int(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel", 1)?;
+    if spp != 1 {
+        return Err(Error::format(
+            path,
+            format!("{spp} samples per pixel; a greyscale CT is needed"),
+        ));
+    }
+    let allocated = int(tags::BITS_ALLOCATED, "BitsAllocated")?;
+    let stored = opt_int(tags::BITS_STORED, "BitsStored", allocated)?;
+    let high = opt_int(tags::HIGH_BIT, "HighBit", stored.saturating_sub(1))?;
+    if ![8, 16, 32].contains(&allocated) || stored == 0 || stored > allocated || high >= allocated {
+        return Err(Error::format(
+            path,
+            format!(
+                "BitsAllocated {allocated}, BitsStored {stored}, HighBit {high}: not a pixel \
+                 format of 8, 16 or 32 bits"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn choose_series(dir: &Path, infos: Vec<SliceInfo>, want: Option<&str>) -> Result<Vec<SliceInfo>> {
@@ -327,10 +396,27 @@ fn stack_geometry(dir: &Path, slices: &mut [SliceInfo]) -> Result<StackGeometry>
     })
 }
 
-/// Decodes one slice's stored values and applies its rescale.
+/// Decodes one slice's stored values and applies its rescale. A panic inside the decoders (the
+/// DICOM crates' JPEG 2000 adapter indexed past its buffer on a mutated codestream) is caught
+/// here and becomes an error naming the file.
 fn decode_slice(s: &SliceInfo) -> Result<Vec<f32>> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| decode_slice_inner(s))).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|m| m.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".to_string());
+        Err(Error::format(
+            &s.path,
+            format!("pixel data cannot be decoded (decoder failed: {what})"),
+        ))
+    })
+}
+
+fn decode_slice_inner(s: &SliceInfo) -> Result<Vec<f32>> {
     let obj = dicom_object::open_file(&s.path)
         .map_err(|e| Error::format(&s.path, format!("not a readable DICOM file: {e}")))?;
+    check_j2k_frame(s, &obj)?;
     let decoded = obj
         .decode_pixel_data()
         .map_err(|e| Error::format(&s.path, format!("cannot decode pixel data: {e}")))?;
@@ -350,6 +436,87 @@ fn decode_slice(s: &SliceInfo) -> Result<Vec<f32>> {
         ));
     }
     Ok(raw.iter().map(|&v| (v * s.slope + s.intercept) as f32).collect())
+}
+
+/// JPEG 2000 transfer syntaxes (lossless, lossy, HTJ2K variants).
+const J2K_SYNTAXES: [&str; 5] = [
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+];
+
+/// Checks a JPEG 2000 frame's codestream header (SIZ) against the slice's Rows, Columns and
+/// one greyscale component before the decoder sees it: the decoder writes as many samples as
+/// the codestream says into a buffer sized from Rows x Columns.
+fn check_j2k_frame(s: &SliceInfo, obj: &DefaultDicomObject) -> Result<()> {
+    let ts = obj.meta().transfer_syntax().trim_end_matches('\0').trim();
+    if !J2K_SYNTAXES.contains(&ts) {
+        return Ok(());
+    }
+    let fragment = obj
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .and_then(|e| e.value().fragments().and_then(|f| f.first()))
+        .ok_or_else(|| {
+            Error::format(&s.path, "JPEG 2000 transfer syntax without pixel data fragments")
+        })?;
+    let siz = j2k_siz(fragment).ok_or_else(|| {
+        Error::format(&s.path, "JPEG 2000 pixel data without a readable codestream header (SIZ)")
+    })?;
+    if (siz.width, siz.height, siz.components) != (s.columns as u64, s.rows as u64, 1)
+        || !siz.full_res
+    {
+        return Err(Error::format(
+            &s.path,
+            format!(
+                "JPEG 2000 codestream is {}x{} with {} component(s){}, the slice header says \
+                 {}x{} greyscale",
+                siz.width,
+                siz.height,
+                siz.components,
+                if siz.full_res { "" } else { " (subsampled)" },
+                s.columns,
+                s.rows
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a JPEG 2000 SIZ marker segment says about the image.
+struct J2kSiz {
+    width: u64,
+    height: u64,
+    components: u16,
+    /// Every component at full resolution (XRsiz = YRsiz = 1).
+    full_res: bool,
+}
+
+/// Finds SOC + SIZ (`FF4F FF51`) near the start of a fragment (a JP2 wrapper may precede it) and
+/// reads the image size and components. `None` when absent or cut short.
+fn j2k_siz(f: &[u8]) -> Option<J2kSiz> {
+    let head = &f[..f.len().min(4096)];
+    let at = head.windows(4).position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])? + 4;
+    let u32_at = |p: usize| Some(u32::from_be_bytes(f.get(at + p..at + p + 4)?.try_into().ok()?));
+    let u16_at = |p: usize| Some(u16::from_be_bytes(f.get(at + p..at + p + 2)?.try_into().ok()?));
+    // Lsiz(2) Rsiz(2) Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz (4 each) Csiz(2), then
+    // Ssiz XRsiz YRsiz per component.
+    let (x, y, xo, yo) = (u32_at(4)?, u32_at(8)?, u32_at(12)?, u32_at(16)?);
+    let components = u16_at(36)?;
+    let mut full_res = true;
+    for c in 0..components as usize {
+        let sub = f.get(at + 38 + 3 * c + 1..at + 38 + 3 * c + 3)?;
+        full_res &= sub == [1, 1];
+    }
+    Some(J2kSiz {
+        width: (x as u64).checked_sub(xo as u64)?,
+        height: (y as u64).checked_sub(yo as u64)?,
+        components,
+        full_res,
+    })
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {

@@ -152,17 +152,260 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<NiftiHeader> {
     if bytes.len() < HEADER_LEN {
         return Err(Error::format(path, "header shorter than 348 bytes"));
     }
-    let h = NiftiHeader::from_reader(&bytes[..HEADER_LEN])
-        .map_err(|e| Error::format(path, format!("not a NIfTI-1 header: {e}")))?;
-    if h.sizeof_hdr != HEADER_LEN as i32 {
-        let msg = if h.sizeof_hdr == 540 || h.sizeof_hdr.swap_bytes() == 540 {
-            "NIfTI-2 files are not supported (sizeof_hdr 540); convert to NIfTI-1".to_string()
-        } else {
-            format!("not a NIfTI-1 file (sizeof_hdr {} instead of 348)", h.sizeof_hdr)
-        };
-        return Err(Error::format(path, msg));
+    let big = byte_order(path, bytes)?;
+    check_dim0(path, bytes, big)?;
+    NiftiHeader::from_reader(&bytes[..HEADER_LEN])
+        .map_err(|e| Error::format(path, format!("not a NIfTI-1 header: {e}")))
+}
+
+/// `sizeof_hdr` (348, read in either byte order) decides the byte order; any other value means
+/// the file is not NIfTI-1. Returns true for big-endian.
+fn byte_order(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let le = i32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+    if le == HEADER_LEN as i32 {
+        return Ok(false);
     }
-    Ok(h)
+    if le.swap_bytes() == HEADER_LEN as i32 {
+        return Ok(true);
+    }
+    let msg = if le == 540 || le.swap_bytes() == 540 {
+        "NIfTI-2 files are not supported (sizeof_hdr 540); convert to NIfTI-1".to_string()
+    } else {
+        format!("not a NIfTI-1 file (sizeof_hdr {le} instead of 348)")
+    };
+    Err(Error::format(path, msg))
+}
+
+/// `dim[0]` must be 1..=7. Checked here, in the byte order `sizeof_hdr` gave, because the
+/// `nifti` crate guesses the byte order from `dim[0]` and would blame `sizeof_hdr` instead.
+fn check_dim0(path: &Path, bytes: &[u8], big: bool) -> Result<()> {
+    let raw = [bytes[40], bytes[41]];
+    let d0 = if big { i16::from_be_bytes(raw) } else { i16::from_le_bytes(raw) };
+    if !(1..=7).contains(&d0) {
+        return Err(Error::format(
+            path,
+            format!("invalid dim[0] = {d0}: the number of dimensions must be 1..7"),
+        ));
+    }
+    Ok(())
+}
+
+/// Voxels decoded per block while streaming (about 16 MB of f32).
+const BLOCK_VOXELS: usize = 4 << 20;
+/// A `.nii.gz` whose header claims more than this many times its compressed size is measured
+/// (inflated once without keeping anything) before the volume is allocated: CTs compress 2-5x,
+/// masks up to several hundred x, and a lying header must not decide an allocation.
+const GZ_TRUSTED_RATIO: u64 = 8;
+
+/// An open NIfTI-1 file whose header was parsed and checked, positioned at its first voxel.
+///
+/// Voxels are read in blocks of whole k-planes ([`NiftiReader::for_each_block`]), so a caller can
+/// compute statistics without holding the volume, or fill a volume without also holding the
+/// file's bytes: `info` and `convert` stay near one decoded copy of the volume.
+pub struct NiftiReader {
+    path: PathBuf,
+    stream: Box<dyn Read>,
+    gz: bool,
+    big: bool,
+    scale: (f64, f64),
+    raw: Vec<u8>,
+    /// What the header says about datatype, codes and units.
+    pub info: NiftiInfo,
+    /// `(i, j, k)` extents.
+    pub dims: [usize; 3],
+    /// Voxel size in mm (`|pixdim[1..=3]|`), positive and finite.
+    pub spacing: [f64; 3],
+    /// Voxel -> RAS mm, chosen as [`read_nifti`] documents; finite.
+    pub affine: Affine,
+}
+
+impl NiftiReader {
+    /// Opens `path` and checks its header against the file: magic, dimensions, datatype,
+    /// spacing, affine, and that the data the header needs are there (for `.gz`, measured before
+    /// anything of the claimed size is allocated when the claim is out of proportion).
+    ///
+    /// # Errors
+    /// As [`read_nifti`].
+    pub fn open(path: &Path) -> Result<NiftiReader> {
+        let (mut stream, gz, file_len) = open_stream(path)?;
+        let mut raw = vec![0u8; HEADER_LEN];
+        let n = read_full(&mut stream, &mut raw, path)?;
+        if n < HEADER_LEN {
+            return Err(Error::format(
+                path,
+                format!("not a NIfTI-1 file: only {n} bytes, a header needs {HEADER_LEN}"),
+            ));
+        }
+        let h = parse_header(path, &raw)?;
+        let info = header_info(path, &raw)?;
+        check_magic(path, &h)?;
+        let dims = spatial_dims(path, &h)?;
+        let dt = info.datatype;
+        let n_bytes = dims
+            .iter()
+            .try_fold(dt.size(), |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| Error::format(path, format!("dimensions {dims:?} overflow")))?;
+        let vox_offset = data_offset(path, &h)?;
+        let needed = vox_offset + n_bytes as u64;
+        if !gz && needed > file_len {
+            return Err(Error::format(
+                path,
+                format!(
+                    "header dimensions {dims:?} of {} need {needed} bytes, the file has {file_len}",
+                    dt.name()
+                ),
+            ));
+        }
+        if gz && needed > GZ_TRUSTED_RATIO * file_len {
+            let have = inflated_len(path, needed)?;
+            if have < needed {
+                let got = have.saturating_sub(vox_offset) as usize;
+                return Err(short_data(path, dims, dt, got, n_bytes));
+            }
+        }
+        let (spacing, affine) = geometry(path, &h)?;
+        // Skip extensions up to vox_offset.
+        let skip = vox_offset - HEADER_LEN as u64;
+        let skipped = std::io::copy(&mut (&mut stream).take(skip), &mut std::io::sink())
+            .map_err(|e| gz_err(path, e))?;
+        if skipped < skip {
+            return Err(short_data(path, dims, dt, 0, n_bytes));
+        }
+        Ok(NiftiReader {
+            path: path.to_path_buf(),
+            stream,
+            gz,
+            big: h.endianness == Endianness::Big,
+            scale: scaling(h.scl_slope, h.scl_inter),
+            raw,
+            info,
+            dims,
+            spacing,
+            affine,
+        })
+    }
+
+    /// The 348 header bytes, as [`Volume::header`] keeps them.
+    pub fn header_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Calls `f(k0, values)` for consecutive blocks of whole k-planes starting at plane `k0`,
+    /// values scaled to f32 in disk order (`i` fastest, then `j`, then `k`). At the end a gzip
+    /// stream is read to its end so that its checksum and length are verified: a corrupt
+    /// `.nii.gz` is an error even when the voxels came out of it.
+    ///
+    /// # Errors
+    /// [`Error::Format`] naming the file for truncated or corrupt data.
+    pub fn for_each_block(&mut self, mut f: impl FnMut(usize, &[f32])) -> Result<()> {
+        let [nx, ny, nz] = self.dims;
+        let plane = nx * ny;
+        let dt = self.info.datatype;
+        let per_block = (BLOCK_VOXELS / plane).clamp(1, nz);
+        let mut bytes = Vec::new();
+        let mut k0 = 0;
+        while k0 < nz {
+            let k1 = (k0 + per_block).min(nz);
+            bytes.resize((k1 - k0) * plane * dt.size(), 0);
+            let got = read_full(&mut self.stream, &mut bytes, &self.path)?;
+            if got < bytes.len() {
+                let total = nx * ny * nz * dt.size();
+                return Err(short_data(
+                    &self.path,
+                    self.dims,
+                    dt,
+                    k0 * plane * dt.size() + got,
+                    total,
+                ));
+            }
+            let (slope, inter) = self.scale;
+            f(k0, &decode_all(&bytes, dt, self.big, slope, inter));
+            k0 = k1;
+        }
+        if self.gz {
+            std::io::copy(&mut self.stream, &mut std::io::sink())
+                .map_err(|e| gz_err(&self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The file as a byte stream (inflated when it starts with the gzip magic: the content decides,
+/// not the name), whether it is gzip, and the file's size.
+fn open_stream(path: &Path) -> Result<(Box<dyn Read>, bool, u64)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let gz = reader.fill_buf().map_err(|e| Error::io(path, e))?.starts_with(&[0x1f, 0x8b]);
+    let stream: Box<dyn Read> =
+        if gz { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) };
+    Ok((stream, gz, file_len))
+}
+
+/// How many bytes the gzip stream of `path` inflates to, counting no further than `limit`.
+fn inflated_len(path: &Path, limit: u64) -> Result<u64> {
+    let (stream, _, _) = open_stream(path)?;
+    std::io::copy(&mut stream.take(limit), &mut std::io::sink()).map_err(|e| gz_err(path, e))
+}
+
+fn check_magic(path: &Path, h: &NiftiHeader) -> Result<()> {
+    let magic = &h.magic[..3];
+    if magic == b"n+1" {
+        return Ok(());
+    }
+    let msg = if magic == b"ni1" {
+        "a NIfTI header/image pair (.hdr/.img); only single-file .nii / .nii.gz is supported"
+            .to_string()
+    } else {
+        format!("not a NIfTI-1 file (magic {:?})", String::from_utf8_lossy(&h.magic))
+    };
+    Err(Error::format(path, msg))
+}
+
+/// Where the voxels start. In a single file the data cannot start before the header and extender
+/// end; some writers leave vox_offset at 0 (nibabel then reads the header bytes as voxels; we
+/// start at 352).
+fn data_offset(path: &Path, h: &NiftiHeader) -> Result<u64> {
+    let vox_offset = h.vox_offset;
+    if !(0.0..=1e9).contains(&vox_offset) {
+        return Err(Error::format(path, format!("invalid vox_offset {vox_offset}")));
+    }
+    Ok((vox_offset as u64).max(DATA_OFFSET as u64))
+}
+
+/// Spacing and affine, refusing a spacing that is zero or not finite and an affine that is not
+/// finite or collapses an axis: both would turn every distance downstream into garbage.
+fn geometry(path: &Path, h: &NiftiHeader) -> Result<([f64; 3], Affine)> {
+    let mut spacing = [0.0; 3];
+    for (a, s) in spacing.iter_mut().enumerate() {
+        let p = h.pixdim[a + 1];
+        if !(p.is_finite() && p != 0.0) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "voxel spacing pixdim[{}] = {p} (axis {}): a spacing must be a finite, \
+                     non-zero number of mm",
+                    a + 1,
+                    ["i", "j", "k"][a]
+                ),
+            ));
+        }
+        *s = (p as f64).abs();
+    }
+    let affine = best_affine(h);
+    let finite = affine.iter().flatten().all(|v| v.is_finite());
+    let collapsed = (0..3).find(|&c| (0..3).all(|r| affine[r][c] == 0.0));
+    if !finite || collapsed.is_some() {
+        let from = if h.sform_code > 0 { "sform" } else { "qform" };
+        return Err(Error::format(
+            path,
+            format!(
+                "the {from} affine {:?} is not finite or maps an axis to nothing",
+                &affine[..3]
+            ),
+        ));
+    }
+    Ok((spacing, affine))
 }
 
 /// Reads a 3-D NIfTI-1 file (`.nii` or `.nii.gz`, detected by content), applying
@@ -171,13 +414,15 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<NiftiHeader> {
 /// NIfTI-1 "method 1" diagonal of pixdim (nibabel would centre and x-flip that last one, a
 /// legacy Analyze convention; files without codes are rare and the standard says diagonal).
 ///
-/// A 4-D file with one time point (and any further axes of length 1) reads as 3-D.
+/// A 4-D file with one time point (and any further axes of length 1) reads as 3-D. Peak memory
+/// is the decoded volume plus one block of about 16 MB.
 ///
 /// # Errors
 /// [`Error::Io`] when the file cannot be opened; [`Error::Format`] naming the file for anything
-/// wrong in it: not NIfTI-1, 2-D or 4-D data, an unsupported datatype, dimensions that need more
-/// voxel bytes than the file holds (found before the voxel buffer is allocated), a truncated or
-/// corrupt gzip stream.
+/// wrong in it: not NIfTI-1, a wrong `dim[0]`, 2-D or 4-D data, an unsupported datatype, a zero
+/// or non-finite spacing or affine, dimensions that need more voxel bytes than the file holds
+/// (found before the voxel buffer is allocated), a truncated or corrupt gzip stream (its CRC and
+/// length are checked).
 pub fn read_nifti(path: &Path) -> Result<Volume> {
     read_nifti_with_info(path).map(|(v, _)| v)
 }
@@ -187,86 +432,15 @@ pub fn read_nifti(path: &Path) -> Result<Volume> {
 /// # Errors
 /// As [`read_nifti`].
 pub fn read_nifti_with_info(path: &Path) -> Result<(Volume, NiftiInfo)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut reader = BufReader::with_capacity(1 << 16, file);
-    // Peek (without consuming) at the gzip magic: the content decides, not the file name.
-    let gz = reader.fill_buf().map_err(|e| Error::io(path, e))?.starts_with(&[0x1f, 0x8b]);
-    let mut stream: Box<dyn Read> =
-        if gz { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) };
-
-    let mut raw = vec![0u8; HEADER_LEN];
-    let n = read_full(&mut stream, &mut raw, path)?;
-    if n < HEADER_LEN {
-        return Err(Error::format(
-            path,
-            format!("not a NIfTI-1 file: only {n} bytes, a header needs {HEADER_LEN}"),
-        ));
-    }
-    let h = parse_header(path, &raw)?;
-    let info = header_info(path, &raw)?;
-    let magic = &h.magic[..3];
-    if magic != b"n+1" {
-        let msg = if magic == b"ni1" {
-            "a NIfTI header/image pair (.hdr/.img); only single-file .nii / .nii.gz is supported"
-                .to_string()
-        } else {
-            format!("not a NIfTI-1 file (magic {:?})", String::from_utf8_lossy(&h.magic))
-        };
-        return Err(Error::format(path, msg));
-    }
-    let dims = spatial_dims(path, &h)?;
-    let dt = info.datatype;
-    let n_vox = dims
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::format(path, format!("dimensions {dims:?} overflow")))?;
-    let n_bytes = n_vox
-        .checked_mul(dt.size())
-        .ok_or_else(|| Error::format(path, format!("dimensions {dims:?} overflow")))?;
-    let vox_offset = h.vox_offset;
-    if !(0.0..=1e9).contains(&vox_offset) {
-        return Err(Error::format(path, format!("invalid vox_offset {vox_offset}")));
-    }
-    // In a single file the data cannot start before the header and extender end; some writers
-    // leave vox_offset at 0 (nibabel then reads the header bytes as voxels; we start at 352).
-    let vox_offset = (vox_offset as u64).max(DATA_OFFSET as u64);
-    let needed = vox_offset + n_bytes as u64;
-    if !gz && needed > file_len {
-        return Err(Error::format(
-            path,
-            format!(
-                "header dimensions {dims:?} of {} need {needed} bytes, the file has {file_len}",
-                dt.name()
-            ),
-        ));
-    }
-
-    // Skip extensions up to vox_offset.
-    let skip = vox_offset - HEADER_LEN as u64;
-    let skipped = std::io::copy(&mut (&mut stream).take(skip), &mut std::io::sink())
-        .map_err(|e| gz_err(path, e))?;
-    if skipped < skip {
-        return Err(short_data(path, dims, dt, 0, n_bytes));
-    }
-    // Grow the buffer as data arrive: a lying header cannot make us allocate its claimed size.
-    let mut bytes = Vec::with_capacity(n_bytes.min(64 << 20));
-    (&mut stream).take(n_bytes as u64).read_to_end(&mut bytes).map_err(|e| gz_err(path, e))?;
-    if bytes.len() < n_bytes {
-        return Err(short_data(path, dims, dt, bytes.len(), n_bytes));
-    }
-
-    let (slope, inter) = scaling(h.scl_slope, h.scl_inter);
-    let big = h.endianness == Endianness::Big;
-    let data = transpose_from_disk(&bytes, dims, dt, big, slope, inter);
-
-    let pixdim = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64];
-    let spacing = pixdim.map(f64::abs);
-    let affine = best_affine(&h);
+    let mut reader = NiftiReader::open(path)?;
+    let dims = reader.dims;
+    let mut data = vec![0f32; dims.iter().product()];
+    reader.for_each_block(|k0, block| place_planes(block, k0, dims, &mut data))?;
+    let NiftiReader { raw, info, spacing, affine, .. } = reader;
     Ok((Volume { data, dims, spacing, affine, header: Some(raw) }, info))
 }
 
-/// A read failure inside the file (for `.gz` also a bad or cut deflate stream).
+/// A read failure inside the file (for `.gz` also a bad or cut deflate stream or a bad CRC).
 fn gz_err(path: &Path, e: std::io::Error) -> Error {
     Error::format(path, format!("truncated or corrupt data: {e}"))
 }
@@ -329,21 +503,6 @@ fn scaling(slope: f32, inter: f32) -> (f64, f64) {
     }
 }
 
-/// On disk, index `i + nx * (j + ny * k)`; in the engine `(i * ny + j) * nz + k`. Decoded in
-/// disk order first (one sequential pass per type), then the axes are reversed tile by tile.
-fn transpose_from_disk(
-    bytes: &[u8],
-    dims: [usize; 3],
-    dt: DataType,
-    big: bool,
-    slope: f64,
-    inter: f64,
-) -> Vec<f32> {
-    let disk = decode_all(bytes, dt, big, slope, inter);
-    let [nx, ny, nz] = dims;
-    reverse_axes(&disk, [nz, ny, nx])
-}
-
 /// Every voxel of `bytes` as f32 (`raw * slope + inter`, in f64), same order.
 fn decode_all(bytes: &[u8], dt: DataType, big: bool, slope: f64, inter: f64) -> Vec<f32> {
     let scale = |v: f64| (v * slope + inter) as f32;
@@ -372,32 +531,52 @@ fn decode_all(bytes: &[u8], dt: DataType, big: bool, slope: f64, inter: f64) -> 
     }
 }
 
-/// `out[c][b][a] = src[a][b][c]` for `src` of dims `[na, nb, nc]`: the conversion between
-/// NIfTI's i-fastest order and the engine's k-fastest one, in both directions. Works on 32x32
-/// tiles of the (a, c) plane so both the reads and the writes stay within a few cache lines.
-fn reverse_axes(src: &[f32], [na, nb, nc]: [usize; 3]) -> Vec<f32> {
-    const T: usize = 32;
-    let mut out = vec![0f32; src.len()];
-    if out.is_empty() {
-        return out;
-    }
-    // Each task owns T consecutive output planes c0..c0+T (each nb * na values).
-    out.par_chunks_mut(T * nb * na).enumerate().for_each(|(block, planes)| {
-        let c0 = block * T;
-        let c1 = (c0 + T).min(nc);
-        for b in 0..nb {
-            for a0 in (0..na).step_by(T) {
-                let a1 = (a0 + T).min(na);
-                for c in c0..c1 {
-                    let dst = &mut planes[((c - c0) * nb + b) * na..][..na];
-                    for a in a0..a1 {
-                        dst[a] = src[(a * nb + b) * nc + c];
-                    }
+/// i-rows handled together when moving planes between the two orders: 16 output streams, each
+/// written a block's k-run at a time, stay in cache.
+const I_TILE: usize = 16;
+
+/// Puts the disk-order k-planes `block` (`[t][ny][nx]`, i fastest) starting at plane `k0` into
+/// the engine-order volume `out` (`(i * ny + j) * nz + k`).
+fn place_planes(block: &[f32], k0: usize, [nx, ny, nz]: [usize; 3], out: &mut [f32]) {
+    let t = block.len() / (nx * ny);
+    out.par_chunks_mut(I_TILE * ny * nz).enumerate().for_each(|(tile, rows)| {
+        let i0 = tile * I_TILE;
+        let i1 = (i0 + I_TILE).min(nx);
+        for j in 0..ny {
+            for kk in 0..t {
+                let src = &block[(kk * ny + j) * nx..][..nx];
+                for i in i0..i1 {
+                    rows[((i - i0) * ny + j) * nz + k0 + kk] = src[i];
                 }
             }
         }
     });
-    out
+}
+
+/// The k-planes `k0..k1` of the engine-order volume `data` in disk order (`[t][ny][nx]`).
+fn gather_planes(data: &[f32], k0: usize, k1: usize, [nx, ny, nz]: [usize; 3]) -> Vec<f32> {
+    let t = k1 - k0;
+    // One task per j: it reads contiguous k-runs and writes its own [t][nx] rows.
+    let rows: Vec<Vec<f32>> = (0..ny)
+        .into_par_iter()
+        .map(|j| {
+            let mut local = vec![0f32; t * nx];
+            for i in 0..nx {
+                let run = &data[(i * ny + j) * nz + k0..][..t];
+                for (kk, &v) in run.iter().enumerate() {
+                    local[kk * nx + i] = v;
+                }
+            }
+            local
+        })
+        .collect();
+    let mut block = vec![0f32; t * ny * nx];
+    for (j, local) in rows.iter().enumerate() {
+        for kk in 0..t {
+            block[(kk * ny + j) * nx..][..nx].copy_from_slice(&local[kk * nx..][..nx]);
+        }
+    }
+    block
 }
 
 /// The affine nibabel's `get_best_affine` picks (sform, then qform, then pixdim diagonal).
@@ -467,20 +646,32 @@ pub fn write_nifti(path: &Path, vol: &Volume, kind: VoxelKind) -> Result<()> {
     };
     let storage = output_type(vol, kind, source.as_ref())?;
     let header = build_header(vol, storage, source);
-    let body = encode_to_disk(vol, storage);
     let gz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
     write_atomic(path, |w| {
         if gz {
             let mut enc = GzEncoder::new(w, flate2::Compression::new(3));
             enc.write_all(&header)?;
-            enc.write_all(&body)?;
+            write_body(&mut enc, vol, storage)?;
             enc.finish()?.flush()
         } else {
             w.write_all(&header)?;
-            w.write_all(&body)?;
+            write_body(w, vol, storage)?;
             w.flush()
         }
     })
+}
+
+/// Streams the voxels in disk order, a block of k-planes at a time, so writing never holds a
+/// second full copy of the volume.
+fn write_body(w: &mut impl Write, vol: &Volume, storage: Storage) -> std::io::Result<()> {
+    let [nx, ny, nz] = vol.dims;
+    let per_block = (BLOCK_VOXELS / (nx * ny)).clamp(1, nz);
+    for k0 in (0..nz).step_by(per_block) {
+        let k1 = (k0 + per_block).min(nz);
+        let block = gather_planes(&vol.data, k0, k1, vol.dims);
+        w.write_all(&encode_block(block, storage))?;
+    }
+    Ok(())
 }
 
 /// How voxels are stored: `value = raw * slope + inter`, raw of type `dt`.
@@ -527,9 +718,8 @@ fn output_type(vol: &Volume, kind: VoxelKind, source: Option<&NiftiHeader>) -> R
     }
 }
 
-/// Engine order `(i * ny + j) * nz + k` to disk order `i + nx * (j + ny * k)`, little-endian.
-fn encode_to_disk(vol: &Volume, storage: Storage) -> Vec<u8> {
-    let mut disk = reverse_axes(&vol.data, vol.dims);
+/// Disk-order values to their little-endian bytes in `storage`.
+fn encode_block(mut disk: Vec<f32>, storage: Storage) -> Vec<u8> {
     let Storage { dt, slope, inter } = storage;
     if slope != 1.0 || inter != 0.0 {
         disk.par_iter_mut().for_each(|v| *v = ((*v as f64 - inter) / slope).round() as f32);

@@ -119,18 +119,172 @@ impl Volume {
     }
 }
 
-/// Number of NaN or infinite values (a CT holding any is refused unless the user says what to put
-/// there, see [`replace_non_finite`]).
-pub fn count_non_finite(data: &[f32]) -> usize {
-    data.iter().filter(|v| !v.is_finite()).count()
+/// How many voxels of `vol` are NaN or infinite.
+pub fn count_non_finite(vol: &Volume) -> usize {
+    vol.data.iter().filter(|v| !v.is_finite()).count()
 }
 
-/// Replaces every NaN or infinite value by `value`; returns how many were replaced.
-pub fn replace_non_finite(data: &mut [f32], value: f32) -> usize {
+/// Replaces every NaN or infinite voxel by `value` (e.g. `--nan-to -1024`); returns how many
+/// were replaced.
+pub fn replace_non_finite(vol: &mut Volume, value: f32) -> usize {
     let mut n = 0;
-    for v in data.iter_mut().filter(|v| !v.is_finite()) {
+    for v in vol.data.iter_mut().filter(|v| !v.is_finite()) {
         *v = value;
         n += 1;
     }
     n
+}
+
+/// Refuses a volume holding NaN or infinite voxels: a network, a threshold or a distance fed
+/// with them returns garbage without failing. `source` names the file in the error.
+///
+/// # Errors
+/// [`Error::Format`] naming `source` and the count, suggesting `--nan-to HU`.
+pub fn require_finite(vol: &Volume, source: &std::path::Path) -> Result<()> {
+    let n = count_non_finite(vol);
+    if n == 0 {
+        return Ok(());
+    }
+    Err(Error::format(
+        source,
+        format!(
+            "{n} of {} voxels are NaN or infinite; repair the file or say what to put there \
+             with --nan-to HU",
+            vol.len()
+        ),
+    ))
+}
+
+/// Value statistics gathered in one pass (possibly over several blocks): what `info` prints.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ValueStats {
+    /// Smallest and largest finite value.
+    pub range: Option<(f32, f32)>,
+    /// NaN voxels.
+    pub nan: usize,
+    /// +/- infinite voxels.
+    pub infinite: usize,
+    /// Voxels seen.
+    pub count: usize,
+}
+
+impl ValueStats {
+    /// Adds `values` to the statistics.
+    pub fn add(&mut self, values: &[f32]) {
+        for &v in values {
+            if v.is_nan() {
+                self.nan += 1;
+            } else if v.is_infinite() {
+                self.infinite += 1;
+            } else {
+                self.range = Some(match self.range {
+                    Some((lo, hi)) => (lo.min(v), hi.max(v)),
+                    None => (v, v),
+                });
+            }
+        }
+        self.count += values.len();
+    }
+
+    /// Statistics of a whole volume.
+    pub fn of(vol: &Volume) -> ValueStats {
+        let mut s = ValueStats::default();
+        s.add(&vol.data);
+        s
+    }
+}
+
+/// What a label mask holds beyond the integers 0..=255 it should: found by [`mask_values`] so a
+/// caller can say what it found and what it did, instead of rounding silently.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MaskValues {
+    /// The distinct integer values 0..=255 present, ascending.
+    pub labels: Vec<u8>,
+    /// Voxels that are not integers (e.g. 0.3, 0.7 from interpolation), with up to 5 examples.
+    pub fractional: usize,
+    pub fractional_examples: Vec<f32>,
+    /// Voxels below 0 or above 255 (or not finite), with up to 5 examples.
+    pub out_of_range: usize,
+    pub out_of_range_examples: Vec<f32>,
+}
+
+impl MaskValues {
+    /// True when the mask is a plain binary 0/1 mask (empty, all 0, all 1, or both).
+    pub fn is_binary(&self) -> bool {
+        self.fractional == 0 && self.out_of_range == 0 && self.labels.iter().all(|&l| l <= 1)
+    }
+
+    /// One line describing anything beyond integer labels 0..=255, or `None` when all values
+    /// are such labels.
+    pub fn problems(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.fractional > 0 {
+            parts.push(format!(
+                "{} voxels are not whole numbers (e.g. {:?})",
+                self.fractional, self.fractional_examples
+            ));
+        }
+        if self.out_of_range > 0 {
+            parts.push(format!(
+                "{} voxels are outside 0..=255 (e.g. {:?})",
+                self.out_of_range, self.out_of_range_examples
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// Surveys the values of a label mask (see [`MaskValues`]).
+pub fn mask_values(data: &[f32]) -> MaskValues {
+    let mut present = [false; 256];
+    let mut m = MaskValues::default();
+    for &v in data {
+        if !(v.is_finite() && (0.0..=255.0).contains(&v)) {
+            m.out_of_range += 1;
+            if m.out_of_range_examples.len() < 5 && !m.out_of_range_examples.contains(&v) {
+                m.out_of_range_examples.push(v);
+            }
+        } else if v.fract() != 0.0 {
+            m.fractional += 1;
+            if m.fractional_examples.len() < 5 && !m.fractional_examples.contains(&v) {
+                m.fractional_examples.push(v);
+            }
+        } else {
+            present[v as usize] = true;
+        }
+    }
+    m.labels = (0..=255u8).filter(|&l| present[l as usize]).collect();
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_helpers_count_replace_and_refuse() {
+        let mut v = Volume::zeros([2, 2, 2], [1.0; 3]);
+        v.data[1] = f32::NAN;
+        v.data[5] = f32::NEG_INFINITY;
+        assert_eq!(count_non_finite(&v), 2);
+        let msg = require_finite(&v, std::path::Path::new("ct.nii.gz")).unwrap_err().to_string();
+        assert!(msg.contains("ct.nii.gz") && msg.contains("2 of 8") && msg.contains("--nan-to"));
+        let s = ValueStats::of(&v);
+        assert_eq!((s.nan, s.infinite, s.count, s.range), (1, 1, 8, Some((0.0, 0.0))));
+        assert_eq!(replace_non_finite(&mut v, -1024.0), 2);
+        assert_eq!(v.data[5], -1024.0);
+        require_finite(&v, std::path::Path::new("ct.nii.gz")).unwrap();
+    }
+
+    #[test]
+    fn mask_values_name_what_is_not_a_label() {
+        let m = mask_values(&[0.0, 1.0, 2.0, 255.0, 0.3, 0.7, -1.0, 300.0, f32::NAN]);
+        assert_eq!(m.labels, vec![0, 1, 2, 255]);
+        assert_eq!((m.fractional, m.out_of_range), (2, 3));
+        assert!(!m.is_binary());
+        let p = m.problems().unwrap();
+        assert!(p.contains("0.3") && p.contains("-1.0") && p.contains("300.0"), "{p}");
+        let b = mask_values(&[0.0, 1.0, 1.0]);
+        assert!(b.is_binary() && b.problems().is_none());
+    }
 }

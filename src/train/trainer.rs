@@ -174,10 +174,10 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
             let ct_file = ct_path(&ds, id, side);
             let bad = match nan_to {
                 Some(x) => {
-                    crate::io::replace_non_finite(&mut v.ct.data, x);
+                    crate::io::replace_non_finite(&mut v.ct, x);
                     0
                 }
-                None => crate::io::count_non_finite(&v.ct.data),
+                None => crate::io::count_non_finite(&v.ct),
             };
             if bad > 0 {
                 return Err(Error::format(
@@ -742,7 +742,7 @@ fn run_epoch(
         let new = adam.step(&params, &g)?;
         let bad: usize = new
             .iter()
-            .map(|t| t.to_vec().map(|v| crate::io::count_non_finite(&v)))
+            .map(|t| t.to_vec().map(|v| v.iter().filter(|x| !x.is_finite()).count()))
             .sum::<Result<usize>>()?;
         if bad > 0 {
             return Err(Error::Diverged(format!(
