@@ -11,6 +11,8 @@ mod inflate;
 mod info;
 mod mesh;
 mod metrics;
+mod models;
+mod nv;
 mod segment;
 mod synth;
 mod train;
@@ -20,7 +22,7 @@ mod train;
 #[derive(Parser)]
 #[command(name = "dnvs-engine", version, about, long_about = None)]
 #[command(
-    after_help = "Examples:\n  dnvs-engine info\n  dnvs-engine synth --out data/phantoms --cases 20 --seed 1\n  dnvs-engine train --config configs/default.json\n  dnvs-engine inflate --mc mc.nii.gz --tb tb.nii.gz --out nv/"
+    after_help = "Examples:\n  dnvs-engine info\n  dnvs-engine nv --input head.nii.gz --out result/\n  dnvs-engine synth --out data/phantoms --cases 20 --seed 1\n  dnvs-engine train --config configs/default.json\n  dnvs-engine inflate --mc mc.nii.gz --tb tb.nii.gz --out nv/"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -29,6 +31,11 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline: head CT (or a cohort) in, negative volume per joint out, with
+    /// report.json, report.png, labels and meshes.
+    Nv(nv::Args),
+    /// The default models in the user's cache: list them, or `models train` the missing ones.
+    Models(models::Args),
     /// Train a segmentation network from a config (the original config.txt JSON is accepted).
     Train(train::Args),
     /// Evaluate a checkpoint on held-out cases: Dice, IoU, CE, Hausdorff per patient and side.
@@ -55,6 +62,8 @@ enum Command {
 /// (clap).
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
+        Command::Nv(a) => nv::run(a),
+        Command::Models(a) => models::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Segment(a) => segment::run(a),

@@ -1,0 +1,206 @@
+//! The default models: trained from phantoms on first use into the user's cache, keyed by the
+//! default configs and the engine version, so a new config or engine never reuses a stale model.
+//!
+//! Layout: `$XDG_CACHE_HOME/dnvs-engine/models/<key>/` (or `~/.cache/...`), `<key>` a 64-bit
+//! FNV-1a hash (hex) of the engine version and every default config's name and text; inside it
+//! `localize.safetensors`, `mc.safetensors`, `tb.safetensors` (weights + card). A model is
+//! trained in `<key>/.train-<name>-<pid>/` and renamed into place only when training finished,
+//! so a killed first run leaves no file a later run would trust (the temporary folder is removed
+//! on the next attempt).
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// The default models, by name, and the config each is trained with (`configs/<file>`).
+pub const DEFAULT_MODELS: [(&str, &str); 3] =
+    [("localize", "localize.json"), ("mc", "mc.json"), ("tb", "tb.json")];
+
+/// `$XDG_CACHE_HOME/dnvs-engine/models`, else `$HOME/.cache/dnvs-engine/models`.
+///
+/// # Errors
+/// [`Error::Config`] when neither variable is set.
+pub fn cache_root() -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".cache"),
+            None => {
+                return Err(Error::Config {
+                    msg: "neither XDG_CACHE_HOME nor HOME is set: pass --models DIR".into(),
+                })
+            }
+        },
+    };
+    Ok(base.join("dnvs-engine").join("models"))
+}
+
+/// FNV-1a, 64 bits: stable across platforms and Rust versions (unlike `DefaultHasher`).
+fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The cache key of a set of `(name, text)` configs and the engine version.
+pub fn cache_key(configs: &[(String, String)]) -> String {
+    let mut h = fnv1a(crate::VERSION.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    for (name, text) in configs {
+        h = fnv1a(&[0], fnv1a(name.as_bytes(), h));
+        h = fnv1a(&[0], fnv1a(text.as_bytes(), h));
+    }
+    format!("{h:016x}")
+}
+
+/// Reads the default configs from `dir` (the repository's `configs/`), in [`DEFAULT_MODELS`]
+/// order.
+///
+/// # Errors
+/// [`Error::Io`] naming a missing config.
+pub fn read_default_configs(dir: &Path) -> Result<Vec<(String, String)>> {
+    DEFAULT_MODELS
+        .iter()
+        .map(|(_, file)| {
+            let p = dir.join(file);
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            Ok((file.to_string(), text))
+        })
+        .collect()
+}
+
+/// One default model's place in the cache.
+#[derive(Clone, Debug)]
+pub struct CachedModel {
+    pub name: String,
+    pub config: String,
+    pub path: PathBuf,
+}
+
+impl CachedModel {
+    pub fn present(&self) -> bool {
+        self.path.is_file()
+    }
+}
+
+/// The cache folder of a config set and its models.
+pub fn cached_models(root: &Path, configs: &[(String, String)]) -> (PathBuf, Vec<CachedModel>) {
+    let dir = root.join(cache_key(configs));
+    let models = DEFAULT_MODELS
+        .iter()
+        .map(|(name, file)| CachedModel {
+            name: name.to_string(),
+            config: file.to_string(),
+            path: dir.join(format!("{name}.safetensors")),
+        })
+        .collect();
+    (dir, models)
+}
+
+/// Rough wall time (s) to train one model from its config on two CPU cores: the default config
+/// (8 epochs of 32 patches of 32^3, V-Net width 4) took 144 s (docs/PERF.md); time scales with
+/// epochs, patches, patch voxels and width squared.
+pub fn estimate_seconds(config_text: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(config_text).unwrap_or_default();
+    let get = |path: &[&str], d: f64| {
+        path.iter().try_fold(&v, |x, k| x.get(k)).and_then(|x| x.as_f64()).unwrap_or(d)
+    };
+    let patch: f64 = v["loaders"]["train_patch"]
+        .as_array()
+        .map_or(32f64.powi(3), |a| a.iter().filter_map(|x| x.as_f64()).product());
+    let epochs = get(&["training", "num_epochs"], 8.0);
+    let patches = get(&["loaders", "train_dataset_size"], 32.0);
+    let width = get(&["training", "width"], 4.0);
+    144.0 * (epochs / 8.0) * (patches / 32.0) * (patch / 32f64.powi(3)) * (width / 4.0).powi(2)
+}
+
+/// Trains every missing model of `models` with `train_one(model, temp_dir) -> trained file`,
+/// then renames the file into place. `announce` hears each model before it starts, with the
+/// estimate in seconds.
+///
+/// # Errors
+/// [`Error::Io`] for the cache folder; any error of `train_one` (nothing is left in place).
+pub fn train_missing(
+    dir: &Path,
+    models: &[CachedModel],
+    configs: &[(String, String)],
+    announce: &mut dyn FnMut(&CachedModel, f64),
+    train_one: &mut dyn FnMut(&CachedModel, &Path) -> Result<PathBuf>,
+) -> Result<usize> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut trained = 0;
+    for (m, (_, text)) in models.iter().zip(configs) {
+        if m.present() {
+            continue;
+        }
+        announce(m, estimate_seconds(text));
+        let tmp = dir.join(format!(".train-{}-{}", m.name, std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let res = train_one(m, &tmp)
+            .and_then(|file| std::fs::rename(&file, &m.path).map_err(|e| Error::io(&m.path, e)));
+        let _ = std::fs::remove_dir_all(&tmp);
+        res?;
+        trained += 1;
+    }
+    Ok(trained)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_depends_on_every_config_byte_and_is_stable() {
+        let a = vec![("mc.json".to_string(), "{\"x\":1}".to_string())];
+        let b = vec![("mc.json".to_string(), "{\"x\":2}".to_string())];
+        assert_eq!(cache_key(&a), cache_key(&a.clone()));
+        assert_ne!(cache_key(&a), cache_key(&b));
+        assert_eq!(cache_key(&a).len(), 16);
+        // Moving a byte between name and text changes the key (the separator).
+        let c = vec![("mc.json{".to_string(), "\"x\":1}".to_string())];
+        assert_ne!(cache_key(&a), cache_key(&c));
+    }
+
+    #[test]
+    fn a_failed_training_leaves_nothing_and_a_finished_one_is_renamed_in() {
+        let dir = std::env::temp_dir().join(format!("dnvs_models_{}", std::process::id()));
+        let configs: Vec<(String, String)> =
+            DEFAULT_MODELS.iter().map(|(_, f)| (f.to_string(), "{}".to_string())).collect();
+        let (set, models) = cached_models(&dir, &configs);
+        let mut announced = Vec::new();
+        let err = train_missing(
+            &set,
+            &models,
+            &configs,
+            &mut |m, _| announced.push(m.name.clone()),
+            &mut |m, _| Err(Error::Config { msg: format!("{} killed", m.name) }),
+        );
+        assert!(err.is_err());
+        assert_eq!(announced, ["localize"]);
+        assert!(models.iter().all(|m| !m.present()));
+        assert_eq!(std::fs::read_dir(&set).unwrap().count(), 0, "no temp folder left");
+        let n = train_missing(&set, &models, &configs, &mut |_, _| {}, &mut |m, tmp| {
+            let f = tmp.join("best.safetensors");
+            std::fs::write(&f, m.name.as_bytes()).unwrap();
+            Ok(f)
+        })
+        .unwrap();
+        assert_eq!(n, 3);
+        assert!(models.iter().all(|m| m.present()));
+        let again = train_missing(
+            &set,
+            &models,
+            &configs,
+            &mut |_, _| panic!("retrained"),
+            &mut |_, _| unreachable!(),
+        )
+        .unwrap();
+        assert_eq!(again, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(estimate_seconds("{}") > 100.0);
+    }
+}

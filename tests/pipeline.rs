@@ -1,0 +1,362 @@
+//! The `nv` pipeline end to end on a phantom head, with stand-in stages (truth centres, truth or
+//! HU-threshold segmentation) so it runs in seconds without trained models: every output file,
+//! the report's keys, labels back on the CT's grid, a joint outside the field of view, cohorts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use dnvs_engine::geometry::NvParams;
+use dnvs_engine::io::{self, resample::crop_or_pad, Volume, VoxelKind};
+use dnvs_engine::pipeline::enhance::EnhanceParams;
+use dnvs_engine::pipeline::stages::{
+    FixedCenters, LabelSegmenter, NegativeVolume, ThresholdSegmenter, VoiSpec,
+};
+use dnvs_engine::pipeline::{run_case, CaseOptions, Stages};
+use dnvs_engine::synth::{generate_case, Side, SynthConfig};
+use dnvs_engine::Device;
+
+/// A held-out phantom head (seed 4242, never a training seed) written once per test binary.
+struct Head {
+    dir: PathBuf,
+    ct: PathBuf,
+    labels: PathBuf,
+    centers: [[f64; 3]; 2],
+    nv_truth: [f64; 2],
+}
+
+fn head() -> &'static Head {
+    static HEAD: OnceLock<Head> = OnceLock::new();
+    HEAD.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dnvs_pipeline_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = SynthConfig { seed: 4242, ..Default::default() };
+        let case = generate_case(&cfg, 0).unwrap();
+        let ct = dir.join("head.nii.gz");
+        let labels = dir.join("head_labels.nii.gz");
+        io::write_nifti(&ct, &case.head_ct, VoxelKind::Image).unwrap();
+        io::write_nifti(&labels, &case.head_labels, VoxelKind::Mask).unwrap();
+        let centers = Side::BOTH.map(|s| case.phantom.joint_center_world(s));
+        let nv_truth = [case.vois[0].nv_mm3, case.vois[1].nv_mm3];
+        Head { dir, ct, labels, centers, nv_truth }
+    })
+}
+
+/// A VOI smaller than the default (30 x 35 x 20 mm at 0.5 mm) keeps the tests cheap.
+fn small_voi() -> VoiSpec {
+    VoiSpec { dims: [60, 70, 40], spacing_mm: 0.5, raise_mm: 2.0 }
+}
+
+fn truth_stages(h: &Head, centers: [Option<[f64; 3]>; 2]) -> Stages {
+    Stages {
+        localizer: Box::new(FixedCenters { centers, voi: small_voi() }),
+        segmenter: Box::new(LabelSegmenter { labels: io::read_volume(&h.labels).unwrap() }),
+        nv: Box::new(NegativeVolume { params: NvParams::default(), device: Device::Cpu }),
+    }
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn end_to_end_on_a_phantom_head_writes_every_output() {
+    let h = head();
+    let out = h.dir.join("e2e");
+    let mut stages = truth_stages(h, h.centers.map(Some));
+    let opts = CaseOptions {
+        enhance: Some(EnhanceParams::default()),
+        save_probs: true,
+        gt: Some(h.labels.clone()),
+    };
+    let mut seen = Vec::new();
+    let report = run_case(&h.ct, &out, &mut stages, &opts, &mut |s| seen.push(s.to_string()))
+        .expect("pipeline");
+    assert!(seen.contains(&"segment L".to_string()) && seen.contains(&"write".to_string()));
+
+    for f in ["report.json", "report.png", "labels.nii.gz"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    for side in ["L", "R"] {
+        for f in ["ct.nii.gz", "mc.nii.gz", "tb.nii.gz", "nv.nii.gz", "mc_prob.nii.gz"] {
+            assert!(out.join(side).join(f).is_file(), "{side}/{f}");
+        }
+        for f in ["mc.stl", "tb.stl", "nv.stl"] {
+            let len = std::fs::metadata(out.join(side).join(f)).unwrap().len();
+            assert!(len > 84 + 50 * 100, "{side}/{f}: {len} bytes is not a real mesh");
+        }
+    }
+
+    // report.json: the keys the issue lists.
+    let j = read_json(&out.join("report.json"));
+    for k in ["input", "engine_version", "models", "sides", "asymmetry", "timings_s"] {
+        assert!(j.get(k).is_some(), "report.json lacks {k}");
+    }
+    for k in ["localize", "mc", "tb"] {
+        assert!(j["models"].get(k).is_some(), "models.{k}");
+    }
+    for k in ["nv_l_minus_r_mm3", "nv_ratio_l_over_r", "asymmetry_index"] {
+        assert!(j["asymmetry"][k].is_number(), "asymmetry.{k}");
+    }
+    for side in ["L", "R"] {
+        let s = &j["sides"][side];
+        for k in ["condyle_center_ras_mm", "voi", "mc_volume_mm3", "tb_volume_mm3", "nv_mm3"] {
+            assert!(s.get(k).is_some(), "{side}.{k}");
+        }
+        for k in ["shape", "spacing_mm", "affine"] {
+            assert!(s["voi"].get(k).is_some(), "{side}.voi.{k}");
+        }
+        for k in ["anterior", "superior", "posterior", "min", "mean", "median"] {
+            assert!(s["joint_space_mm"].get(k).is_some(), "{side}.joint_space_mm.{k}");
+        }
+        for k in ["dice", "iou", "hd_mm", "hd95_mm", "assd_mm"] {
+            assert!(s["metrics"]["mc"].get(k).is_some(), "{side}.metrics.mc.{k}");
+        }
+        assert!(s["files"]["nv_mesh"].as_str() == Some(&format!("{side}/nv.stl")));
+    }
+    let t = &j["timings_s"];
+    assert!(["read", "localize", "segment", "enhance", "inflate", "mesh", "write"]
+        .iter()
+        .all(|k| t[k].as_f64().is_some_and(|v| v >= 0.0)));
+
+    // Values: the truth segmentation reproduces the truth masks on the VOI grid, and the NV of
+    // the truth masks lands near the phantom's own (finer, analytic) NV.
+    let mut errors = Vec::new();
+    for (i, side) in Side::BOTH.iter().enumerate() {
+        let s = report.sides[side.name()].as_ref().unwrap();
+        let m = s.metrics.unwrap();
+        assert!(m.mc.dice > 0.97, "{side} MC Dice {}", m.mc.dice);
+        // Enhancement may add a few edge voxels to a perfect TB.
+        assert!(m.tb.dice > 0.9, "{side} TB Dice {}", m.tb.dice);
+        let rel = (s.nv_mm3 - h.nv_truth[i]).abs() / h.nv_truth[i];
+        eprintln!(
+            "{side}: NV {:.1} mm^3, phantom truth {:.1}, VOI-grid truth {:.1}, rel error {rel:.3}, \
+             NV Dice {:.3}",
+            s.nv_mm3, h.nv_truth[i], m.nv_truth_mm3, m.nv.dice
+        );
+        errors.push(rel);
+    }
+    // The truth masks come from the 1.5 mm head grid: the condyle is blocky there and its head
+    // normals coarse, so this checks the plumbing (VOI cut, NV, labels back), not accuracy
+    // (that is measured on 0.4 mm VOIs, docs/PERF.md).
+    assert!(errors.iter().all(|&e| e < 0.4), "NV relative errors {errors:?}");
+    let ai = report.asymmetry.asymmetry_index.unwrap();
+    let (l, r) =
+        (report.sides["L"].as_ref().unwrap().nv_mm3, report.sides["R"].as_ref().unwrap().nv_mm3);
+    assert!((ai - (l - r).abs() / (l + r)).abs() < 1e-12);
+
+    // labels.nii.gz: the CT's grid and affine exactly, all three structures on both sides.
+    let ct = io::read_volume(&h.ct).unwrap();
+    let lab = io::read_volume(&out.join("labels.nii.gz")).unwrap();
+    assert_eq!(lab.dims, ct.dims);
+    assert_eq!(lab.affine, ct.affine);
+    let gt = io::read_volume(&h.labels).unwrap();
+    for id in [1.0, 2.0, 3.0] {
+        let n = lab.data.iter().filter(|&&v| v == id).count();
+        assert!(n > 20, "label {id}: {n} voxels");
+    }
+    // And where they land: MC voxels of the output are MC in the truth (same grid).
+    let (agree, total) = lab
+        .data
+        .iter()
+        .zip(&gt.data)
+        .filter(|(l, _)| **l == 1.0)
+        .fold((0, 0), |(a, t), (_, g)| (a + usize::from(*g == 1.0), t + 1));
+    assert!(agree as f64 > 0.9 * total as f64, "MC back in the CT: {agree} of {total}");
+
+    // report.png: one row per side and the bar.
+    let png = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(out.join("report.png")).unwrap(),
+    ));
+    let info = png.read_info().unwrap().info().clone();
+    assert!(info.width >= 900 && info.height >= 600, "{}x{}", info.width, info.height);
+
+    // Rerunning into the same folder replaces it (it is an earlier output).
+    let again = run_case(&h.ct, &out, &mut stages, &CaseOptions::default(), &mut |_| {}).unwrap();
+    assert!(again.sides["L"].as_ref().unwrap().metrics.is_none());
+    assert!(!out.join("L/mc_prob.nii.gz").exists(), "old files do not survive a rerun");
+}
+
+#[test]
+fn a_joint_outside_the_field_of_view_is_null_with_a_reason() {
+    let h = head();
+    let ct = io::read_volume(&h.ct).unwrap();
+    // Keep the patient's right half (+x, high i): the left condyle is outside.
+    let half = ct.dims[0] / 2;
+    let right: Volume =
+        crop_or_pad(&ct, [half as i64, 0, 0], [ct.dims[0] - half, ct.dims[1], ct.dims[2]], 0.0)
+            .unwrap();
+    let path = h.dir.join("right_half.nii.gz");
+    io::write_nifti(&path, &right, VoxelKind::Image).unwrap();
+    let out = h.dir.join("half");
+    let mut stages = Stages {
+        localizer: Box::new(FixedCenters { centers: h.centers.map(Some), voi: small_voi() }),
+        segmenter: Box::new(LabelSegmenter { labels: io::read_volume(&h.labels).unwrap() }),
+        nv: Box::new(NegativeVolume { params: NvParams::default(), device: Device::Cpu }),
+    };
+    let opts = CaseOptions { enhance: None, ..Default::default() };
+    let report = run_case(&path, &out, &mut stages, &opts, &mut |_| {}).unwrap();
+    let j = read_json(&out.join("report.json"));
+    assert!(j["sides"]["L"].is_null(), "{}", j["sides"]["L"]);
+    let why = j["reasons"]["L"].as_str().unwrap();
+    assert!(why.contains("outside the CT's field of view"), "{why}");
+    assert!(j["sides"]["R"].is_object());
+    assert!(j["asymmetry"]["asymmetry_index"].is_null());
+    assert!(!report.reasons.contains_key("R"));
+    assert!(!out.join("L").exists() && out.join("R/nv.stl").is_file());
+    let lab = io::read_volume(&out.join("labels.nii.gz")).unwrap();
+    assert_eq!((lab.dims, lab.affine), (right.dims, right.affine));
+}
+
+#[test]
+fn an_output_folder_with_foreign_files_is_refused() {
+    let h = head();
+    let out = h.dir.join("foreign");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("thesis.docx"), b"precious").unwrap();
+    let mut stages = truth_stages(h, [None, None]);
+    let e = run_case(&h.ct, &out, &mut stages, &CaseOptions::default(), &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("not an nv output"), "{e}");
+    assert!(out.join("thesis.docx").is_file());
+}
+
+fn nv_cli(input: &Path, out: &Path, joints: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dnvs-engine"))
+        .args(["nv", "--device", "cpu", "--segmenter", "gt", "--enhance", "off"])
+        .arg("--gt")
+        .arg(&head().labels)
+        .arg("--input")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .args(["--joints", joints])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_cohort_with_a_broken_file_records_it_and_a_rerun_skips_finished_cases() {
+    let h = head();
+    let dir = h.dir.join("cohort_in");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two copies of the head (the same --joints fit both) and a file that is not a NIfTI.
+    std::fs::copy(&h.ct, dir.join("a.nii.gz")).unwrap();
+    std::fs::copy(&h.ct, dir.join("b.nii.gz")).unwrap();
+    std::fs::write(dir.join("broken.nii.gz"), b"this is not a CT").unwrap();
+    let [l, r] = h.centers;
+    let joints = format!("L={},{},{};R={},{},{}", l[0], l[1], l[2], r[0], r[1], r[2]);
+    let out = h.dir.join("cohort_out");
+
+    let first = nv_cli(&dir, &out, &joints);
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(1), "stdout {stdout}\nstderr {stderr}");
+    assert!(stdout.contains("2 done, 0 skipped (complete), 1 failed"), "{stdout}");
+    assert!(stderr.contains("1 of 3 cases failed"), "{stderr}");
+    let table = std::fs::read_to_string(out.join("cohort.csv")).unwrap();
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    let status = |r: &str| r.split(',').nth(2).unwrap_or("").to_string();
+    assert_eq!(rows.iter().filter(|r| status(r) == "done").count(), 4, "{table}");
+    let failed: Vec<&&str> = rows.iter().filter(|r| status(r) == "failed").collect();
+    assert_eq!(failed.len(), 1, "{table}");
+    assert!(failed[0].starts_with("broken,-,failed") && failed[0].contains("broken.nii.gz"));
+    for c in ["a", "b"] {
+        assert!(out.join(c).join("report.json").is_file());
+    }
+    assert!(!out.join("broken").exists(), "no half output for the failed case");
+
+    let second = nv_cli(&dir, &out, &joints);
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(stdout.contains("0 done, 2 skipped (complete), 1 failed"), "{stdout}");
+    let again = std::fs::read_to_string(out.join("cohort.csv")).unwrap();
+    assert_eq!(again.lines().filter(|r| r.contains("done (earlier run)")).count(), 4, "{again}");
+}
+
+#[test]
+fn an_empty_segmentation_makes_the_side_null_with_a_reason() {
+    let h = head();
+    let out = h.dir.join("empty");
+    // No voxel of a CT reaches 10^6 HU: both MC and TB come out empty.
+    let mut stages = Stages {
+        localizer: Box::new(FixedCenters { centers: [Some(h.centers[0]), None], voi: small_voi() }),
+        segmenter: Box::new(ThresholdSegmenter { bone_hu: 1e6 }),
+        nv: Box::new(NegativeVolume { params: NvParams::default(), device: Device::Cpu }),
+    };
+    let opts = CaseOptions { enhance: None, ..Default::default() };
+    let report = run_case(&h.ct, &out, &mut stages, &opts, &mut |_| {}).unwrap();
+    assert!(report.sides.values().all(Option::is_none));
+    assert!(
+        report.reasons["L"].contains("MC segmentation of the L VOI is empty"),
+        "{:?}",
+        report.reasons
+    );
+    assert!(report.reasons["R"].contains("no R joint centre given"));
+    let lab = io::read_volume(&out.join("labels.nii.gz")).unwrap();
+    assert!(lab.data.iter().all(|&v| v == 0.0));
+    assert!(out.join("report.png").is_file());
+}
+
+/// A tiny untrained V-Net saved with a card, standing in for a trained MC or TB model.
+fn tiny_model(dir: &Path, target: &str) -> PathBuf {
+    use dnvs_engine::io::normalize::Normalization;
+    use dnvs_engine::nn::model::{save_with_card, ModelCard, CARD_FORMAT};
+    use dnvs_engine::nn::{build_seeded, Arch};
+    let net = build_seeded(Arch::VNet, 2, 7).unwrap();
+    let card = ModelCard {
+        format: CARD_FORMAT,
+        arch: Arch::VNet,
+        width: 2,
+        target: target.into(),
+        classes: 2,
+        spacing_mm: [1.0; 3],
+        normalization: Normalization::Minmax { min: -1000.0, max: 2000.0 },
+        patch: [32; 3],
+        window: [32; 3],
+        config_sha256: "0".repeat(64),
+        dataset: "none (untrained test model)".into(),
+        seed: 7,
+        train_cases: vec![],
+        val_cases: vec![],
+        dice: None,
+        hd95_mm: None,
+        engine_version: dnvs_engine::VERSION.into(),
+    };
+    let path = dir.join(format!("{target}.safetensors"));
+    save_with_card(net.as_ref(), &path, &card).unwrap();
+    path
+}
+
+#[test]
+fn carded_models_segment_through_the_model_stage_and_their_cards_reach_the_report() {
+    use dnvs_engine::nn::model::{LoadedModel, ModelOverrides};
+    use dnvs_engine::pipeline::stages::ModelSegmenter;
+    let h = head();
+    let dir = h.dir.join("models");
+    std::fs::create_dir_all(&dir).unwrap();
+    let open = |t: &str| {
+        LoadedModel::open(&tiny_model(&dir, t), &ModelOverrides::default(), Device::Cpu).unwrap()
+    };
+    let mut stages = Stages {
+        localizer: Box::new(FixedCenters { centers: [None, Some(h.centers[1])], voi: small_voi() }),
+        segmenter: Box::new(ModelSegmenter { mc: open("mc"), tb: open("tb") }),
+        nv: Box::new(NegativeVolume { params: NvParams::default(), device: Device::Cpu }),
+    };
+    let out = h.dir.join("carded");
+    let opts = CaseOptions { enhance: None, save_probs: true, gt: None };
+    // An untrained network's output is arbitrary: the side is measured or null with a reason,
+    // never an error, and the probabilities are on the VOI grid.
+    let report = run_case(&h.ct, &out, &mut stages, &opts, &mut |_| {}).unwrap();
+    let j = read_json(&out.join("report.json"));
+    assert_eq!(j["models"]["mc"]["target"], "mc");
+    assert_eq!(j["models"]["tb"]["arch"], "vnet");
+    assert!(j["models"]["localize"].is_null());
+    match &report.sides["R"] {
+        Some(s) => {
+            let p = io::read_volume(&out.join("R/mc_prob.nii.gz")).unwrap();
+            assert_eq!(p.dims, s.voi.shape);
+            assert!(p.data.iter().all(|v| (0.0..=1.0).contains(v)));
+        }
+        None => assert!(report.reasons["R"].contains("segmentation"), "{:?}", report.reasons),
+    }
+}
