@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use dnvs_engine::backend::cpu::conv3d::ConvGeom;
 use dnvs_engine::backend::cuda::{self as cu, Precision};
 use dnvs_engine::nn::{self, Arch, Mode, Network};
 use dnvs_engine::optim::{Adam, AdamConfig};
@@ -190,13 +191,14 @@ fn bench_cuda(ordinal: usize, quick: bool) -> anyhow::Result<Vec<Value>> {
         let x = up(random(xd.iter().product(), 1), xd)?;
         let w = up(random(wd.iter().product(), 2), wd)?;
         let g = up(random(xd.iter().product(), 3), xd)?;
+        let geom = ConvGeom::check(&x, &w, None, 1, pad)?;
         for prec in [Precision::F32, Precision::Bf16] {
             let p = prec.suffix();
-            let fwd = || cu::conv3d::conv3d(&x, &w, None, 1, pad, prec).map(|_| ());
+            let fwd = || cu::conv3d::conv3d(&x, &w, None, &geom, prec).map(|_| ());
             out.push(result(&dev, "fwd", p, layer, dhw, time(warm, iters, fwd, &sync)?));
-            let bi = || cu::conv3d::conv3d_backward_input(&g, &w, &xd, 1, pad, prec).map(|_| ());
+            let bi = || cu::conv3d::conv3d_backward_input(&g, &w, &geom, prec).map(|_| ());
             out.push(result(&dev, "bwd_input", p, layer, dhw, time(warm, iters, bi, &sync)?));
-            let bw = || cu::conv3d::conv3d_backward_weight(&g, &x, &wd, 1, pad, prec).map(|_| ());
+            let bw = || cu::conv3d::conv3d_backward_weight(&g, &x, &geom, prec).map(|_| ());
             out.push(result(&dev, "bwd_weight", p, layer, dhw, time(warm, iters, bw, &sync)?));
         }
     }
@@ -213,9 +215,15 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn new(device: Device, width: usize, patch: [usize; 3]) -> dnvs_engine::Result<Self> {
+    fn new(
+        device: Device,
+        width: usize,
+        patch: [usize; 3],
+        precision: Precision,
+    ) -> dnvs_engine::Result<Self> {
         let mut net = nn::build(Arch::VNet, width)?;
         net.to_device(device)?;
+        net.set_precision(precision);
         let [d, h, w] = patch;
         let n = d * h * w;
         let x = Tensor::from_vec(random(n, 11), [1, d, h, w, 1])?.to_device(device)?;
@@ -256,7 +264,6 @@ fn bench_step(
     let [d, h, w] = patch;
     let prec = precision.suffix();
     let name = format!("{device}/vnet_step_{prec}/w{width}/{d}x{h}x{w}");
-    dnvs_engine::ops::set_conv_precision(precision);
     let (warm, iters) = match (device, quick) {
         (Device::Cpu, true) => (1, 3),
         (Device::Cpu, false) => (1, 5),
@@ -268,7 +275,7 @@ fn bench_step(
         Device::Cuda(o) => cu::synchronize(o),
     };
     let mut last = f32::NAN;
-    let timed = Trainer::new(device, width, patch)
+    let timed = Trainer::new(device, width, patch, precision)
         .and_then(|mut t| time(warm, iters, || t.step().map(|l| last = l), &sync));
     let secs = match timed {
         Ok(s) => s,
@@ -320,7 +327,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|&p| bench_step(device, args.width, patch, args.quick, p))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        dnvs_engine::ops::set_conv_precision(Precision::F32);
         Value::Array(steps)
     };
     let card = match device {

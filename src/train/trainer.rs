@@ -254,12 +254,6 @@ pub fn prepare(cfg: &Config) -> Result<Prepared> {
         });
     }
     let device = resolve_device(&cfg.training.device)?;
-    // GPU convolutions take bf16 or fp32 operands (fp32 accumulation either way); the CPU is
-    // always fp32.
-    crate::ops::set_conv_precision(match cfg.training.precision.as_str() {
-        "fp32" => crate::backend::cuda::Precision::F32,
-        _ => crate::backend::cuda::Precision::Bf16,
-    });
     Ok(Prepared { samples, ids, folds, device })
 }
 
@@ -593,6 +587,14 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
             mix_seed(&[cfg.manual_seed, fold as u64]),
         )?;
         net.to_device(prep.device)?;
+        // GPU convolutions take bf16 or fp32 operands (fp32 accumulation either way), held with
+        // the network's parameters; the CPU is always fp32.
+        net.set_precision(
+            cfg.training
+                .precision
+                .parse()
+                .map_err(|e: Error| Error::Config { msg: e.to_string() })?,
+        );
         let adam_cfg = AdamConfig {
             lr: st.base_lr,
             beta1: 0.9,
@@ -656,7 +658,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
             net.save_safetensors(&fold_dir.join(&name))?;
             let old = st.weights.replace(format!("fold{fold}/{name}"));
             let adam_name = format!("adam_e{:04}.bin", epoch + 1);
-            let a = adam.state();
+            let a = adam.state_synced()?;
             write_moments(&fold_dir.join(&adam_name), &a.m, &a.v)?;
             st.adam_step = a.step;
             let old_adam = st.adam_file.replace(format!("fold{fold}/{adam_name}"));

@@ -42,3 +42,30 @@ pub fn apply_mask(x: &[f32], mask: &[f32], c: usize, per: usize) -> Vec<f32> {
     });
     out
 }
+
+/// The `(N, C)` dropout mask repeated over the `per / C` voxels of each sample: the elementwise
+/// factor that [`apply_mask`] applies (what a GPU multiplies by).
+pub fn expand_mask(mask: &[f32], n: usize, c: usize, per: usize) -> Vec<f32> {
+    let mut full = Vec::with_capacity(n * per);
+    for row in mask.chunks(c.max(1)).take(n) {
+        for _ in 0..per.checked_div(c).unwrap_or(0) {
+            full.extend_from_slice(row);
+        }
+    }
+    full
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::*;
+
+    #[test]
+    fn expanded_mask_is_what_apply_mask_multiplies_by() {
+        let (n, c, per) = (2, 3, 12);
+        let x: Vec<f32> = (0..n * per).map(|i| i as f32 + 1.0).collect();
+        let mask = channel_mask(n, c, 0.5, 9);
+        let full = expand_mask(&mask, n, c, per);
+        let prod: Vec<f32> = x.iter().zip(&full).map(|(a, b)| a * b).collect();
+        assert_eq!(prod, apply_mask(&x, &mask, c, per));
+    }
+}

@@ -28,20 +28,27 @@ fn adam_elem(s: &AdamStep, p: f32, g: f32, m: &mut f32, v: &mut f32) -> f32 {
     p - s.step_size * *m / denom
 }
 
-/// Updates the moments `m`, `v` in place and returns the new parameter values.
-pub fn adam_update(s: &AdamStep, p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32]) -> Vec<f32> {
-    let mut out = vec![0.0f32; p.len()];
+/// One Adam step of one tensor, in place: the parameters `p` and the moments `m`, `v` are
+/// updated where they lie (no new buffers). Adam's one CPU inner loop.
+pub fn adam_update_in_place(s: &AdamStep, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     if p.len() < PAR_MIN {
         for i in 0..p.len() {
-            out[i] = adam_elem(s, p[i], g[i], &mut m[i], &mut v[i]);
+            p[i] = adam_elem(s, p[i], g[i], &mut m[i], &mut v[i]);
         }
     } else {
-        out.par_iter_mut()
+        p.par_iter_mut()
             .zip(m.par_iter_mut())
             .zip(v.par_iter_mut())
-            .enumerate()
+            .zip(g.par_iter())
             .with_min_len(PAR_MIN / 4)
-            .for_each(|(i, ((o, mi), vi))| *o = adam_elem(s, p[i], g[i], mi, vi));
+            .for_each(|(((pi, mi), vi), &gi)| *pi = adam_elem(s, *pi, gi, mi, vi));
     }
+}
+
+/// Updates the moments `m`, `v` in place and returns the new parameter values (a copy of `p`
+/// updated by [`adam_update_in_place`]).
+pub fn adam_update(s: &AdamStep, p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32]) -> Vec<f32> {
+    let mut out = p.to_vec();
+    adam_update_in_place(s, &mut out, g, m, v);
     out
 }

@@ -9,7 +9,7 @@ use super::launch::{
     self, grid_1d, grid_channels, grid_exact, int, kernel_name, long, Pass, THREADS,
 };
 use super::{alloc, common_gpu, f32_slice, wrap, zeros, Gpu};
-use crate::ops::{BatchStats, RunningStats};
+use crate::backend::norm::{BatchStats, RunningStats};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
