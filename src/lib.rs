@@ -5,6 +5,7 @@
 //! ([`nn`]) and their training ([`train`]), medical volumes ([`io`]), meshes, distance fields and
 //! the inflation that measures the joint space ([`geometry`]), and synthetic phantoms ([`synth`]).
 
+pub mod atomic;
 pub mod autograd;
 pub mod backend;
 pub mod error;

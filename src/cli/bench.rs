@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use dnvs_engine::backend::cpu::conv3d::ConvGeom;
 use dnvs_engine::backend::cuda::{self as cu, Precision};
+use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
 use dnvs_engine::nn::{self, Arch, Mode, Network};
 use dnvs_engine::optim::{Adam, AdamConfig};
 use dnvs_engine::tensor::{Device, Tensor};
@@ -22,9 +23,10 @@ use dnvs_engine::{autograd, loss, Error};
                         dnvs-engine bench --device cpu --width 8 --patch 48,48,32\n  \
                         dnvs-engine bench --device cuda --json bench-h100.json")]
 pub struct Args {
-    /// cpu or cuda (cuda:N for another GPU).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// cpu or cuda (cuda:N for another GPU). A GPU is timed without the self-check: a benchmark
+    /// measures a device, it does not trust its numbers.
+    #[arg(long, value_parser = super::parse_device, default_value = "cpu")]
+    device: DeviceChoice,
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -298,7 +300,11 @@ fn bench_step(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let device: Device = args.device.parse()?;
+    let device = match args.device {
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda(n) => Device::Cuda(n),
+        DeviceChoice::Auto => gpu_check::resolve(DeviceChoice::Auto, Precision::default())?,
+    };
     let kernels = match device {
         Device::Cpu => bench_cpu(args.quick)?,
         Device::Cuda(o) => {

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use dnvs_engine::geometry::{self, inflate, InflateConfig};
 use dnvs_engine::io::{check_aligned, mesh::write_mesh, read_volume, write_nifti, VoxelKind};
+use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
+use dnvs_engine::tensor::Precision;
 use dnvs_engine::Device;
 
 #[derive(clap::Args)]
@@ -27,9 +29,10 @@ pub struct Args {
     /// Longest march along a surface normal, in mm.
     #[arg(long, default_value_t = InflateConfig::default().max_mm)]
     max_mm: f64,
-    /// cpu, cuda or cuda:N; default: the GPU when one is usable, else the CPU.
-    #[arg(long)]
-    device: Option<String>,
+    /// auto, cpu, cuda or cuda:N (auto: a GPU that is usable and passes its self-check, else
+    /// the CPU).
+    #[arg(long, value_parser = super::parse_device, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -37,10 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tb = read_volume(&args.tb).with_context(|| format!("cannot read {}", args.tb.display()))?;
     check_aligned(&mc, &tb, "MC and TB masks")?;
     let cfg = InflateConfig { max_mm: args.max_mm };
-    let device = match &args.device {
-        Some(d) => d.parse::<Device>()?,
-        None => Device::auto(),
-    };
+    let device = gpu_check::resolve(args.device, Precision::F32)?;
     let res = match device {
         Device::Cuda(ordinal) => geometry::gpu::inflate(&mc, &tb, cfg, ordinal),
         Device::Cpu => inflate(&mc, &tb, cfg),

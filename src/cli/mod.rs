@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use dnvs_engine::nn::gpu_check::DeviceChoice;
 
 mod bench;
 mod convert;
@@ -49,6 +50,12 @@ enum Command {
     Bench(bench::Args),
     /// Version, threads and CUDA availability; with a FILE, its shape, spacing and affine.
     Info(info::Args),
+}
+
+/// The one `--device` parser of every subcommand: `auto`, `cpu`, `cuda` or `cuda:N`. `auto` and
+/// `cuda` become a device through `nn::gpu_check::resolve`, which runs the GPU self-check.
+pub(crate) fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse().map_err(|e: dnvs_engine::Error| e.to_string())
 }
 
 /// Runs one subcommand. Exit codes: 0 done, 1 failed (the error is printed), 2 bad arguments

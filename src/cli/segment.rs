@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 
 use dnvs_engine::io::{self, VoxelKind};
+use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
 use dnvs_engine::nn::{self, segment, Arch};
-use dnvs_engine::Device;
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -54,9 +54,10 @@ pub struct Args {
     /// With --normalize minmax: the LO,HI mapped to -1 and 1 (default: the volume's own range).
     #[arg(long, value_parser = parse_range, allow_hyphen_values = true)]
     range: Option<[f32; 2]>,
-    /// cpu, cuda or cuda:N (default: CUDA when usable, else the CPU).
-    #[arg(long)]
-    device: Option<Device>,
+    /// auto, cpu, cuda or cuda:N (auto: a GPU that is usable and passes its self-check, else
+    /// the CPU).
+    #[arg(long, value_parser = super::parse_device, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -128,7 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut net = nn::build(args.arch, width)?;
     net.load_safetensors(&model)
         .with_context(|| format!("loading {} as {} width {width}", model.display(), args.arch))?;
-    let device = args.device.unwrap_or_else(Device::auto);
+    let device = gpu_check::resolve(args.device, net.precision())?;
     net.to_device(device)?;
     let mut vol = if args.input.is_dir() {
         io::read_dicom_series(&args.input, None)?

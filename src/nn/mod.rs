@@ -19,6 +19,7 @@
 //! ```
 
 pub mod attention;
+pub mod gpu_check;
 pub mod init;
 pub mod layers;
 pub mod segment;

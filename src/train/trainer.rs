@@ -165,17 +165,23 @@ pub fn arch_of(m: ModelName) -> Arch {
 /// `training.device`: `auto`, `cpu`, or a CUDA device that falls back to the CPU (with a message)
 /// when unusable, as the original does.
 pub fn resolve_device(spec: &str) -> Result<Device> {
-    if spec == "auto" {
-        return Ok(Device::auto());
-    }
-    let dev: Device = spec.parse().map_err(|e: Error| Error::Config { msg: e.to_string() })?;
-    if let Device::Cuda(n) = dev {
-        if let Err(why) = crate::backend::cuda::probe(n) {
+    resolve_device_for(spec, crate::tensor::Precision::default())
+}
+
+/// [`resolve_device`] with the precision the GPU self-check (`nn::gpu_check`) runs in: `auto`
+/// falls back to the CPU when the GPU disagrees with it, an explicit usable GPU that disagrees
+/// is an error.
+pub fn resolve_device_for(spec: &str, prec: crate::tensor::Precision) -> Result<Device> {
+    use crate::nn::gpu_check::{self, DeviceChoice};
+    let choice: DeviceChoice =
+        spec.parse().map_err(|e: Error| Error::Config { msg: e.to_string() })?;
+    if let DeviceChoice::Cuda(n) = choice {
+        if let Err(why) = crate::tensor::probe(n) {
             eprintln!("dnvs-engine: {spec} is not usable ({why}); training on the CPU");
             return Ok(Device::Cpu);
         }
     }
-    Ok(dev)
+    gpu_check::resolve(choice, prec)
 }
 
 /// Writes phantoms into `dataset_dir` when it is missing and `loaders.synth` asks for it.
@@ -253,7 +259,9 @@ pub fn prepare(cfg: &Config) -> Result<Prepared> {
             msg: "the data set has no VOI for the configured sides".into(),
         });
     }
-    let device = resolve_device(&cfg.training.device)?;
+    let prec =
+        cfg.training.precision.parse().map_err(|e: Error| Error::Config { msg: e.to_string() })?;
+    let device = resolve_device_for(&cfg.training.device, prec)?;
     Ok(Prepared { samples, ids, folds, device })
 }
 

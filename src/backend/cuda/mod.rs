@@ -231,6 +231,19 @@ pub(crate) fn zeros(gpu: &Gpu, n: usize) -> Result<CudaSlice<f32>> {
     gpu.stream.alloc_zeros::<f32>(n).map_err(cuda_err)
 }
 
+/// A stable hash of every embedded kernel source (FNV-1a): what the self-check verdict is cached
+/// under, beside the GPU architecture.
+pub fn sources_hash() -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (stem, src) in sources::ALL {
+        for &b in stem.as_bytes().iter().chain(src.as_bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// Kernel sources embedded by build.rs (local headers inlined): `ALL` lists `(stem, source)`.
 pub mod sources {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
