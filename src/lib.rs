@@ -15,6 +15,7 @@ pub mod loss;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod rng;
 pub mod synth;
 pub mod tensor;
 pub mod train;

@@ -39,22 +39,11 @@ pub struct Args {
     /// Training-step patch D,H,W (multiples of 16); default 112,144,64 on a GPU, 32,32,32 on
     /// the CPU (the anchor patch takes minutes per step there; 48,48,32 took ~50 s per step on
     /// the shared 2-core VM).
-    #[arg(long, value_name = "D,H,W", value_parser = parse_patch)]
+    #[arg(long, value_name = "D,H,W", value_parser = super::parse_dhw)]
     patch: Option<[usize; 3]>,
     /// Skip the V-Net training-step timing.
     #[arg(long)]
     no_step: bool,
-}
-
-fn parse_patch(s: &str) -> Result<[usize; 3], String> {
-    let v: Vec<usize> = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("'{p}': {e}")))
-        .collect::<Result<_, _>>()?;
-    match v[..] {
-        [d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
-        _ => Err(format!("'{s}' is not three positive sizes D,H,W")),
-    }
 }
 
 /// The anchor patch of the paper's V-Net training (GPU).

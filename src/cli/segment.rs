@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long)]
     probs: Option<PathBuf>,
     /// Window size D,H,W in voxels (rounded up to the network's multiple: 16 V-Net, 8 U-Net).
-    #[arg(long, value_parser = parse_window, default_value = "128,128,64")]
+    #[arg(long, value_parser = super::parse_dhw, default_value = "128,128,64")]
     window: [usize; 3],
     /// Overlap between neighbouring windows, as a fraction of the window, in [0, 1).
     #[arg(long, default_value_t = 0.5)]
@@ -95,17 +95,6 @@ fn normalize(data: &mut [f32], how: Normalize, range: Option<[f32; 2]>) {
             let z = io::normalize::z_score(data);
             data.copy_from_slice(&z);
         }
-    }
-}
-
-fn parse_window(s: &str) -> Result<[usize; 3], String> {
-    let v: Vec<usize> = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("'{p}': {e}")))
-        .collect::<Result<_, _>>()?;
-    match v.as_slice() {
-        &[d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
-        _ => Err(format!("expected three positive sizes D,H,W, got '{s}'")),
     }
 }
 
@@ -168,8 +157,8 @@ mod tests {
         let mut v = vec![2.0, 4.0];
         normalize(&mut v, Normalize::Minmax, None);
         assert_eq!(v, vec![-1.0, 1.0]);
-        assert_eq!(parse_window("16,32,8"), Ok([16, 32, 8]));
-        assert!(parse_window("16,32").is_err());
+        assert_eq!(super::super::parse_dhw("16,32,8"), Ok([16, 32, 8]));
+        assert!(super::super::parse_dhw("16,32").is_err());
         assert!(parse_range("5,1").is_err());
     }
 }

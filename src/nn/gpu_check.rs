@@ -325,8 +325,11 @@ pub fn load_cached(path: &std::path::Path) -> Option<Verdict> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-/// Writes a verdict atomically (temp file + rename).
+/// Writes a verdict atomically (temp file + rename), creating the cache folder.
 pub fn store(path: &std::path::Path, v: &Verdict) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     let bytes = serde_json::to_vec_pretty(v)
         .map_err(|e| Error::format(path, format!("cannot encode the verdict: {e}")))?;
     crate::atomic::write_atomic(path, &bytes)

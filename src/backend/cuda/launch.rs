@@ -62,6 +62,34 @@ pub fn grid_exact(n: usize) -> LaunchConfig {
     }
 }
 
+/// `blocks` blocks of `THREADS`, one per tile of work (the scan's per-tile pass).
+pub fn grid_blocks(blocks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks.max(1) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A 2-D grid with one row of blocks per independent item on grid y (`rows` tensors of a
+/// multi-tensor launch, `rows` (sample, group) statistics) and enough blocks per row on x to
+/// cover `per_row` elements, capped so the whole grid fills the GPU about four times.
+///
+/// # Errors
+/// [`Error::Arg`] when `rows` exceeds grid y's 65535.
+pub fn grid_rows(gpu: &Gpu, per_row: usize, rows: usize) -> Result<LaunchConfig> {
+    if rows > 65535 {
+        return Err(Error::arg("launch", format!("{rows} rows exceed one grid's 65535")));
+    }
+    let want = per_row.div_ceil(THREADS as usize).max(1);
+    let cap = ((gpu.sms as usize) * 4).div_ceil(rows.max(1)).max(1);
+    Ok(LaunchConfig {
+        grid_dim: (want.min(cap) as u32, rows.max(1) as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 /// Output tile of the implicit GEMM (BM x BN in implicit_gemm.cuh) and its reduction step (BK).
 pub const TILE_M: usize = 64;
 pub const TILE_N: usize = 64;

@@ -2,9 +2,9 @@
 //! (multi-tensor apply), exactly `torch.optim.Adam` with L2 weight decay. Moments live on the GPU
 //! between steps; new parameters are fresh tensors (tensors are immutable).
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 
-use super::launch::{self, kernel_name, Pass, THREADS};
+use super::launch::{self, kernel_name, Pass};
 use super::{alloc, common_gpu, cuda_err, f32_slice, wrap, zeros};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -169,12 +169,7 @@ impl CudaAdam {
         }
         let name = kernel_name(OP, Pass::Fwd, None, "f32");
         let f = gpu.function(STEM, &name)?;
-        let blocks = longest.div_ceil(THREADS as usize).clamp(1, (gpu.sms as usize) * 4) as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, params.len() as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch::grid_rows(&gpu, longest, params.len())?;
         {
             let mut b = stream.launch_builder(&f);
             b.arg(&ap).arg(&table_dev).arg(&count);
