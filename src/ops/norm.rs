@@ -20,9 +20,10 @@ enum Saved {
     /// whether the statistics were the batch's (their gradient flows) or stored.
     CpuBatch { mean: Vec<f32>, invstd: Vec<f32>, a: Vec<f32>, batch: bool, rows: usize },
     /// Group norm on the CPU: per-sample, per-channel mean and 1/std, and the weight.
-    CpuGroup { mean: Vec<f32>, invstd: Vec<f32>, w: Vec<f32> },
-    /// Either norm on a GPU: the 5-D view of `x` the launcher saw and its saved statistics.
-    Cuda { x5: Tensor, saved: NormSaved },
+    CpuGroup { groups: usize, mean: Vec<f32>, invstd: Vec<f32>, w: Vec<f32> },
+    /// Either norm on a GPU: the 5-D view of `x` the launcher saw, its saved statistics, and the
+    /// group count of a group norm (`None`: batch norm).
+    Cuda { x5: Tensor, saved: NormSaved, groups: Option<usize> },
 }
 
 /// Checks an optional per-channel parameter's shape.
@@ -102,62 +103,85 @@ pub fn batch_norm(
         Device::Cuda(_) => {
             let x5 = if x.rank() == 5 { x.clone() } else { as_rows5(x)? };
             let (out5, saved) = cu::batch_norm(&x5, weight, bias, stats, eps)?;
-            (out5.reshape_detached(x.shape())?, Saved::Cuda { x5, saved })
+            (out5.reshape_detached(x.shape())?, Saved::Cuda { x5, saved, groups: None })
         }
     };
     if !needs_grad(&ins) {
         return Ok(out);
     }
-    let (sx, sw, has_b) = (x.clone(), weight.cloned(), bias.is_some());
-    Ok(record(op, out, &ins, move |g| {
+    Ok(record_norm(op, out, &ins, x, weight, bias.is_some(), saved))
+}
+
+/// Records the backward of a norm over what its forward saved: the CPU batch- or group-norm
+/// gradient, or the matching CUDA launcher. One closure for both norms and both devices.
+fn record_norm(
+    op: &'static str,
+    out: Tensor,
+    ins: &[&Tensor],
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    has_b: bool,
+    saved: Saved,
+) -> Tensor {
+    let (sx, sw) = (x.clone(), weight.cloned());
+    record(op, out, ins, move |g| {
         let (gx, gw, gb) = match &saved {
             Saved::CpuBatch { mean, invstd, a, batch, rows } => {
-                let (xs, gs) = (data(op, &sx)?, data(op, g)?);
-                let (sum_g, sum_gx) = k::channel_grad_sums(xs, gs, c, mean, invstd);
-                let gx = if sx.tracks_grad() {
-                    let m = *rows as f64;
-                    let zero = vec![0.0f32; c];
-                    let (k2, k3): (Vec<f32>, Vec<f32>) = if *batch {
-                        (0..c)
-                            .map(|ch| {
-                                let w = f64::from(a[ch]);
-                                ((-w * sum_gx[ch] / m) as f32, (-w * sum_g[ch] / m) as f32)
-                            })
-                            .unzip()
-                    } else {
-                        (zero.clone(), zero)
-                    };
-                    let coef = BwdCoef { mean, invstd, k1: a, k2: &k2, k3: &k3 };
-                    Some(like(k::channel_bwd(xs, gs, c, &coef), &sx)?)
-                } else {
-                    None
-                };
-                (
-                    gx,
-                    Tensor::from_vec(to_f32(&sum_gx), [c])?,
-                    Tensor::from_vec(to_f32(&sum_g), [c])?,
-                )
+                batch_norm_cpu_bwd(&sx, g, mean, invstd, a, *batch, *rows)?
             }
-            Saved::Cuda { x5, saved } => {
+            Saved::CpuGroup { groups, mean, invstd, w } => {
+                group_norm_cpu_bwd(&sx, g, *groups, mean, invstd, w)?
+            }
+            Saved::Cuda { x5, saved, groups } => {
                 let g5 = g.reshape_detached(x5.shape())?;
-                let (gx, gw, gb) = cu::batch_norm_backward(x5, sw.as_ref(), &g5, saved)?;
+                let (gx, gw, gb) = match groups {
+                    None => cu::batch_norm_backward(x5, sw.as_ref(), &g5, saved)?,
+                    Some(n) => cu::group_norm_backward(x5, *n, sw.as_ref(), &g5, saved)?,
+                };
                 let gx = sx.tracks_grad().then(|| gx.reshape_detached(g.shape())).transpose()?;
                 (gx, gw, gb)
             }
-            Saved::CpuGroup { .. } => {
-                return Err(Error::arg(op, "a group-norm state reached batch norm's backward"))
-            }
         };
-        Ok(norm_grads(gx, sw.is_some().then_some(gw), has_b.then_some(gb)))
-    }))
+        let mut grads = vec![gx];
+        grads.extend(sw.is_some().then_some(Some(gw)));
+        grads.extend(has_b.then_some(Some(gb)));
+        Ok(grads)
+    })
 }
 
-/// The gradient list of a norm: `x`, then the weight and the bias when they were given.
-fn norm_grads(gx: Option<Tensor>, gw: Option<Tensor>, gb: Option<Tensor>) -> Vec<Option<Tensor>> {
-    let mut grads = vec![gx];
-    grads.extend(gw.map(Some));
-    grads.extend(gb.map(Some));
-    grads
+/// The CPU backward of [`batch_norm`]: gradients of `x` (when it tracks them), weight and bias.
+fn batch_norm_cpu_bwd(
+    sx: &Tensor,
+    g: &Tensor,
+    mean: &[f32],
+    invstd: &[f32],
+    a: &[f32],
+    batch: bool,
+    rows: usize,
+) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+    let op = "batch_norm";
+    let c = a.len();
+    let (xs, gs) = (data(op, sx)?, data(op, g)?);
+    let (sum_g, sum_gx) = k::channel_grad_sums(xs, gs, c, mean, invstd);
+    let gx = if sx.tracks_grad() {
+        let m = rows as f64;
+        let zero = vec![0.0f32; c];
+        let (k2, k3): (Vec<f32>, Vec<f32>) = if batch {
+            (0..c)
+                .map(|ch| {
+                    let w = f64::from(a[ch]);
+                    ((-w * sum_gx[ch] / m) as f32, (-w * sum_g[ch] / m) as f32)
+                })
+                .unzip()
+        } else {
+            (zero.clone(), zero)
+        };
+        let coef = BwdCoef { mean, invstd, k1: a, k2: &k2, k3: &k3 };
+        Some(like(k::channel_bwd(xs, gs, c, &coef), sx)?)
+    } else {
+        None
+    };
+    Ok((gx, Tensor::from_vec(to_f32(&sum_gx), [c])?, Tensor::from_vec(to_f32(&sum_g), [c])?))
 }
 
 /// The CPU forward of [`batch_norm`] (shapes already checked).
@@ -267,30 +291,13 @@ pub fn group_norm(
                 x.reshape_detached([n, 1, 1, rows, c])?
             };
             let (out5, saved) = cu::group_norm(&x5, groups, weight, bias, eps)?;
-            (out5.reshape_detached(x.shape())?, Saved::Cuda { x5, saved })
+            (out5.reshape_detached(x.shape())?, Saved::Cuda { x5, saved, groups: Some(groups) })
         }
     };
     if !needs_grad(&ins) {
         return Ok(out);
     }
-    let (sx, sw, has_b) = (x.clone(), weight.cloned(), bias.is_some());
-    Ok(record(op, out, &ins, move |g| {
-        let (gx, gw, gb) = match &saved {
-            Saved::CpuGroup { mean, invstd, w } => {
-                group_norm_cpu_bwd(&sx, g, groups, mean, invstd, w)?
-            }
-            Saved::Cuda { x5, saved } => {
-                let g5 = g.reshape_detached(x5.shape())?;
-                let (gx, gw, gb) = cu::group_norm_backward(x5, groups, sw.as_ref(), &g5, saved)?;
-                let gx = sx.tracks_grad().then(|| gx.reshape_detached(g.shape())).transpose()?;
-                (gx, gw, gb)
-            }
-            Saved::CpuBatch { .. } => {
-                return Err(Error::arg(op, "a batch-norm state reached group norm's backward"))
-            }
-        };
-        Ok(norm_grads(gx, sw.is_some().then_some(gw), has_b.then_some(gb)))
-    }))
+    Ok(record_norm(op, out, &ins, x, weight, bias.is_some(), saved))
 }
 
 /// The CPU forward of [`group_norm`] (shapes already checked).
@@ -331,7 +338,7 @@ fn group_norm_cpu(
         let a: Vec<f32> = (0..c).map(|ch| invstd[s * c + ch] * w[ch]).collect();
         out.extend(k::channel_affine(xn, c, ms, &a, &b));
     }
-    Ok((like(out, x)?, Saved::CpuGroup { mean, invstd, w }))
+    Ok((like(out, x)?, Saved::CpuGroup { groups, mean, invstd, w }))
 }
 
 /// The CPU backward of [`group_norm`]: gradients of `x` (when it tracks them), weight and bias.
