@@ -121,3 +121,63 @@ extern "C" __global__ void dice_ce_bwd_input_f32(i64 voxels, int c, int logits, 
         }
     }
 }
+
+// ---- the original project's hard Dice -------------------------------------------------------
+// Its forward counts arg-max voxels: sums[0] = sum [argmax == 1][t == 1], sums[1] = sum
+// [argmax == 1], sums[2] = sum [t == 1]; union U = sums[1] + sums[2] + 2e-6, dice = 2 I / U. Its
+// gradient is the original's hand-made one on channels 0 and 1 (the others get 0):
+//   dd = go (2 [t == 1] / U - 4 I p_1 / U^2),  gx[v, 0] = dd,  gx[v, 1] = -dd.
+#define HARD_DICE_SUMS 3
+#define HARD_DICE_EPS 2e-6f
+
+// sums[3] += the three counts. Grid-stride over voxels, block 256; ties go to the lower class.
+extern "C" __global__ void hard_dice_fwd_f32(i64 voxels, int c,
+                                             const float* __restrict__ p,       // (V, C)
+                                             const float* __restrict__ target,  // (V)
+                                             float* __restrict__ sums) {        // (3), zeroed
+    __shared__ float scratch[32];
+    float acc[HARD_DICE_SUMS] = {0.0f, 0.0f, 0.0f};
+    GRID_STRIDE(v, voxels) {
+        const float* row = p + v * c;
+        int best = 0;
+        for (int ch = 1; ch < c; ++ch)
+            if (row[ch] > row[best]) best = ch;
+        float r = best == 1 ? 1.0f : 0.0f;
+        float g = target_class(target[v], c) == 1 ? 1.0f : 0.0f;
+        acc[0] += r * g;
+        acc[1] += r;
+        acc[2] += g;
+    }
+    for (int k = 0; k < HARD_DICE_SUMS; ++k) {
+        float s = block_sum(acc[k], scratch);
+        if (threadIdx.x == 0) atomicAdd(sums + k, s);
+    }
+}
+
+// out[0] = 1 - dice (the loss), out[1] = dice, out[2] = IoU. One thread.
+extern "C" __global__ void hard_dice_fwd_finish_f32(const float* __restrict__ sums,  // (3)
+                                                    float* __restrict__ out) {       // (3)
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    float u = sums[1] + sums[2] + HARD_DICE_EPS;
+    float dice = 2.0f * sums[0] / u;
+    out[0] = 1.0f - dice;
+    out[1] = dice;
+    out[2] = sums[0] / (u - sums[0]);
+}
+
+// gx = the hard Dice's hand-made gradient scaled by gout[0]. Thread per voxel.
+extern "C" __global__ void hard_dice_bwd_input_f32(i64 voxels, int c,
+                                                   const float* __restrict__ p,       // (V, C)
+                                                   const float* __restrict__ target,  // (V)
+                                                   const float* __restrict__ sums,    // (3)
+                                                   const float* __restrict__ gout,    // (1)
+                                                   float* __restrict__ gx) {          // (V, C)
+    float u = sums[1] + sums[2] + HARD_DICE_EPS;
+    float a = 2.0f * gout[0] / u;
+    float b = -4.0f * gout[0] * sums[0] / (u * u);
+    GRID_STRIDE(v, voxels) {
+        float g = target_class(target[v], c) == 1 ? 1.0f : 0.0f;
+        float dd = a * g + b * p[v * c + 1];
+        for (int ch = 0; ch < c; ++ch) gx[v * c + ch] = ch == 0 ? dd : (ch == 1 ? -dd : 0.0f);
+    }
+}

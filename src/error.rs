@@ -53,13 +53,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// Shorthand for [`Error::Shape`] with `Debug`-formatted shapes.
-    pub fn shape(
-        op: &'static str,
-        expected: impl std::fmt::Debug,
-        got: impl std::fmt::Debug,
-    ) -> Self {
-        Error::Shape { op, expected: format!("{expected:?}"), got: format!("{got:?}") }
+    /// Shorthand for [`Error::Shape`]. Words print as written (`"(N, D, H, W, C)"`, a
+    /// `format!`ed expectation), dims and numbers as Rust prints them (`[1, 4, 4, 4, 2]`): see
+    /// [`ShapeText`]. This is the one shape-error helper; op files keep no private copy.
+    pub fn shape(op: &'static str, expected: impl ShapeText, got: impl ShapeText) -> Self {
+        Error::Shape { op, expected: expected.shape_text(), got: got.shape_text() }
     }
 
     /// Shorthand for [`Error::Arg`].
@@ -75,5 +73,71 @@ impl Error {
     /// Shorthand for [`Error::Format`].
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Format { path: path.into(), msg: msg.into() }
+    }
+}
+
+/// How a value reads in an [`Error::Shape`] message: text (`str`, `String`) as it is, dims, shapes
+/// and numbers in their `Debug` form. One trait instead of one `shape_err` per op file, and no
+/// quoted strings in messages.
+pub trait ShapeText {
+    fn shape_text(&self) -> String;
+}
+
+impl ShapeText for str {
+    fn shape_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl ShapeText for String {
+    fn shape_text(&self) -> String {
+        self.clone()
+    }
+}
+
+impl<T: ShapeText + ?Sized> ShapeText for &T {
+    fn shape_text(&self) -> String {
+        (**self).shape_text()
+    }
+}
+
+impl<T: std::fmt::Debug> ShapeText for [T] {
+    fn shape_text(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl<T: std::fmt::Debug, const N: usize> ShapeText for [T; N] {
+    fn shape_text(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl<T: std::fmt::Debug> ShapeText for Vec<T> {
+    fn shape_text(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl ShapeText for usize {
+    fn shape_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_messages_print_words_plainly_and_dims_as_lists() {
+        let e = Error::shape("conv3d", "input (N, D, H, W, C)", [1usize, 2, 3]);
+        assert_eq!(
+            e.to_string(),
+            "conv3d: shape mismatch: expected input (N, D, H, W, C), got [1, 2, 3]"
+        );
+        let dims: &[usize] = &[4, 5];
+        let e = Error::shape("add", dims, format!("{} elements", 7));
+        assert_eq!(e.to_string(), "add: shape mismatch: expected [4, 5], got 7 elements");
     }
 }

@@ -5,6 +5,7 @@
 //! ([`nn`]) and their training ([`train`]), medical volumes ([`io`]), meshes, distance fields and
 //! the inflation that measures the joint space ([`geometry`]), and synthetic phantoms ([`synth`]).
 
+pub mod atomic;
 pub mod autograd;
 pub mod backend;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod pipeline;
+pub mod rng;
 pub mod synth;
 pub mod tensor;
 pub mod train;

@@ -8,17 +8,10 @@
 
 use crate::autograd::record;
 use crate::backend::cpu::loss as k;
-use crate::tensor::Tensor;
+use crate::backend::cuda::loss::{self as cu, LossSpec};
+use crate::backend::device_of;
+use crate::tensor::{Device, Tensor};
 use crate::{Error, Result};
-
-/// [`Error::Shape`] with a described expectation (`Error::shape` would quote a string).
-fn shape_err(
-    op: &'static str,
-    expected: impl std::fmt::Display,
-    got: impl std::fmt::Debug,
-) -> Error {
-    Error::Shape { op, expected: expected.to_string(), got: format!("{got:?}") }
-}
 
 /// The f32 elements of a CPU tensor, or an [`Error::Device`] naming `op`.
 fn cpu<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a [f32]> {
@@ -28,9 +21,10 @@ fn cpu<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a [f32]> {
     })
 }
 
-/// Checks that `target` is `x`'s shape without the channel axis and holds class ids in
-/// `0..C`; returns `C` and the ids.
-fn class_ids(op: &'static str, x: &Tensor, target: &Tensor) -> Result<(usize, Vec<u32>)> {
+/// Checks the one thing every loss shares: scores and targets on one device, the target shaped
+/// like the scores without their channel axis. Returns `C` and the device.
+fn check_target_shape(op: &'static str, x: &Tensor, target: &Tensor) -> Result<(usize, Device)> {
+    let dev = device_of(op, &[x, target])?;
     let r = x.rank();
     if r < 2 || target.dims() != &x.dims()[..r - 1] {
         let want = if r < 2 {
@@ -41,7 +35,13 @@ fn class_ids(op: &'static str, x: &Tensor, target: &Tensor) -> Result<(usize, Ve
         let got = format!("scores {:?}, target {:?}", x.dims(), target.dims());
         return Err(Error::Shape { op, expected: want, got });
     }
-    let c = x.dims()[r - 1];
+    Ok((x.dims()[r - 1], dev))
+}
+
+/// The class ids of a CPU target, each checked to lie in `0..c`. (A GPU target is not read back
+/// to the host per loss: the fused kernel treats an id outside `0..c` as an ignore label, and the
+/// training data are checked when a batch is built.)
+fn class_ids(op: &'static str, target: &Tensor, c: usize) -> Result<Vec<u32>> {
     cpu(op, target)?
         .iter()
         .map(|&t| {
@@ -52,7 +52,27 @@ fn class_ids(op: &'static str, x: &Tensor, target: &Tensor) -> Result<(usize, Ve
             }
         })
         .collect::<Result<Vec<u32>>>()
-        .map(|ids| (c, ids))
+}
+
+/// One of the fused GPU losses on `x (..., C)`, viewed as `(1, 1, 1, rows, C)` for the launcher:
+/// a scalar on the GPU whose backward needs no host synchronisation.
+fn fused(
+    op: &'static str,
+    x: &Tensor,
+    target: &Tensor,
+    weight: Option<&[f32]>,
+    spec: LossSpec,
+) -> Result<Tensor> {
+    let c = x.dims()[x.rank() - 1];
+    let rows = x.numel().checked_div(c).unwrap_or(0);
+    let x5 = x.reshape_detached([1, 1, 1, rows, c])?;
+    let t5 = target.reshape_detached([1, 1, 1, rows])?;
+    let (loss, sums) = cu::dice_ce(&x5, &t5, weight, spec)?;
+    let (w, x_shape) = (weight.map(<[f32]>::to_vec), x.shape().clone());
+    Ok(record(op, loss, &[x], move |g| {
+        let gx = cu::dice_ce_backward(&x5, &t5, w.as_deref(), &sums, spec, g)?;
+        Ok(vec![Some(gx.reshape_detached(x_shape.clone())?)])
+    }))
 }
 
 /// Class weights, all ones when absent.
@@ -60,12 +80,12 @@ fn class_weights(op: &'static str, weight: Option<&[f32]>, c: usize) -> Result<V
     match weight {
         None => Ok(vec![1.0; c]),
         Some(w) if w.len() == c => Ok(w.to_vec()),
-        Some(w) => Err(shape_err(op, format!("{c} class weights"), w.len())),
+        Some(w) => Err(Error::shape(op, format!("{c} class weights"), w.len())),
     }
 }
 
 fn upstream(op: &'static str, g: &Tensor) -> Result<f32> {
-    cpu(op, g)?.first().copied().ok_or_else(|| shape_err(op, "a scalar gradient", g.dims()))
+    cpu(op, g)?.first().copied().ok_or_else(|| Error::shape(op, "a scalar gradient", g.dims()))
 }
 
 /// Cross-entropy of logits, the weighted mean of `F.cross_entropy(logits, target, weight)`:
@@ -79,11 +99,12 @@ fn upstream(op: &'static str, g: &Tensor) -> Result<f32> {
 /// value that is not a class id.
 pub fn cross_entropy(logits: &Tensor, target: &Tensor, weight: Option<&[f32]>) -> Result<Tensor> {
     let op = "cross_entropy";
-    if crate::ops::cuda::any_cuda(&[logits, target]) {
-        return crate::ops::cuda::cross_entropy(logits, target, weight);
-    }
-    let (c, ids) = class_ids(op, logits, target)?;
+    let (c, dev) = check_target_shape(op, logits, target)?;
     let w = class_weights(op, weight, c)?;
+    if dev.is_cuda() {
+        return fused(op, logits, target, weight, LossSpec::CROSS_ENTROPY);
+    }
+    let ids = class_ids(op, target, c)?;
     let (sum, wsum) = k::ce_fwd(cpu(op, logits)?, &ids, c, &w);
     let out = Tensor::scalar((sum / wsum) as f32);
     let x = logits.clone();
@@ -104,11 +125,12 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor, weight: Option<&[f32]>) -
 /// As [`cross_entropy`].
 pub fn nll_probs(probs: &Tensor, target: &Tensor, weight: Option<&[f32]>) -> Result<Tensor> {
     let op = "nll_probs";
-    if crate::ops::cuda::any_cuda(&[probs, target]) {
-        return crate::ops::cuda::nll_probs(probs, target, weight);
-    }
-    let (c, ids) = class_ids(op, probs, target)?;
+    let (c, dev) = check_target_shape(op, probs, target)?;
     let w = class_weights(op, weight, c)?;
+    if dev.is_cuda() {
+        return fused(op, probs, target, weight, LossSpec::NLL_PROBS);
+    }
+    let ids = class_ids(op, target, c)?;
     let (sum, wsum) = k::nll_probs_fwd(cpu(op, probs)?, &ids, c, &w);
     let out = Tensor::scalar((sum / wsum) as f32);
     let p = probs.clone();
@@ -121,7 +143,7 @@ pub fn nll_probs(probs: &Tensor, target: &Tensor, weight: Option<&[f32]>) -> Res
 
 fn need_foreground(op: &'static str, probs: &Tensor, c: usize) -> Result<()> {
     if c < 2 {
-        return Err(shape_err(op, "probabilities with a foreground channel 1", probs.dims()));
+        return Err(Error::shape(op, "probabilities with a foreground channel 1", probs.dims()));
     }
     Ok(())
 }
@@ -137,11 +159,12 @@ fn need_foreground(op: &'static str, probs: &Tensor, c: usize) -> Result<()> {
 /// As [`cross_entropy`], and [`Error::Shape`] when there is no channel 1.
 pub fn soft_dice(probs: &Tensor, target: &Tensor) -> Result<Tensor> {
     let op = "soft_dice";
-    if crate::ops::cuda::any_cuda(&[probs, target]) {
-        return crate::ops::cuda::soft_dice(probs, target);
-    }
-    let (c, ids) = class_ids(op, probs, target)?;
+    let (c, dev) = check_target_shape(op, probs, target)?;
     need_foreground(op, probs, c)?;
+    if dev.is_cuda() {
+        return fused(op, probs, target, None, LossSpec::SOFT_DICE);
+    }
+    let ids = class_ids(op, target, c)?;
     let [inter, sp, sg] = k::soft_dice_sums(cpu(op, probs)?, &ids, c);
     let union = sp + sg + 1e-6;
     let out = Tensor::scalar((1.0 - 2.0 * inter / union) as f32);
@@ -179,13 +202,14 @@ pub struct HardDice {
 /// As [`cross_entropy`], and [`Error::Shape`] unless there are exactly two channels.
 pub fn hard_dice(probs: &Tensor, target: &Tensor) -> Result<HardDice> {
     let op = "hard_dice";
-    if crate::ops::cuda::any_cuda(&[probs, target]) {
-        return crate::ops::cuda::hard_dice(probs, target);
-    }
-    let (c, ids) = class_ids(op, probs, target)?;
+    let (c, dev) = check_target_shape(op, probs, target)?;
     if c != 2 {
-        return Err(shape_err(op, "two-class probabilities (N, D, H, W, 2)", probs.dims()));
+        return Err(Error::shape(op, "two-class probabilities (N, D, H, W, 2)", probs.dims()));
     }
+    if dev.is_cuda() {
+        return hard_dice_cuda(probs, target);
+    }
+    let ids = class_ids(op, target, c)?;
     let [inter, sr, sg] = k::hard_dice_sums(cpu(op, probs)?, &ids, c);
     let union = sr + sg + 2e-6;
     let dice = 2.0 * inter / union;
@@ -212,6 +236,20 @@ pub fn hard_dice(probs: &Tensor, target: &Tensor) -> Result<HardDice> {
 ///
 /// # Errors
 /// Those of [`soft_dice`] / [`hard_dice`] and [`nll_probs`].
+/// [`hard_dice`] on a GPU: the counts, the loss, Dice and IoU in two launches; one 12-byte read
+/// brings Dice and IoU (and the loss value) to the host, and the backward runs on the GPU.
+fn hard_dice_cuda(probs: &Tensor, target: &Tensor) -> Result<HardDice> {
+    let op = "hard_dice";
+    let (loss, all, sums) = cu::hard_dice(probs, target)?;
+    let host = all.to_vec()?;
+    let (dice, iou) = (host[1], host[2]);
+    let (p, t) = (probs.clone(), target.clone());
+    let loss = record(op, loss, &[probs], move |g| {
+        Ok(vec![Some(cu::hard_dice_backward(&p, &t, &sums, g)?)])
+    });
+    Ok(HardDice { loss, dice, iou })
+}
+
 pub fn dice_ce(
     probs: &Tensor,
     target: &Tensor,

@@ -7,18 +7,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::cpu::optim::{adam_update, AdamStep};
-use crate::tensor::Tensor;
+use crate::backend::cuda::optim::{AdamHyper, CudaAdam};
+use crate::backend::device_of;
+use crate::tensor::{Device, Tensor};
 use crate::{Error, Result};
 
 /// [`Error::Shape`] with a described expectation (`Error::shape` would quote a string).
-fn shape_err(
-    op: &'static str,
-    expected: impl std::fmt::Display,
-    got: impl std::fmt::Debug,
-) -> Error {
-    Error::Shape { op, expected: expected.to_string(), got: format!("{got:?}") }
-}
-
 /// Adam's hyper-parameters (`torch.optim.Adam(lr, betas=(beta1, beta2), eps, weight_decay)`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamConfig {
@@ -49,20 +43,30 @@ pub struct AdamState {
 }
 
 /// `torch.optim.Adam` with L2 weight decay and bias-corrected moments.
-#[derive(Clone, Debug)]
 pub struct Adam {
     cfg: AdamConfig,
+    /// The moments while the parameters live on the CPU (or before the first GPU step).
     state: AdamState,
+    /// The moments while the parameters live on a GPU: they stay there between steps and come
+    /// to the host only for [`Adam::state`] (checkpoints).
+    gpu: Option<CudaAdam>,
+}
+
+impl std::fmt::Debug for Adam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = if self.gpu.is_some() { "gpu" } else { "cpu" };
+        write!(f, "Adam({:?}, step {}, moments on the {on})", self.cfg, self.steps_taken())
+    }
 }
 
 impl Adam {
     pub fn new(cfg: AdamConfig) -> Self {
-        Adam { cfg, state: AdamState::default() }
+        Adam { cfg, state: AdamState::default(), gpu: None }
     }
 
     /// Resumes from a saved state (its moments must match the parameters at the next step).
     pub fn from_state(cfg: AdamConfig, state: AdamState) -> Self {
-        Adam { cfg, state }
+        Adam { cfg, state, gpu: None }
     }
 
     pub fn lr(&self) -> f32 {
@@ -78,9 +82,28 @@ impl Adam {
         &self.cfg
     }
 
-    /// The state to save for a resume.
+    /// The state to save for a resume (with moments on a GPU, use [`Adam::state_synced`]).
     pub fn state(&self) -> AdamState {
         self.state.clone()
+    }
+
+    /// The state with the moments brought to the host first when they live on a GPU (one
+    /// download per moment tensor): what a checkpoint writes. [`Adam::state`] alone returns the
+    /// copy taken by the last call of this (or the CPU moments themselves).
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] when the download fails.
+    pub fn state_synced(&mut self) -> Result<AdamState> {
+        if let Some(g) = &self.gpu {
+            let (m, v) = g.moments()?;
+            self.state = AdamState { step: g.step, m, v };
+        }
+        Ok(self.state.clone())
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> u64 {
+        self.gpu.as_ref().map_or(self.state.step, |g| g.step)
     }
 
     /// One Adam step: returns the updated parameters as new trainable leaves, in order.
@@ -107,11 +130,8 @@ impl Adam {
     /// moments of earlier steps; [`Error::Device`] for non-CPU tensors.
     pub fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<Vec<Tensor>> {
         let op = "adam";
-        if params.iter().chain(grads).any(|t| t.device().is_cuda()) {
-            return crate::ops::cuda::adam_step(self, params, grads);
-        }
         if params.len() != grads.len() {
-            return Err(shape_err(
+            return Err(Error::shape(
                 op,
                 format!("{} gradients (one per parameter)", params.len()),
                 grads.len(),
@@ -120,8 +140,18 @@ impl Adam {
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
             if p.dims() != g.dims() {
                 let want = format!("gradient {i} shaped like its parameter {:?}", p.dims());
-                return Err(shape_err(op, want, g.dims()));
+                return Err(Error::shape(op, want, g.dims()));
             }
+        }
+        let all: Vec<&Tensor> = params.iter().chain(grads).collect();
+        if let Device::Cuda(ordinal) = device_of(op, &all)? {
+            return self.step_cuda(ordinal, params, grads);
+        }
+        if self.gpu.is_some() {
+            return Err(Error::Device {
+                op,
+                msg: "the moments live on a GPU but the parameters on the CPU".into(),
+            });
         }
         if self.state.m.is_empty() && self.state.step == 0 {
             self.state.m = params.iter().map(|p| vec![0.0; p.numel()]).collect();
@@ -162,6 +192,36 @@ impl Adam {
         }
         self.state.step = t;
         Ok(out)
+    }
+}
+
+impl Adam {
+    /// [`Adam::step`] for parameters on GPU `ordinal`: one multi-tensor launch, the moments on
+    /// the GPU (seeded once from the host state when a run resumes), nothing read back.
+    fn step_cuda(
+        &mut self,
+        ordinal: usize,
+        params: &[Tensor],
+        grads: &[Tensor],
+    ) -> Result<Vec<Tensor>> {
+        if self.gpu.is_none() {
+            let s = &self.state;
+            let moments = if s.m.is_empty() {
+                CudaAdam::new()
+            } else {
+                CudaAdam::from_moments(ordinal, s.step, &s.m, &s.v)?
+            };
+            self.gpu = Some(moments);
+        }
+        let c = self.cfg;
+        let hp = AdamHyper {
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+        };
+        self.gpu.as_mut().expect("set just above").step(hp, params, grads)
     }
 }
 

@@ -9,6 +9,8 @@ mod common;
 
 use common::{assert_close, cuda_device, random_vec};
 use dnvs_engine::autograd;
+use dnvs_engine::backend::cpu::conv3d::ConvGeom;
+use dnvs_engine::backend::cpu::conv_transpose3d::geometry as tconv_geometry;
 use dnvs_engine::backend::cuda::{self as cu, Precision};
 use dnvs_engine::ops;
 use dnvs_engine::tensor::{Device, Tensor};
@@ -134,30 +136,21 @@ fn conv3d_forward_and_backward() {
             continue;
         };
         let (xg, wg, bg, gg) = (up(&x, o), up(&w, o), up(&b, o), up(&g, o));
+        let geom = ConvGeom::check(&x, &w, Some(&b), case.stride, case.pad).unwrap();
         for (prec, rtol) in [(Precision::F32, F32_RTOL), (Precision::Bf16, BF16_RTOL)] {
             let tag = format!("{} {prec:?}", case.name);
-            let out = cu::conv3d::conv3d(&xg, &wg, Some(&bg), case.stride, case.pad, prec).unwrap();
+            let out = cu::conv3d::conv3d(&xg, &wg, Some(&bg), &geom, prec).unwrap();
             check("conv3d fwd", &tag, &out, &want, rtol);
-            let gx =
-                cu::conv3d::conv3d_backward_input(&gg, &wg, &case.x, case.stride, case.pad, prec)
-                    .unwrap();
+            let gx = cu::conv3d::conv3d_backward_input(&gg, &wg, &geom, prec).unwrap();
             check("conv3d bwd_input", &tag, &gx, &grads[0], rtol);
-            let gw = cu::conv3d::conv3d_backward_weight(&gg, &xg, &wd, case.stride, case.pad, prec)
-                .unwrap();
+            let gw = cu::conv3d::conv3d_backward_weight(&gg, &xg, &geom, prec).unwrap();
             check("conv3d bwd_weight", &tag, &gw, &grads[1], rtol);
             let gb = cu::reduce::sum_channels(&gg).unwrap();
             check("conv3d bias grad", &tag, &gb, &grads[2], F32_RTOL);
         }
         // The statistics epilogue: per-channel sums of out and out^2.
-        let (out, stats) = cu::conv3d::conv3d_with_stats(
-            &xg,
-            &wg,
-            Some(&bg),
-            case.stride,
-            case.pad,
-            Precision::F32,
-        )
-        .unwrap();
+        let (out, stats) =
+            cu::conv3d::conv3d_with_stats(&xg, &wg, Some(&bg), &geom, Precision::F32).unwrap();
         check("conv3d fwd+stats", case.name, &out, &want, F32_RTOL);
         let v = want.to_vec().unwrap();
         let mut s = vec![0f32; 2 * case.k];
@@ -194,14 +187,16 @@ fn conv_transpose3d_forward_and_backward() {
             continue;
         };
         let (xg, wg, bg, gg) = (up(&x, o), up(&w, o), up(&b, o), up(&g, o));
+        let geom = tconv_geometry(xd, k, [ks; 3], s).expect("a valid transposed conv");
         for (prec, rtol) in [(Precision::F32, F32_RTOL), (Precision::Bf16, BF16_RTOL)] {
             let tag = format!("{name} {prec:?}");
-            let t = &cu::conv_transpose3d::conv_transpose3d(&xg, &wg, Some(&bg), s, prec).unwrap();
+            let t =
+                &cu::conv_transpose3d::conv_transpose3d(&xg, &wg, Some(&bg), &geom, prec).unwrap();
             check("conv_transpose3d fwd", &tag, t, &want, rtol);
-            let gx = cu::conv_transpose3d::conv_transpose3d_backward_input(&gg, &wg, &xd, s, prec)
+            let gx = cu::conv_transpose3d::conv_transpose3d_backward_input(&gg, &wg, &geom, prec)
                 .unwrap();
             check("conv_transpose3d bwd_input", &tag, &gx, &grads[0], rtol);
-            let gw = cu::conv_transpose3d::conv_transpose3d_backward_weight(&gg, &xg, &wd, s, prec)
+            let gw = cu::conv_transpose3d::conv_transpose3d_backward_weight(&gg, &xg, &geom, prec)
                 .unwrap();
             check("conv_transpose3d bwd_weight", &tag, &gw, &grads[1], rtol);
         }

@@ -7,18 +7,9 @@ pub mod gradcheck;
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 
+pub use crate::tensor::{BackwardFn, Node};
 use crate::tensor::{Tensor, TensorId};
 use crate::{Error, Result};
-
-/// Maps the gradient of an op's output to the gradients of its inputs (`None`: no gradient).
-pub type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
-
-/// One recorded op: its inputs and how to send a gradient back to them.
-pub struct Node {
-    pub(crate) op: &'static str,
-    pub(crate) inputs: Vec<Tensor>,
-    pub(crate) backward: BackwardFn,
-}
 
 thread_local! {
     static GRAD_OFF: Cell<bool> = const { Cell::new(false) };
@@ -124,7 +115,9 @@ pub fn backward_with(out: &Tensor, grad_out: Tensor) -> Result<Gradients> {
 
 fn accumulate(map: &mut HashMap<TensorId, Tensor>, id: TensorId, grad: Tensor) -> Result<()> {
     let summed = match map.remove(&id) {
-        Some(prev) => crate::ops::add(&prev, &grad)?,
+        // The storage-level sum (no node: accumulation runs under no_grad), so the tape does not
+        // call back up into `ops`.
+        Some(prev) => crate::backend::add(&prev, &grad)?,
         None => grad,
     };
     map.insert(id, summed);

@@ -13,9 +13,11 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use dnvs_engine::backend::cpu::conv3d::ConvGeom;
 use dnvs_engine::backend::cpu::profile;
 use dnvs_engine::backend::cuda::{self as cu, Precision};
 use dnvs_engine::io::volume::Volume;
+use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
 use dnvs_engine::nn::{self, Arch, Mode, Network};
 use dnvs_engine::optim::{Adam, AdamConfig};
 use dnvs_engine::tensor::{Device, Tensor};
@@ -29,9 +31,10 @@ use dnvs_engine::{autograd, loss, Error};
                         --window-over 120,150,70\n  \
                         dnvs-engine bench --device cuda --json bench-h100.json")]
 pub struct Args {
-    /// cpu or cuda (cuda:N for another GPU).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// cpu or cuda (cuda:N for another GPU). A GPU is timed without the self-check: a benchmark
+    /// measures a device, it does not trust its numbers.
+    #[arg(long, value_parser = super::parse_device, default_value = "cpu")]
+    device: DeviceChoice,
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -44,7 +47,7 @@ pub struct Args {
     /// Training-step patch D,H,W (multiples of 16); default 112,144,64 on a GPU, 32,32,32 on
     /// the CPU (the anchor patch takes minutes per step there; 48,48,32 took ~50 s per step on
     /// the shared 2-core VM).
-    #[arg(long, value_name = "D,H,W", value_parser = parse_patch)]
+    #[arg(long, value_name = "D,H,W", value_parser = super::parse_dhw)]
     patch: Option<[usize; 3]>,
     /// Skip the V-Net training-step timing.
     #[arg(long)]
@@ -57,7 +60,7 @@ pub struct Args {
     forward: bool,
     /// Also time a sliding-window inference (window = the patch, overlap 0.5, Gaussian
     /// blending) over a random volume of D,H,W voxels.
-    #[arg(long, value_name = "D,H,W", value_parser = parse_patch)]
+    #[arg(long, value_name = "D,H,W", value_parser = super::parse_dhw)]
     window_over: Option<[usize; 3]>,
     /// Print where the CPU training step's time goes: forward, backward and Adam per step, and
     /// every convolution pass by shape (total over the timed steps).
@@ -66,17 +69,6 @@ pub struct Args {
     /// Timed repetitions of the step / forward (median reported); default 5 on the CPU.
     #[arg(long)]
     reps: Option<usize>,
-}
-
-fn parse_patch(s: &str) -> Result<[usize; 3], String> {
-    let v: Vec<usize> = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("'{p}': {e}")))
-        .collect::<Result<_, _>>()?;
-    match v[..] {
-        [d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
-        _ => Err(format!("'{s}' is not three positive sizes D,H,W")),
-    }
 }
 
 /// The anchor patch of the paper's V-Net training (GPU).
@@ -234,13 +226,14 @@ fn bench_cuda(ordinal: usize, quick: bool) -> anyhow::Result<Vec<Value>> {
         let x = up(random(xd.iter().product(), 1), xd)?;
         let w = up(random(wd.iter().product(), 2), wd)?;
         let g = up(random(xd.iter().product(), 3), xd)?;
+        let geom = ConvGeom::check(&x, &w, None, 1, pad)?;
         for prec in [Precision::F32, Precision::Bf16] {
             let p = prec.suffix();
-            let fwd = || cu::conv3d::conv3d(&x, &w, None, 1, pad, prec).map(|_| ());
+            let fwd = || cu::conv3d::conv3d(&x, &w, None, &geom, prec).map(|_| ());
             out.push(result(&dev, "fwd", p, layer, dhw, time(warm, iters, fwd, &sync)?));
-            let bi = || cu::conv3d::conv3d_backward_input(&g, &w, &xd, 1, pad, prec).map(|_| ());
+            let bi = || cu::conv3d::conv3d_backward_input(&g, &w, &geom, prec).map(|_| ());
             out.push(result(&dev, "bwd_input", p, layer, dhw, time(warm, iters, bi, &sync)?));
-            let bw = || cu::conv3d::conv3d_backward_weight(&g, &x, &wd, 1, pad, prec).map(|_| ());
+            let bw = || cu::conv3d::conv3d_backward_weight(&g, &x, &geom, prec).map(|_| ());
             out.push(result(&dev, "bwd_weight", p, layer, dhw, time(warm, iters, bw, &sync)?));
         }
     }
@@ -257,9 +250,15 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn new(device: Device, width: usize, patch: [usize; 3]) -> dnvs_engine::Result<Self> {
+    fn new(
+        device: Device,
+        width: usize,
+        patch: [usize; 3],
+        precision: Precision,
+    ) -> dnvs_engine::Result<Self> {
         let mut net = nn::build(Arch::VNet, width)?;
         net.to_device(device)?;
+        net.set_precision(precision);
         let [d, h, w] = patch;
         let n = d * h * w;
         let x = Tensor::from_vec(random(n, 11), [1, d, h, w, 1])?.to_device(device)?;
@@ -303,7 +302,7 @@ impl Trainer {
 /// Prints the median phase times of CPU steps and the per-convolution table of
 /// [`profile`], and returns both as JSON.
 fn profile_step(width: usize, patch: [usize; 3], reps: usize) -> anyhow::Result<Value> {
-    let mut t = Trainer::new(Device::Cpu, width, patch)?;
+    let mut t = Trainer::new(Device::Cpu, width, patch, Precision::F32)?;
     t.step()?; // warm-up: first-touch pages and thread pool start-up
     profile::enable(true);
     let mut phases = Vec::with_capacity(reps);
@@ -392,7 +391,6 @@ fn bench_step(
     let [d, h, w] = patch;
     let prec = precision.suffix();
     let name = format!("{device}/vnet_step_{prec}/w{width}/{d}x{h}x{w}");
-    dnvs_engine::ops::set_conv_precision(precision);
     let (warm, iters) = match (device, quick) {
         (Device::Cpu, true) => (1, 3),
         (Device::Cpu, false) => (1, 5),
@@ -405,7 +403,7 @@ fn bench_step(
         Device::Cuda(o) => cu::synchronize(o),
     };
     let mut last = f32::NAN;
-    let timed = Trainer::new(device, width, patch)
+    let timed = Trainer::new(device, width, patch, precision)
         .and_then(|mut t| time(warm, iters, || t.step().map(|l| last = l), &sync));
     let secs = match timed {
         Ok(s) => s,
@@ -428,7 +426,11 @@ fn bench_step(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let device: Device = args.device.parse()?;
+    let device = match args.device {
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda(n) => Device::Cuda(n),
+        DeviceChoice::Auto => gpu_check::resolve(DeviceChoice::Auto, Precision::default())?,
+    };
     if let Some(p) = args.patch {
         check_patch(p)?;
     }
@@ -464,7 +466,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|&p| bench_step(device, args.width, patch, args.quick, args.reps, p))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        dnvs_engine::ops::set_conv_precision(Precision::F32);
         Value::Array(steps)
     };
     let patch = args.patch.unwrap_or(CPU_PATCH);

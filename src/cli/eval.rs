@@ -28,14 +28,14 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Override training.device (cpu, cuda, cuda:N, auto).
-    #[arg(long)]
-    device: Option<String>,
+    #[arg(long, value_parser = super::parse_device)]
+    device: Option<dnvs_engine::nn::gpu_check::DeviceChoice>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = Config::load(&args.config)?;
     if let Some(d) = args.device {
-        cfg.training.device = d;
+        cfg.training.device = d.to_string();
     }
     cfg.validate()?;
     let opts = EvalOptions { checkpoint: args.checkpoint, fold: args.fold, out: args.out };

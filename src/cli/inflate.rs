@@ -6,7 +6,8 @@ use anyhow::Context;
 use dnvs_engine::geometry::{negative_volume, NvParams};
 use dnvs_engine::io::weights::write_atomic;
 use dnvs_engine::io::{check_aligned, mesh::write_mesh, read_volume, write_nifti, VoxelKind};
-use dnvs_engine::Device;
+use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
+use dnvs_engine::tensor::Precision;
 
 #[derive(clap::Args)]
 #[command(after_help = "Definition (the paper's, made exact): the condylar head, i.e. the MC \
@@ -43,9 +44,10 @@ pub struct Args {
     /// Longest inflation along a normal (mm); head points that meet no TB within it add nothing.
     #[arg(long, default_value_t = NvParams::default().max_mm)]
     max_mm: f64,
-    /// cpu, cuda or cuda:N; default: the GPU when one is usable, else the CPU.
-    #[arg(long)]
-    device: Option<String>,
+    /// auto, cpu, cuda or cuda:N (auto: a GPU that is usable and passes its self-check, else
+    /// the CPU).
+    #[arg(long, value_parser = super::parse_device, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -54,10 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     check_aligned(&mc, &tb, "MC and TB masks")?;
     let params =
         NvParams { head_depth_mm: args.head_depth_mm, min_up: args.min_up, max_mm: args.max_mm };
-    let device = match &args.device {
-        Some(d) => d.parse::<Device>()?,
-        None => Device::auto(),
-    };
+    let device = gpu_check::resolve(args.device, Precision::F32)?;
     let res = negative_volume(&mc, &tb, &params, device).with_context(|| {
         format!("inflation of {} against {} on {device}", args.mc.display(), args.tb.display())
     })?;

@@ -14,6 +14,13 @@ use dnvs_engine::tensor::cuda_driver_present;
 pub struct Args {
     /// A NIfTI file or DICOM folder to describe.
     file: Option<PathBuf>,
+    /// Run the GPU self-check now (a small V-Net step on the GPU and the CPU) and print how
+    /// every op agrees; the verdict is cached for later runs.
+    #[arg(long)]
+    check_gpu: bool,
+    /// The convolution precision the self-check runs in (bf16 or fp32).
+    #[arg(long, default_value = "bf16", requires = "check_gpu")]
+    precision: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -29,6 +36,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     } else {
         println!("cuda: no driver library found (CPU only)");
+    }
+    if args.check_gpu {
+        check_gpu(&args.precision)?;
+    }
+    Ok(())
+}
+
+/// `--check-gpu`: per-op agreement of cuda:0 with the CPU, or why there is nothing to check.
+fn check_gpu(precision: &str) -> anyhow::Result<()> {
+    use dnvs_engine::nn::gpu_check;
+    let prec: dnvs_engine::tensor::Precision = precision.parse()?;
+    if let Err(why) = dnvs_engine::tensor::probe(0) {
+        println!("self-check: no GPU to check ({why})");
+        return Ok(());
+    }
+    let v = gpu_check::run_check(0, prec).context("running the GPU self-check")?;
+    let (rtol, atol) = gpu_check::tolerance(prec);
+    println!("self-check of cuda:0 ({}), tolerance {rtol:e} relative + {atol:e} of max:", v.key);
+    for op in &v.ops {
+        let mark = if op.agrees { "ok" } else { "DISAGREES" };
+        println!("  {:<48} {:>9.3}x tolerance  {mark}", op.name, op.worst);
+    }
+    match v.first_disagreement() {
+        None => println!("self-check: passed"),
+        Some(op) => println!("self-check: FAILED, first disagreement: {}", op.name),
     }
     Ok(())
 }

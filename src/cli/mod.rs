@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use dnvs_engine::nn::gpu_check::DeviceChoice;
 
 mod bench;
 mod convert;
@@ -56,6 +57,24 @@ enum Command {
     Bench(bench::Args),
     /// Version, threads and CUDA availability; with a FILE, its shape, spacing and affine.
     Info(info::Args),
+}
+
+/// The one `--device` parser of every subcommand: `auto`, `cpu`, `cuda` or `cuda:N`. `auto` and
+/// `cuda` become a device through `nn::gpu_check::resolve`, which runs the GPU self-check.
+pub(crate) fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse().map_err(|e: dnvs_engine::Error| e.to_string())
+}
+
+/// The one `D,H,W` parser (`--window`, `--patch`, `--voi-size`): three positive sizes.
+pub(crate) fn parse_dhw(s: &str) -> Result<[usize; 3], String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("'{p}': {e}")))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
+        _ => Err(format!("'{s}' is not three positive sizes D,H,W (e.g. 120,150,70)")),
+    }
 }
 
 /// Runs one subcommand. Exit codes: 0 done, 1 failed (the error is printed), 2 bad arguments

@@ -10,7 +10,8 @@ use dnvs_engine::io::normalize::Normalization;
 use dnvs_engine::io::{self, VoxelKind};
 use dnvs_engine::nn::model::{self, LoadedModel, ModelOverrides};
 use dnvs_engine::nn::{segment, Arch};
-use dnvs_engine::Device;
+use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
+use dnvs_engine::tensor::Precision;
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -48,7 +49,7 @@ pub struct Args {
     /// network's multiple (16 V-Net, 8 U-Net). The minimum is 8 per axis for U-Nets; 16 per
     /// axis and 32 along one axis for V-Nets (their BatchNorm needs two voxels after four
     /// halvings: 16,16,16 is refused). Smaller inputs are padded.
-    #[arg(long, value_parser = parse_window)]
+    #[arg(long, value_parser = super::parse_dhw)]
     window: Option<[usize; 3]>,
     /// Overlap between neighbouring windows, as a fraction of the window, in [0, 1).
     #[arg(long, default_value_t = 0.5)]
@@ -66,9 +67,10 @@ pub struct Args {
     /// Replace NaN/infinite voxels by this value (HU) instead of refusing the input.
     #[arg(long, value_name = "HU", allow_hyphen_values = true)]
     nan_to: Option<f32>,
-    /// cpu, cuda or cuda:N (default: CUDA when usable, else the CPU).
-    #[arg(long)]
-    device: Option<Device>,
+    /// auto, cpu, cuda or cuda:N (auto: a GPU that is usable and passes its self-check, else
+    /// the CPU).
+    #[arg(long, value_parser = super::parse_device, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -86,17 +88,6 @@ fn parse_range(s: &str) -> Result<[f32; 2], String> {
     match v.as_slice() {
         &[lo, hi] if hi > lo => Ok([lo, hi]),
         _ => Err(format!("expected LO,HI with LO < HI, got '{s}'")),
-    }
-}
-
-fn parse_window(s: &str) -> Result<[usize; 3], String> {
-    let v: Vec<usize> = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("'{p}': {e}")))
-        .collect::<Result<_, _>>()?;
-    match v.as_slice() {
-        &[d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
-        _ => Err(format!("expected three positive sizes D,H,W, got '{s}'")),
     }
 }
 
@@ -177,7 +168,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         blend: Some(args.blend),
         spacing_mm: None,
     };
-    let device = args.device.unwrap_or_else(Device::auto);
+    let device = gpu_check::resolve(args.device, Precision::default())?;
     let mut model = LoadedModel::open(&args.model, &overrides, device)
         .with_context(|| format!("loading the model {}", args.model.display()))?;
     for w in model.warnings() {
@@ -221,8 +212,6 @@ mod tests {
             Some(Normalization::Minmax { min: -1000.0, max: 2000.0 })
         );
         assert_eq!(normalization_of(None, None, &vol), None);
-        assert_eq!(parse_window("16,32,8"), Ok([16, 32, 8]));
-        assert!(parse_window("16,32").is_err());
         assert!(parse_range("5,1").is_err());
     }
 }

@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// VOI size in voxels D,H,W (x, y, z) at 0.4 mm.
-    #[arg(long, value_name = "D,H,W", default_value = "120,150,70", value_parser = parse_dims)]
+    #[arg(long, value_name = "D,H,W", default_value = "120,150,70", value_parser = super::parse_dhw)]
     voi_size: [usize; 3],
     /// Whole-head voxel size in mm.
     #[arg(long, default_value_t = 1.5)]
@@ -35,15 +35,6 @@ pub struct Args {
     /// Also write PNG slices through each joint with the labels over the CT into DIR/preview.
     #[arg(long)]
     preview: bool,
-}
-
-fn parse_dims(s: &str) -> Result<[usize; 3], String> {
-    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-    let nums: Result<Vec<usize>, _> = parts.iter().map(|p| p.parse::<usize>()).collect();
-    match nums {
-        Ok(v) if v.len() == 3 => Ok([v[0], v[1], v[2]]),
-        _ => Err(format!("expected three integers D,H,W (e.g. 120,150,70), got `{s}`")),
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

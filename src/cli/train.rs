@@ -30,8 +30,8 @@ pub struct Args {
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
     resume: Option<PathBuf>,
     /// Override training.device (cpu, cuda, cuda:N, auto).
-    #[arg(long)]
-    device: Option<String>,
+    #[arg(long, value_parser = super::parse_device)]
+    device: Option<dnvs_engine::nn::gpu_check::DeviceChoice>,
     /// Override training.num_epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -55,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("give --config FILE or --resume RUN_DIR"),
     };
     if let Some(d) = args.device {
-        cfg.training.device = d;
+        cfg.training.device = d.to_string();
     }
     if let Some(e) = args.epochs {
         cfg.training.num_epochs = e;

@@ -7,7 +7,7 @@
 //! units of the source survive unchanged.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
@@ -853,36 +853,8 @@ fn serialize_header(h: &NiftiHeader) -> Vec<u8> {
     b
 }
 
-/// Writes through `f` into a temporary sibling of `path`, then renames it over `path`; on any
-/// error the temporary file is removed and `path` is left as it was.
-pub(crate) fn write_atomic(
-    path: &Path,
-    f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let tmp = temp_sibling(path);
-    let result = (|| {
-        let file = File::create(&tmp)?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        f(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
-}
-
-fn temp_sibling(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let unique =
-        format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-    path.with_file_name(unique)
-}
+/// The one atomic writer (`crate::atomic`): temporary sibling, fsync, rename, cleanup on error.
+use crate::atomic::write_with as write_atomic;
 
 /// A NIfTI header for a volume that has no file of its own yet (a DICOM series), whose images
 /// should be stored as `datatype` when their values fit it: qform = sform = the affine (scanner),

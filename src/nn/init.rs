@@ -6,7 +6,9 @@
 //! generator, so `build_seeded(arch, width, seed)` always gives the same network (the values differ
 //! from PyTorch's, whose generator is not reproduced).
 
-/// SplitMix64: tiny, fast, and good enough for initial weights and dropout masks.
+use crate::rng::{splitmix64, unit_f32};
+
+/// SplitMix64 (`crate::rng`): tiny, fast, and good enough for initial weights.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
 
@@ -16,16 +18,12 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        splitmix64(&mut self.0)
     }
 
     /// Uniform in `[0, 1)` with 24 random bits (every value exactly representable in f32).
     pub fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        unit_f32(self.next_u64())
     }
 
     /// `n` values uniform in `[-bound, bound)`.

@@ -11,7 +11,7 @@ use std::path::Path;
 use super::init::{conv_bound, Rng};
 use crate::io::weights::{Layout, Stored};
 use crate::ops::{self, BatchStats, RunningStats};
-use crate::tensor::{Device, Tensor};
+use crate::tensor::{Device, Precision, Tensor};
 use crate::{Error, Result};
 
 /// PyTorch's BatchNorm and GroupNorm epsilon.
@@ -45,17 +45,30 @@ pub struct Store {
     /// `None` for a counting store: shapes only, no values (for parameter counts of big widths).
     rng: Option<Rng>,
     device: Device,
+    /// Operand precision of the convolutions on a GPU (the CPU is always f32): held with the
+    /// parameters and passed to every conv op, never a process-wide setting.
+    precision: Precision,
 }
 
 impl Store {
     /// An empty store whose parameters will be drawn from a generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Store { entries: Vec::new(), rng: Some(Rng::new(seed)), device: Device::Cpu }
+        Store {
+            entries: Vec::new(),
+            rng: Some(Rng::new(seed)),
+            device: Device::Cpu,
+            precision: Precision::default(),
+        }
     }
 
     /// A store that records names and shapes only (its tensors are placeholders).
     pub fn counting() -> Self {
-        Store { entries: Vec::new(), rng: None, device: Device::Cpu }
+        Store {
+            entries: Vec::new(),
+            rng: None,
+            device: Device::Cpu,
+            precision: Precision::default(),
+        }
     }
 
     fn push(
@@ -105,6 +118,16 @@ impl Store {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// The convolutions' operand precision on a GPU (bf16 by default; ignored on the CPU).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the convolutions' operand precision on a GPU (`--precision bf16|fp32`).
+    pub fn set_precision(&mut self, p: Precision) {
+        self.precision = p;
     }
 
     /// Number of trainable scalars (running statistics not counted, as in PyTorch's
@@ -315,7 +338,7 @@ impl Conv3d {
     /// `(N, D, H, W, C_in)` -> `(N, D', H', W', C_out)`.
     pub fn forward(&self, store: &Store, x: &Tensor) -> Result<Tensor> {
         let b = self.b.map(|b| store.get(b));
-        ops::conv3d(x, store.get(self.w), b, self.stride, self.padding)
+        ops::conv3d_prec(x, store.get(self.w), b, self.stride, self.padding, store.precision())
     }
 }
 
@@ -343,7 +366,8 @@ impl ConvTranspose3d {
     /// # Shapes
     /// `(N, D, H, W, C_in)` -> `(N, 2D, 2H, 2W, C_out)`.
     pub fn forward(&self, store: &Store, x: &Tensor) -> Result<Tensor> {
-        ops::conv_transpose3d(x, store.get(self.w), Some(store.get(self.b)), 2)
+        let (w, b) = (store.get(self.w), Some(store.get(self.b)));
+        ops::conv_transpose3d_prec(x, w, b, 2, store.precision())
     }
 }
 

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod attention;
+pub mod gpu_check;
 pub mod init;
 pub mod layers;
 pub mod model;
@@ -31,7 +32,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use crate::io::weights;
-use crate::tensor::{Device, Tensor};
+use crate::tensor::{Device, Precision, Tensor};
 use crate::{Error, Result};
 use layers::Store;
 
@@ -136,6 +137,10 @@ pub trait Network: Send {
     fn load_safetensors(&mut self, path: &Path) -> Result<()>;
     /// Moves every tensor to `device`.
     fn to_device(&mut self, device: Device) -> Result<()>;
+    /// The convolutions' operand precision on a GPU (the CPU is always f32).
+    fn precision(&self) -> Precision;
+    /// Sets the convolutions' operand precision on a GPU, held with the parameters.
+    fn set_precision(&mut self, p: Precision);
 
     /// The device the parameters live on.
     fn device(&self) -> Device {
@@ -178,6 +183,12 @@ macro_rules! impl_network {
             }
             fn to_device(&mut self, device: Device) -> Result<()> {
                 self.store.to_device(device)
+            }
+            fn precision(&self) -> Precision {
+                self.store.precision()
+            }
+            fn set_precision(&mut self, p: Precision) {
+                self.store.set_precision(p)
             }
             fn device(&self) -> Device {
                 self.store.device()

@@ -1,11 +1,47 @@
-//! 3-D convolution: shape checks, dispatch to the CPU kernels, and the backward pass on the tape.
+//! 3-D convolution: one shape check into a [`ConvGeom`], the kernel of the device that holds the
+//! tensors (CPU im2col GEMM or the CUDA implicit GEMM, both built from that geometry), and one
+//! backward closure that does the same.
 
+use super::{data, device_of, inputs};
 use crate::autograd;
 use crate::backend::cpu::conv3d::{self as cpu, ConvGeom};
-use crate::tensor::{Device, Tensor};
+use crate::backend::cuda::{conv3d as cu, reduce};
+use crate::tensor::{Device, Precision, Tensor};
 use crate::{Error, Result};
 
-/// 3-D convolution with the same `stride` and zero `padding` on every axis.
+impl ConvGeom {
+    /// The geometry of `conv3d(x, w, b, stride, padding)`, after the one check of the shapes
+    /// every backend relies on (the CUDA kernel parameters are built from it).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when a tensor is not 5-D (the bias 1-D of length K), when channels
+    /// disagree or the kernel is larger than the padded input; [`Error::Arg`] for a zero stride.
+    pub fn check(
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<ConvGeom> {
+        const OP: &str = "conv3d";
+        let (xd, wd) = check_operands(OP, x, w, b)?;
+        let [n, d, h, wi, c] = xd;
+        let [k, kd, kh, kw, _] = wd;
+        if stride == 0 {
+            return Err(Error::arg(OP, "stride must be at least 1"));
+        }
+        ConvGeom::new(n, [d, h, wi], c, k, [kd, kh, kw], stride, padding).ok_or_else(|| {
+            Error::shape(
+                OP,
+                format!("a kernel no larger than the input {xd:?} padded by {padding}"),
+                format!("weight {wd:?}"),
+            )
+        })
+    }
+}
+
+/// 3-D convolution with the same `stride` and zero `padding` on every axis, f32 operands on every
+/// device (see [`conv3d_prec`] for bf16 tensor cores on a GPU).
 ///
 /// # Shapes
 /// `x: (N, D, H, W, C)`, `w: (K, kd, kh, kw, C)`, `b: (K)` -> `(N, D', H', W', K)` with
@@ -14,7 +50,7 @@ use crate::{Error, Result};
 /// # Errors
 /// [`Error::Shape`] when a tensor is not 5-D (the bias 1-D of length K), when channels disagree
 /// or the kernel is larger than the padded input; [`Error::Arg`] for a zero stride;
-/// [`Error::Device`] for tensors not held as CPU f32 (the CUDA path is dispatched elsewhere).
+/// [`Error::Device`] for tensors on different devices.
 ///
 /// # Example
 /// ```
@@ -32,82 +68,76 @@ pub fn conv3d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    const OP: &str = "conv3d";
-    if super::cuda::any_cuda(&[&[x, w], b.as_slice()].concat()) {
-        return super::cuda::conv3d(x, w, b, stride, padding);
-    }
-    let (xd, wd) = check_operands(OP, x, w, b)?;
-    let [n, d, h, wi, c] = xd;
-    let [k, kd, kh, kw, wc] = wd;
-    if wc != c {
-        return Err(Error::shape(
-            OP,
-            format!("weight (K, kd, kh, kw, {c}) for input {xd:?}"),
-            format!("weight {wd:?}"),
-        ));
-    }
-    if stride == 0 {
-        return Err(Error::arg(OP, "stride must be at least 1"));
-    }
-    let g = ConvGeom::new(n, [d, h, wi], c, k, [kd, kh, kw], stride, padding).ok_or_else(|| {
-        Error::shape(
-            OP,
-            format!("a kernel no larger than the input {xd:?} padded by {padding}"),
-            format!("weight {wd:?}"),
-        )
-    })?;
-    let bias = b.map(|b| b.as_slice()).transpose()?;
-    let out_data = cpu::fwd(x.as_slice()?, w.as_slice()?, bias, &g);
-    let [od, oh, ow] = g.output;
-    let out = Tensor::from_vec(out_data, [n, od, oh, ow, k])?;
+    conv3d_prec(x, w, b, stride, padding, Precision::F32)
+}
 
-    let mut inputs = vec![x, w];
-    inputs.extend(b);
-    if !autograd::needs_grad(&inputs) {
+/// [`conv3d`] with the operand precision of the GPU kernels (`prec` is ignored on the CPU, which
+/// is f32 throughout). Networks pass the precision their parameter store holds.
+pub fn conv3d_prec(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    prec: Precision,
+) -> Result<Tensor> {
+    const OP: &str = "conv3d";
+    let ins = inputs(&[x, w], &[b]);
+    let dev = device_of(OP, &ins)?;
+    let g = ConvGeom::check(x, w, b, stride, padding)?;
+    let out = match dev {
+        Device::Cpu => {
+            let bias = b.map(|b| data(OP, b)).transpose()?;
+            let [od, oh, ow] = g.output;
+            Tensor::from_vec(
+                cpu::fwd(data(OP, x)?, data(OP, w)?, bias, &g),
+                [g.n, od, oh, ow, g.k],
+            )?
+        }
+        Device::Cuda(_) => cu::conv3d(x, w, b, &g, prec)?,
+    };
+    if !autograd::needs_grad(&ins) {
         return Ok(out);
     }
     let (xs, ws, has_bias) = (x.clone(), w.clone(), b.is_some());
-    Ok(autograd::record(OP, out, &inputs, move |grad_out| {
-        let go = grad_out.as_slice()?;
+    Ok(autograd::record(OP, out, &ins, move |go| {
         let gx = xs
             .tracks_grad()
-            .then(|| Tensor::from_vec(cpu::bwd_input(go, ws.as_slice()?, &g), xs.shape()))
+            .then(|| match dev {
+                Device::Cpu => {
+                    Tensor::from_vec(cpu::bwd_input(data(OP, go)?, data(OP, &ws)?, &g), xs.shape())
+                }
+                Device::Cuda(_) => cu::conv3d_backward_input(go, &ws, &g, prec),
+            })
             .transpose()?;
         let gw = ws
             .tracks_grad()
-            .then(|| Tensor::from_vec(cpu::bwd_weight(xs.as_slice()?, go, &g), ws.shape()))
+            .then(|| match dev {
+                Device::Cpu => {
+                    Tensor::from_vec(cpu::bwd_weight(data(OP, &xs)?, data(OP, go)?, &g), ws.shape())
+                }
+                Device::Cuda(_) => cu::conv3d_backward_weight(go, &xs, &g, prec),
+            })
             .transpose()?;
         let mut grads = vec![gx, gw];
         if has_bias {
-            grads.push(Some(Tensor::from_vec(cpu::bwd_bias(go, g.k), [g.k])?));
+            grads.push(Some(bias_grad(OP, go, g.k)?));
         }
         Ok(grads)
     }))
 }
 
-/// Checks what `conv3d` and `conv_transpose3d` share: a 5-D input and weight, a bias of length
-/// `w.dims()[0]`, everything on the CPU. Returns the input and weight dims.
-pub(super) fn check_operands(
-    op: &'static str,
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-) -> Result<([usize; 5], [usize; 5])> {
-    let dims = check_shapes(op, x, w, b)?;
-    for t in std::iter::once(x).chain(Some(w)).chain(b) {
-        if t.device() != Device::Cpu {
-            return Err(Error::Device {
-                op,
-                msg: format!("the CPU kernel got a tensor on {:?}", t.device()),
-            });
-        }
+/// The gradient of a per-output-channel bias: the output gradient summed over all voxels.
+pub(super) fn bias_grad(op: &'static str, go: &Tensor, k: usize) -> Result<Tensor> {
+    match go.device() {
+        Device::Cpu => Tensor::from_vec(cpu::bwd_bias(data(op, go)?, k), [k]),
+        Device::Cuda(_) => reduce::sum_channels(go),
     }
-    Ok(dims)
 }
 
-/// The device-independent part of [`check_operands`], shared with the GPU ops: a 5-D input and
-/// weight and a bias of length `w.dims()[0]`.
-pub(super) fn check_shapes(
+/// Checks what `conv3d` and `conv_transpose3d` share: a 5-D input and weight with the same
+/// channel count, and a bias of length `w.dims()[0]`. Returns the input and weight dims.
+pub(super) fn check_operands(
     op: &'static str,
     x: &Tensor,
     w: &Tensor,
@@ -125,6 +155,13 @@ pub(super) fn check_shapes(
                 format!("bias {:?}", b.dims()),
             ));
         }
+    }
+    if wd[4] != xd[4] {
+        return Err(Error::shape(
+            op,
+            format!("weight (K, kd, kh, kw, {}) for input {xd:?}", xd[4]),
+            format!("weight {wd:?}"),
+        ));
     }
     Ok((xd, wd))
 }

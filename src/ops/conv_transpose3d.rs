@@ -1,12 +1,30 @@
-//! 3-D transposed convolution (the V-Net's up convolution): shape checks, dispatch, backward.
+//! 3-D transposed convolution (the V-Net's up convolution): one shape check into the geometry of
+//! the convolution it transposes, the kernel of the device that holds the tensors, one backward.
 
-use super::conv3d::check_operands;
+use super::conv3d::{bias_grad, check_operands};
+use super::{data, device_of, inputs};
 use crate::autograd;
+use crate::backend::cpu::conv3d::ConvGeom;
 use crate::backend::cpu::conv_transpose3d as cpu;
-use crate::tensor::Tensor;
+use crate::backend::cuda::conv_transpose3d as cu;
+use crate::tensor::{Device, Precision, Tensor};
 use crate::{Error, Result};
 
-/// Transposed 3-D convolution, no padding.
+/// Checks a transposed convolution's operands once and returns the geometry of the convolution
+/// whose input-gradient it is (its input is our output): what both backends build on.
+fn check(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize) -> Result<ConvGeom> {
+    const OP: &str = "conv_transpose3d";
+    let (xd, wd) = check_operands(OP, x, w, b)?;
+    let [k, kd, kh, kw, _] = wd;
+    if stride == 0 {
+        return Err(Error::arg(OP, "stride must be at least 1"));
+    }
+    cpu::geometry(xd, k, [kd, kh, kw], stride).ok_or_else(|| {
+        Error::shape(OP, "a non-empty input and kernel", format!("input {xd:?}, weight {wd:?}"))
+    })
+}
+
+/// Transposed 3-D convolution, no padding, f32 operands on every device.
 ///
 /// # Shapes
 /// `x: (N, D, H, W, C)`, `w: (K, kd, kh, kw, C)` (K output channels; PyTorch's
@@ -16,7 +34,7 @@ use crate::{Error, Result};
 /// # Errors
 /// [`Error::Shape`] for tensors of the wrong rank, a weight whose last axis is not C, a bias not
 /// of length K, or an empty input or kernel; [`Error::Arg`] for a zero stride; [`Error::Device`]
-/// for tensors not held as CPU f32.
+/// for tensors on different devices.
 ///
 /// # Example
 /// ```
@@ -33,50 +51,57 @@ pub fn conv_transpose3d(
     b: Option<&Tensor>,
     stride: usize,
 ) -> Result<Tensor> {
-    const OP: &str = "conv_transpose3d";
-    if super::cuda::any_cuda(&[&[x, w], b.as_slice()].concat()) {
-        return super::cuda::conv_transpose3d(x, w, b, stride);
-    }
-    let (xd, wd) = check_operands(OP, x, w, b)?;
-    let [k, kd, kh, kw, wc] = wd;
-    if wc != xd[4] {
-        return Err(Error::shape(
-            OP,
-            format!("weight (K, kd, kh, kw, {}) for input {xd:?}", xd[4]),
-            format!("weight {wd:?}"),
-        ));
-    }
-    if stride == 0 {
-        return Err(Error::arg(OP, "stride must be at least 1"));
-    }
-    let g = cpu::geometry(xd, k, [kd, kh, kw], stride).ok_or_else(|| {
-        Error::shape(OP, "a non-empty input and kernel", format!("input {xd:?}, weight {wd:?}"))
-    })?;
-    let bias = b.map(|b| b.as_slice()).transpose()?;
-    let out_data = cpu::fwd(x.as_slice()?, w.as_slice()?, bias, &g);
-    let [od, oh, ow] = g.input;
-    let out = Tensor::from_vec(out_data, [xd[0], od, oh, ow, k])?;
+    conv_transpose3d_prec(x, w, b, stride, Precision::F32)
+}
 
-    let mut inputs = vec![x, w];
-    inputs.extend(b);
-    if !autograd::needs_grad(&inputs) {
+/// [`conv_transpose3d`] with the operand precision of the GPU kernels (ignored on the CPU).
+pub fn conv_transpose3d_prec(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    prec: Precision,
+) -> Result<Tensor> {
+    const OP: &str = "conv_transpose3d";
+    let ins = inputs(&[x, w], &[b]);
+    let dev = device_of(OP, &ins)?;
+    let g = check(x, w, b, stride)?;
+    let k = g.c;
+    let out = match dev {
+        Device::Cpu => {
+            let bias = b.map(|b| data(OP, b)).transpose()?;
+            let [od, oh, ow] = g.input;
+            let y = cpu::fwd(data(OP, x)?, data(OP, w)?, bias, &g);
+            Tensor::from_vec(y, [g.n, od, oh, ow, k])?
+        }
+        Device::Cuda(_) => cu::conv_transpose3d(x, w, b, &g, prec)?,
+    };
+    if !autograd::needs_grad(&ins) {
         return Ok(out);
     }
     let (xs, ws, has_bias) = (x.clone(), w.clone(), b.is_some());
-    Ok(autograd::record(OP, out, &inputs, move |grad_out| {
-        let go = grad_out.as_slice()?;
+    Ok(autograd::record(OP, out, &ins, move |go| {
         let gx = xs
             .tracks_grad()
-            .then(|| Tensor::from_vec(cpu::bwd_input(go, ws.as_slice()?, &g), xs.shape()))
+            .then(|| match dev {
+                Device::Cpu => {
+                    Tensor::from_vec(cpu::bwd_input(data(OP, go)?, data(OP, &ws)?, &g), xs.shape())
+                }
+                Device::Cuda(_) => cu::conv_transpose3d_backward_input(go, &ws, &g, prec),
+            })
             .transpose()?;
         let gw = ws
             .tracks_grad()
-            .then(|| Tensor::from_vec(cpu::bwd_weight(xs.as_slice()?, go, &g), ws.shape()))
+            .then(|| match dev {
+                Device::Cpu => {
+                    Tensor::from_vec(cpu::bwd_weight(data(OP, &xs)?, data(OP, go)?, &g), ws.shape())
+                }
+                Device::Cuda(_) => cu::conv_transpose3d_backward_weight(go, &xs, &g, prec),
+            })
             .transpose()?;
         let mut grads = vec![gx, gw];
         if has_bias {
-            let gb = crate::backend::cpu::conv3d::bwd_bias(go, k);
-            grads.push(Some(Tensor::from_vec(gb, [k])?));
+            grads.push(Some(bias_grad(OP, go, k)?));
         }
         Ok(grads)
     }))

@@ -1,10 +1,10 @@
 //! Channel dropout (PyTorch's `Dropout3d`): whole channels of a sample zeroed with probability `p`,
 //! the rest scaled by `1 / (1 - p)`.
 
-use super::elementwise::{channels, data, like, shape_err};
+use super::{channels, data, like};
 use crate::autograd::record;
 use crate::backend::cpu::dropout as k;
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 use crate::{Error, Result};
 
 /// Seeded channel dropout; the identity (the same tensor) when `p == 0`. The mask depends only
@@ -22,18 +22,21 @@ pub fn channel_dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
         return Err(Error::arg(op, format!("p = {p} is not a probability in [0, 1]")));
     }
     if x.rank() < 2 {
-        return Err(shape_err(op, "(N, D, H, W, C)", x.dims()));
+        return Err(Error::shape(op, "(N, D, H, W, C)", x.dims()));
     }
     if p == 0.0 {
         return Ok(x.clone());
-    }
-    if super::cuda::any_cuda(&[x]) {
-        return super::cuda::channel_dropout(x, p, seed);
     }
     let c = channels(op, x)?;
     let n = x.dims()[0];
     let per = x.numel().checked_div(n).unwrap_or(0);
     let mask = k::channel_mask(n, c, p, seed);
+    if let Device::Cuda(_) = x.device() {
+        // The same (N, C) mask as the CPU's, expanded on the host and uploaded once; an
+        // elementwise multiply (whose backward masks the gradient alike) does the rest.
+        let full = Tensor::from_vec(k::expand_mask(&mask, n, c, per), x.shape())?;
+        return super::mul(x, &full.to_device(x.device())?);
+    }
     let out = like(k::apply_mask(data(op, x)?, &mask, c, per), x)?;
     let dims = x.dims().to_vec();
     Ok(record(op, out, &[x], move |g| {

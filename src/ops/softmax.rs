@@ -1,15 +1,16 @@
 //! Softmax and log-softmax over the channel (last) axis.
 
-use super::elementwise::{channels, data, like, shape_err};
+use super::{channels, data, like};
 use crate::autograd::record;
 use crate::backend::cpu::softmax as k;
-use crate::tensor::Tensor;
-use crate::Result;
+use crate::backend::cuda::softmax as cu;
+use crate::tensor::{Device, Tensor};
+use crate::{Error, Result};
 
 fn check(op: &'static str, x: &Tensor) -> Result<usize> {
     let c = channels(op, x)?;
     if c == 0 {
-        return Err(shape_err(op, "at least one channel", x.dims()));
+        return Err(Error::shape(op, "at least one channel", x.dims()));
     }
     Ok(c)
 }
@@ -22,15 +23,19 @@ fn check(op: &'static str, x: &Tensor) -> Result<usize> {
 /// # Errors
 /// [`Error::Shape`](crate::Error::Shape) for a scalar or an empty channel axis.
 pub fn softmax_channels(x: &Tensor) -> Result<Tensor> {
-    if super::cuda::any_cuda(&[x]) {
-        return super::cuda::softmax_channels(x);
-    }
-    let c = check("softmax_channels", x)?;
-    let out = like(k::softmax_fwd(data("softmax_channels", x)?, c), x)?;
+    const OP: &str = "softmax_channels";
+    let c = check(OP, x)?;
+    let out = match x.device() {
+        Device::Cpu => like(k::softmax_fwd(data(OP, x)?, c), x)?,
+        Device::Cuda(_) => cu::softmax_channels(x)?,
+    };
     let y = out.clone();
-    Ok(record("softmax_channels", out, &[x], move |g| {
-        let gx = k::softmax_bwd(data("softmax_channels", &y)?, data("softmax_channels", g)?, c);
-        Ok(vec![Some(like(gx, &y)?)])
+    Ok(record(OP, out, &[x], move |g| {
+        let gx = match y.device() {
+            Device::Cpu => like(k::softmax_bwd(data(OP, &y)?, data(OP, g)?, c), &y)?,
+            Device::Cuda(_) => cu::softmax_channels_backward(&y, g)?,
+        };
+        Ok(vec![Some(gx)])
     }))
 }
 
@@ -42,14 +47,18 @@ pub fn softmax_channels(x: &Tensor) -> Result<Tensor> {
 /// # Errors
 /// [`Error::Shape`](crate::Error::Shape) for a scalar or an empty channel axis.
 pub fn log_softmax_channels(x: &Tensor) -> Result<Tensor> {
-    if super::cuda::any_cuda(&[x]) {
-        return super::cuda::log_softmax_channels(x);
-    }
     let op = "log_softmax_channels";
     let c = check(op, x)?;
-    let out = like(k::log_softmax_fwd(data(op, x)?, c), x)?;
+    let out = match x.device() {
+        Device::Cpu => like(k::log_softmax_fwd(data(op, x)?, c), x)?,
+        Device::Cuda(_) => cu::log_softmax_channels(x)?,
+    };
     let y = out.clone();
     Ok(record(op, out, &[x], move |g| {
-        Ok(vec![Some(like(k::log_softmax_bwd(data(op, &y)?, data(op, g)?, c), &y)?)])
+        let gx = match y.device() {
+            Device::Cpu => like(k::log_softmax_bwd(data(op, &y)?, data(op, g)?, c), &y)?,
+            Device::Cuda(_) => cu::log_softmax_channels_backward(&y, g)?,
+        };
+        Ok(vec![Some(gx)])
     }))
 }

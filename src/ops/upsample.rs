@@ -1,10 +1,11 @@
 //! Nearest-neighbour upsampling (PyTorch's `mode="nearest"`: source index `floor(i * in / out)`).
 
-use super::elementwise::{data, ndhwc, shape_err};
+use super::{data, ndhwc};
 use crate::autograd::record;
 use crate::backend::cpu::upsample as k;
-use crate::tensor::Tensor;
-use crate::Result;
+use crate::backend::cuda::upsample as cu;
+use crate::tensor::{Device, Tensor};
+use crate::{Error, Result};
 
 /// Nearest upsampling (or downsampling) to `size = [D', H', W']`, as
 /// `F.interpolate(x, size, mode="nearest")`; the gradient sums over the copies of each voxel.
@@ -16,22 +17,35 @@ use crate::Result;
 /// [`Error::Shape`](crate::Error::Shape) when `x` is not 5-D, or a size is zero while the input axis is not (or the
 /// reverse).
 pub fn upsample_nearest(x: &Tensor, size: [usize; 3]) -> Result<Tensor> {
-    if super::cuda::any_cuda(&[x]) {
-        return super::cuda::upsample_nearest(x, size);
-    }
     let op = "upsample_nearest";
     let dims = ndhwc(op, x)?;
     let [n, d, h, w, c] = dims;
     if [d, h, w].iter().zip(&size).any(|(&i, &o)| (i == 0) != (o == 0)) {
-        return Err(shape_err(op, format!("non-empty spatial axes for size {size:?}"), x.dims()));
+        return Err(Error::shape(
+            op,
+            format!("non-empty spatial axes for size {size:?}"),
+            x.dims(),
+        ));
     }
     let src = [k::nearest_src(size[0], d), k::nearest_src(size[1], h), k::nearest_src(size[2], w)];
     let idx = [src[0].as_slice(), &src[1], &src[2]];
-    let out = k::nearest_fwd(data(op, x)?, dims, idx);
-    let out = Tensor::from_vec(out, [n, size[0], size[1], size[2], c])?;
+    let dev = x.device();
+    let out = match dev {
+        Device::Cpu => {
+            let out = k::nearest_fwd(data(op, x)?, dims, idx);
+            Tensor::from_vec(out, [n, size[0], size[1], size[2], c])?
+        }
+        Device::Cuda(_) => cu::upsample_nearest(x, size)?,
+    };
     Ok(record(op, out, &[x], move |g| {
-        let gx = k::nearest_bwd(data(op, g)?, dims, [&src[0], &src[1], &src[2]]);
-        Ok(vec![Some(Tensor::from_vec(gx, dims)?)])
+        let gx = match dev {
+            Device::Cpu => {
+                let gx = k::nearest_bwd(data(op, g)?, dims, [&src[0], &src[1], &src[2]]);
+                Tensor::from_vec(gx, dims)?
+            }
+            Device::Cuda(_) => cu::upsample_nearest_backward(g, &dims)?,
+        };
+        Ok(vec![Some(gx)])
     }))
 }
 

@@ -2,52 +2,31 @@
 //! parameters (xoshiro256** seeded through splitmix64) and stateless hashes for everything drawn
 //! per voxel (noise, texture), so that rendering in parallel gives the same bytes in any order.
 
-/// One splitmix64 step: a good 64-bit mixer, used to seed xoshiro and to hash voxel indices.
-pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+/// SplitMix64's mixer (`crate::rng`), used to seed xoshiro and to hash voxel indices.
+pub use crate::rng::mix64 as splitmix64;
+use crate::rng::{Xoshiro256, GOLDEN};
 
 /// Mixes several words into one well-distributed key (order matters).
 pub fn hash_words(words: &[u64]) -> u64 {
     words.iter().fold(0x243F_6A88_85A3_08D3, |h, &w| splitmix64(h ^ w))
 }
 
-/// A uniform value in `[0, 1)` from the top 53 bits of a hash.
-fn unit_f64(h: u64) -> f64 {
-    (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}
+use crate::rng::unit_f64;
 
-/// xoshiro256**: the sequential generator behind every per-case parameter.
+/// xoshiro256** (`crate::rng`): the sequential generator behind every per-case parameter.
 #[derive(Clone, Debug)]
-pub struct Rng {
-    s: [u64; 4],
-}
+pub struct Rng(Xoshiro256);
 
 impl Rng {
-    /// A generator whose whole stream is fixed by `seed`.
+    /// A generator whose whole stream is fixed by `seed`. The state is the SplitMix64 stream
+    /// from `seed + GOLDEN` (one step further than `train::rng`'s), as the phantoms were always
+    /// seeded: the phantom bytes do not change.
     pub fn new(seed: u64) -> Self {
-        let mut x = seed;
-        let mut s = [0u64; 4];
-        for w in &mut s {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            *w = splitmix64(x);
-        }
-        Rng { s }
+        Rng(Xoshiro256::seeded(seed.wrapping_add(GOLDEN)))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let out = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        out
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`.

@@ -8,7 +8,11 @@ mod device;
 pub mod layout;
 mod shape;
 
-pub use device::{cuda_driver_present, Device};
+pub(crate) use device::cuda_err as device_cuda_err;
+pub use device::{
+    count_transfer, cuda_context, cuda_driver_present, probe, transfers, CudaBuffer, CudaData,
+    CudaDevice, Device, Precision, Transfers,
+};
 pub use shape::Shape;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +20,6 @@ use std::sync::Arc;
 
 use half::bf16;
 
-use crate::autograd::Node;
 use crate::{Error, Result};
 
 /// Element type of a tensor's storage. Compute is f32 on the CPU; bf16 is a storage format for
@@ -31,7 +34,7 @@ pub enum DType {
 pub enum Storage {
     Cpu(Vec<f32>),
     CpuBf16(Vec<bf16>),
-    Cuda(crate::backend::cuda::CudaBuffer),
+    Cuda(CudaBuffer),
 }
 
 impl Storage {
@@ -49,6 +52,18 @@ impl Storage {
             Storage::Cuda(b) => b.dtype(),
         }
     }
+}
+
+/// Maps the gradient of an op's output to the gradients of its inputs (`None`: no gradient).
+pub type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+
+/// One recorded op: its inputs and how to send a gradient back to them. Defined here, beside the
+/// tensor that holds it, so that `tensor` does not import `autograd` (which builds and replays
+/// these).
+pub struct Node {
+    pub(crate) op: &'static str,
+    pub(crate) inputs: Vec<Tensor>,
+    pub(crate) backward: BackwardFn,
 }
 
 /// Identity of a tensor value, used to key gradients.
@@ -230,7 +245,7 @@ impl Tensor {
             Device::Cpu => Storage::Cpu(self.to_vec()?),
             Device::Cuda(ordinal) => {
                 let host = self.to_vec()?;
-                Storage::Cuda(crate::backend::cuda::CudaBuffer::from_host_f32(ordinal, &host)?)
+                Storage::Cuda(CudaBuffer::from_host_f32(ordinal, &host)?)
             }
         };
         Self::from_storage(storage, self.0.shape.clone())

@@ -52,3 +52,9 @@ impl From<&Shape> for Shape {
         s.clone()
     }
 }
+
+impl crate::error::ShapeText for Shape {
+    fn shape_text(&self) -> String {
+        format!("{self:?}")
+    }
+}

@@ -13,22 +13,8 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
-/// Writes `bytes` to `path` so that a reader sees the old file or the new one, never half of one:
-/// a temporary file beside it, flushed to disk, renamed over the target.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
+/// The one atomic writer (kept under this name for its callers).
+pub use crate::atomic::write_atomic;
 
 /// Header of `loss_convergence.csv`.
 pub const CONVERGENCE_HEADER: &str = "k,epoch,mode,iter,loss,ce,dice,IoU";

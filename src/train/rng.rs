@@ -6,13 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 /// SplitMix64 step: used to expand a seed into a full state and to derive child seeds.
-pub fn splitmix64(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use crate::rng::splitmix64;
+use crate::rng::Xoshiro256;
 
 /// Mixes several words into one seed (order matters), for per-sample and per-transform streams.
 pub fn mix_seed(parts: &[u64]) -> u64 {
@@ -31,36 +26,24 @@ pub fn str_seed(s: &str) -> u64 {
     s.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01B3))
 }
 
-/// xoshiro256**: fast, good quality, and its state is plain data.
+/// xoshiro256** (`crate::rng`): its state is plain data, serialised as `{"s": [..]}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rng {
-    s: [u64; 4],
-}
+pub struct Rng(Xoshiro256);
 
 impl Rng {
     /// A generator whose stream depends only on `seed`.
     pub fn new(seed: u64) -> Self {
-        let mut x = seed;
-        let s = [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)];
-        Rng { s }
+        Rng(Xoshiro256::seeded(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)` with 53 random bits.
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        self.0.unit_f64()
     }
 
     /// Uniform in `[lo, hi)`.

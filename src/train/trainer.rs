@@ -107,17 +107,23 @@ pub struct RunSummary {
 /// `training.device`: `auto`, `cpu`, or a CUDA device that falls back to the CPU (with a message)
 /// when unusable, as the original does.
 pub fn resolve_device(spec: &str) -> Result<Device> {
-    if spec == "auto" {
-        return Ok(Device::auto());
-    }
-    let dev: Device = spec.parse().map_err(|e: Error| Error::Config { msg: e.to_string() })?;
-    if let Device::Cuda(n) = dev {
-        if let Err(why) = crate::backend::cuda::probe(n) {
+    resolve_device_for(spec, crate::tensor::Precision::default())
+}
+
+/// [`resolve_device`] with the precision the GPU self-check (`nn::gpu_check`) runs in: `auto`
+/// falls back to the CPU when the GPU disagrees with it, an explicit usable GPU that disagrees
+/// is an error.
+pub fn resolve_device_for(spec: &str, prec: crate::tensor::Precision) -> Result<Device> {
+    use crate::nn::gpu_check::{self, DeviceChoice};
+    let choice: DeviceChoice =
+        spec.parse().map_err(|e: Error| Error::Config { msg: e.to_string() })?;
+    if let DeviceChoice::Cuda(n) = choice {
+        if let Err(why) = crate::tensor::probe(n) {
             eprintln!("dnvs-engine: {spec} is not usable ({why}); training on the CPU");
             return Ok(Device::Cpu);
         }
     }
-    Ok(dev)
+    gpu_check::resolve(choice, prec)
 }
 
 /// Writes phantoms into `dataset_dir` when it is missing and `loaders.synth` asks for it.
@@ -233,13 +239,9 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
             msg: "the data set has no VOI for the configured sides".into(),
         });
     };
-    let device = resolve_device(&cfg.training.device)?;
-    // GPU convolutions take bf16 or fp32 operands (fp32 accumulation either way); the CPU is
-    // always fp32.
-    crate::ops::set_conv_precision(match cfg.training.precision.as_str() {
-        "fp32" => crate::backend::cuda::Precision::F32,
-        _ => crate::backend::cuda::Precision::Bf16,
-    });
+    let prec =
+        cfg.training.precision.parse().map_err(|e: Error| Error::Config { msg: e.to_string() })?;
+    let device = resolve_device_for(&cfg.training.device, prec)?;
     let config_sha256 = checkpoint::config_sha256(cfg)?;
     Ok(Prepared { samples, ids, folds, device, spacing, config_sha256 })
 }
@@ -441,6 +443,14 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
         let mut net =
             nn::build_seeded(cfg.arch()?, cfg.width(), mix_seed(&[cfg.manual_seed, fold as u64]))?;
         net.to_device(prep.device)?;
+        // GPU convolutions take bf16 or fp32 operands (fp32 accumulation either way), held with
+        // the network's parameters; the CPU is always fp32.
+        net.set_precision(
+            cfg.training
+                .precision
+                .parse()
+                .map_err(|e: Error| Error::Config { msg: e.to_string() })?,
+        );
         let adam_cfg = AdamConfig {
             lr: st.base_lr,
             beta1: 0.9,
@@ -499,7 +509,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
             checkpoint::save_weights(net.as_ref(), &fold_dir.join(&name), &card_for(None, None)?)?;
             let old = st.weights.replace(format!("fold{fold}/{name}"));
             let adam_name = format!("adam_e{:04}.bin", epoch + 1);
-            let a = adam.state();
+            let a = adam.state_synced()?;
             write_moments(&fold_dir.join(&adam_name), &a.m, &a.v)?;
             st.adam_step = a.step;
             let old_adam = st.adam_file.replace(format!("fold{fold}/{adam_name}"));

@@ -2,13 +2,8 @@
 
 use super::elementwise::for_rows_mut;
 
-/// SplitMix64: a fast, well-mixed 64-bit hash, so a mask is a pure function of (seed, index).
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+/// SplitMix64's mixer, so a mask is a pure function of (seed, index).
+use crate::rng::{mix64 as splitmix64, unit_f32};
 
 /// One multiplier per (sample, channel): 0 with probability `p`, else `1 / (1 - p)`.
 pub fn channel_mask(n: usize, c: usize, p: f32, seed: u64) -> Vec<f32> {
@@ -17,7 +12,7 @@ pub fn channel_mask(n: usize, c: usize, p: f32, seed: u64) -> Vec<f32> {
     (0..n * c)
         .map(|i| {
             // The top 24 bits give a uniform f32 in [0, 1) exactly.
-            let u = (splitmix64(base ^ i as u64) >> 40) as f32 / (1u64 << 24) as f32;
+            let u = unit_f32(splitmix64(base ^ i as u64));
             if u < p {
                 0.0
             } else {
@@ -41,4 +36,31 @@ pub fn apply_mask(x: &[f32], mask: &[f32], c: usize, per: usize) -> Vec<f32> {
         }
     });
     out
+}
+
+/// The `(N, C)` dropout mask repeated over the `per / C` voxels of each sample: the elementwise
+/// factor that [`apply_mask`] applies (what a GPU multiplies by).
+pub fn expand_mask(mask: &[f32], n: usize, c: usize, per: usize) -> Vec<f32> {
+    let mut full = Vec::with_capacity(n * per);
+    for row in mask.chunks(c.max(1)).take(n) {
+        for _ in 0..per.checked_div(c).unwrap_or(0) {
+            full.extend_from_slice(row);
+        }
+    }
+    full
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::*;
+
+    #[test]
+    fn expanded_mask_is_what_apply_mask_multiplies_by() {
+        let (n, c, per) = (2, 3, 12);
+        let x: Vec<f32> = (0..n * per).map(|i| i as f32 + 1.0).collect();
+        let mask = channel_mask(n, c, 0.5, 9);
+        let full = expand_mask(&mask, n, c, per);
+        let prod: Vec<f32> = x.iter().zip(&full).map(|(a, b)| a * b).collect();
+        assert_eq!(prod, apply_mask(&x, &mask, c, per));
+    }
 }

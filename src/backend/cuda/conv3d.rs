@@ -1,22 +1,21 @@
 //! Launchers for `kernels/conv3d.cu`: 3-D convolution over channels-last tensors as implicit GEMM
 //! (bf16 tensor cores with f32 accumulation, or f32), forward with optional per-channel output
 //! statistics, backward-input and backward-weight with split-K; dedicated forward kernels for a
-//! 1-channel input and a 2-channel output. Same semantics as `crate::ops::conv3d`.
+//! 1-channel input and a 2-channel output. Same semantics as `crate::ops::conv3d`, whose one shape
+//! check ([`ConvGeom::check`]) gives the geometry every pass here builds its parameters from.
 
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::launch::{self, grid_1d, int, kernel_name, Pass, Precision, THREADS};
+use super::launch::{self, gemm_grid, grid_1d, int, kernel_name, Pass, Precision};
+pub(crate) use super::launch::{TILE_K, TILE_M, TILE_N};
 use super::{alloc, common_gpu, f32_slice, wrap, zeros, Gpu};
+use crate::backend::cpu::conv3d::ConvGeom;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
 const STEM: &str = "conv3d";
 const OP: &str = "conv3d";
 
-/// Output tile of the implicit GEMM (BM x BN in implicit_gemm.cuh) and its reduction step (BK).
-pub(crate) const TILE_M: usize = 64;
-pub(crate) const TILE_N: usize = 64;
-pub(crate) const TILE_K: usize = 32;
 /// Weights the dedicated small kernels keep in shared memory (SMALL_W_MAX floats).
 const SMALL_W_MAX: usize = 8192;
 
@@ -64,54 +63,55 @@ impl ConvParams {
     }
 }
 
-/// Geometry of `conv3d(x, w, stride, padding)` after checking the shapes.
-///
-/// # Errors
-/// [`Error::Shape`] / [`Error::Arg`] for ranks, channel mismatch, zero stride or a kernel larger
-/// than the padded input.
-pub fn conv3d_params(
-    x: &[usize],
-    w: &[usize],
-    stride: usize,
-    padding: usize,
-) -> Result<ConvParams> {
-    let [n, d, h, wd, c]: [usize; 5] =
-        x.try_into().map_err(|_| Error::shape(OP, "x (N, D, H, W, C)", x))?;
-    let [k, kd, kh, kw, wc]: [usize; 5] =
-        w.try_into().map_err(|_| Error::shape(OP, "w (K, kd, kh, kw, C)", w))?;
-    if wc != c {
-        return Err(Error::shape(OP, format!("w with C = {c}"), w));
+impl ConvParams {
+    /// The kernel parameters of the convolution `g` (checked by `ConvGeom::check`).
+    ///
+    /// # Errors
+    /// [`Error::Arg`] when a size exceeds the kernels' 32-bit `int`.
+    pub fn conv(g: &ConvGeom) -> Result<ConvParams> {
+        let i = |v: usize| int(OP, v);
+        let ([d, h, w], [od, oh, ow], [kd, kh, kw]) = (g.input, g.output, g.kernel);
+        Ok(ConvParams {
+            n: i(g.n)?,
+            d: i(d)?,
+            h: i(h)?,
+            w: i(w)?,
+            c: i(g.c)?,
+            od: i(od)?,
+            oh: i(oh)?,
+            ow: i(ow)?,
+            k: i(g.k)?,
+            kd: i(kd)?,
+            kh: i(kh)?,
+            kw: i(kw)?,
+            stride: i(g.stride)?,
+            pad: i(g.padding)?,
+            split_k: 1,
+            flags: 0,
+        })
     }
-    if stride == 0 {
-        return Err(Error::arg(OP, "stride must be at least 1"));
+
+    /// The kernel parameters of the transposed convolution whose mirror convolution is `g`
+    /// (`g.input` is the transposed convolution's output): input and output swap roles.
+    pub fn transposed(g: &ConvGeom) -> Result<ConvParams> {
+        let p = ConvParams::conv(g)?;
+        Ok(ConvParams { d: p.od, h: p.oh, w: p.ow, c: p.k, od: p.d, oh: p.h, ow: p.w, k: p.c, ..p })
     }
-    let out = |len: usize, kk: usize| -> Result<usize> {
-        let padded = len + 2 * padding;
-        if kk == 0 || padded < kk {
-            return Err(Error::shape(OP, format!("kernel <= padded input {padded}"), w));
-        }
-        Ok((padded - kk) / stride + 1)
-    };
-    let (od, oh, ow) = (out(d, kd)?, out(h, kh)?, out(wd, kw)?);
-    let i = |v: usize| int(OP, v);
-    Ok(ConvParams {
-        n: i(n)?,
-        d: i(d)?,
-        h: i(h)?,
-        w: i(wd)?,
-        c: i(c)?,
-        od: i(od)?,
-        oh: i(oh)?,
-        ow: i(ow)?,
-        k: i(k)?,
-        kd: i(kd)?,
-        kh: i(kh)?,
-        kw: i(kw)?,
-        stride: i(stride)?,
-        pad: i(padding)?,
-        split_k: 1,
-        flags: 0,
-    })
+
+    /// Output dims `(N, OD, OH, OW, K)`.
+    pub(crate) fn out_dims(&self) -> [usize; 5] {
+        [self.n, self.od, self.oh, self.ow, self.k].map(|v| v as usize)
+    }
+
+    /// Input dims `(N, D, H, W, C)`.
+    pub(crate) fn in_dims(&self) -> [usize; 5] {
+        [self.n, self.d, self.h, self.w, self.c].map(|v| v as usize)
+    }
+
+    /// Weight dims `(K, kd, kh, kw, C)`.
+    pub(crate) fn w_dims(&self) -> [usize; 5] {
+        [self.k, self.kd, self.kh, self.kw, self.c].map(|v| v as usize)
+    }
 }
 
 /// How many reduction slices give the GPU enough blocks when `tiles` output tiles do not: about
@@ -128,20 +128,6 @@ pub(crate) fn split_k_for(sms: usize, tiles: usize, reduction: usize) -> usize {
     }
     let max_split = reduction.div_ceil(TILE_K).div_ceil(4).max(1);
     target.div_ceil(tiles.max(1)).min(max_split).clamp(1, 65535)
-}
-
-/// Grid of the implicit GEMM for an `m x n` output and `z` slices.
-pub(crate) fn gemm_grid(m: usize, n: usize, z: usize) -> Result<LaunchConfig> {
-    let gx = u32::try_from(m.div_ceil(TILE_M)).map_err(|_| Error::arg(OP, "too many rows"))?;
-    let gy = n.div_ceil(TILE_N);
-    if gy > 65535 || z > 65535 {
-        return Err(Error::arg(OP, format!("GEMM grid too large: {gy} x {z}")));
-    }
-    Ok(LaunchConfig {
-        grid_dim: (gx, gy as u32, z as u32),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    })
 }
 
 /// Launches one implicit-GEMM entry point `name(p, a, b, bias, out, stats)` of module `stem`.
@@ -187,34 +173,69 @@ pub(crate) unsafe fn run_gemm(
     unsafe { launch::launch(gpu, name, &mut lb, cfg) }
 }
 
-fn prec_name(pass: Pass, prec: Precision) -> String {
-    kernel_name(OP, pass, None, prec.suffix())
+/// One pass of the implicit GEMM: which entry point, the GEMM's extent, how its reduction may be
+/// split, and the output buffer it writes. Every conv and transposed-conv pass is one of these.
+pub(crate) struct GemmPass<'a> {
+    pub stem: &'static str,
+    pub name: String,
+    /// Rows and columns of one GEMM (one tap's GEMM for the per-tap modes).
+    pub m: usize,
+    pub n: usize,
+    /// Independent GEMMs on grid z (kernel taps for the per-tap modes), else 1.
+    pub taps: usize,
+    /// The reduction length split-K may cut (0: never split, e.g. with epilogue statistics).
+    pub reduction: usize,
+    /// Elements of the output buffer.
+    pub out_len: usize,
+    /// The output must start at zero even unsplit (the mode accumulates or leaves gaps).
+    pub zero: bool,
+    pub bias: Option<&'a CudaSlice<f32>>,
+    pub stats: Option<&'a mut CudaSlice<f32>>,
 }
 
-/// Forward convolution, optionally with per-channel sums of the output and of its square.
+/// Runs `pass` with operands `a`, `b`: chooses split-K, allocates the output (zeroed when split
+/// or asked), launches, and returns the output buffer.
+///
+/// # Safety
+/// `a`, `b`, the bias and the statistics must have the sizes the mode of `pass.name` reads for
+/// `p` (the table in conv3d.cu), and `pass.out_len` must be what that mode writes.
+pub(crate) unsafe fn gemm_pass(
+    gpu: &Gpu,
+    mut p: ConvParams,
+    a: &CudaSlice<f32>,
+    b: &CudaSlice<f32>,
+    pass: GemmPass<'_>,
+) -> Result<CudaSlice<f32>> {
+    let tiles = pass.m.div_ceil(TILE_M) * pass.n.div_ceil(TILE_N) * pass.taps;
+    let split = if pass.reduction == 0 { 1 } else { split_k(gpu, tiles, pass.reduction) };
+    p.split_k = int(OP, split)?;
+    let mut out =
+        if split > 1 || pass.zero { zeros(gpu, pass.out_len)? } else { alloc(gpu, pass.out_len)? };
+    let grid = gemm_grid(pass.m, pass.n, pass.taps * split)?;
+    // SAFETY: forwarded from this function's contract; `out` is zeroed whenever the slices
+    // accumulate (split > 1) or the mode asks for it.
+    unsafe {
+        run_gemm(gpu, pass.stem, &pass.name, &p, a, b, pass.bias, &mut out, pass.stats, grid)?
+    };
+    Ok(out)
+}
+
+/// Forward convolution of geometry `g`, optionally with per-channel sums of the output and of
+/// its square.
 fn forward(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
+    g: &ConvGeom,
     prec: Precision,
     want_stats: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let mut p = conv3d_params(x.dims(), w.dims(), stride, padding)?;
-    let mut all = vec![x, w];
-    if let Some(b) = b {
-        if b.numel() != p.k as usize {
-            return Err(Error::shape(OP, format!("bias ({})", p.k), b.dims()));
-        }
-        all.push(b);
-    }
-    let gpu = common_gpu(OP, &all)?;
+    let mut p = ConvParams::conv(g)?;
+    let gpu = common_gpu(OP, &[&[x, w], b.as_slice()].concat())?;
     let (sx, sw) = (f32_slice(OP, x)?, f32_slice(OP, w)?);
     let sb = b.map(|b| f32_slice(OP, b)).transpose()?;
-    let (k, taps, c) = (p.k as usize, p.taps(), p.c as usize);
-    let m = p.out_voxels();
-    let shape = [p.n as usize, p.od as usize, p.oh as usize, p.ow as usize, k];
+    let (k, taps, c, m) = (g.k, g.kvol(), g.c, g.out_voxels());
+    let shape = p.out_dims();
 
     // The dedicated kernels: 1-channel input (the CT) and 2-channel output (the class layer).
     let small = if want_stats {
@@ -234,32 +255,24 @@ fn forward(
     let mut stats = if want_stats { Some(zeros(&gpu, 2 * k)?) } else { None };
     if want_stats {
         p.flags |= FLAG_STATS;
-    } else {
+    }
+    let pass = GemmPass {
+        stem: STEM,
+        name: kernel_name(OP, Pass::Fwd, None, prec.suffix()),
+        m,
+        n: k,
+        taps: 1,
         // Deep layers (C128 at 14x18x8: 64 output tiles for 132 SMs) split the reduction; the
         // epilogue statistics need whole sums, so they keep split 1.
-        let split = split_k(&gpu, m.div_ceil(TILE_M) * k.div_ceil(TILE_N), taps * c);
-        p.split_k = int(OP, split)?;
-    }
-    let split = p.split_k.max(1) as usize;
-    let mut out = if split > 1 { zeros(&gpu, m * k)? } else { alloc(&gpu, m * k)? };
-    let name = prec_name(Pass::Fwd, prec);
-    // SAFETY: forward mode: a = x (N, D, H, W, C), b = w (K, taps * C), bias (K) added by slice 0
-    // only, out holds M * K = out voxels * K, overwritten (split 1) or zeroed and accumulated
-    // (split > 1), stats (2, K) zeroed and only with split 1.
-    unsafe {
-        run_gemm(
-            &gpu,
-            STEM,
-            &name,
-            &p,
-            sx,
-            sw,
-            sb,
-            &mut out,
-            stats.as_mut(),
-            gemm_grid(m, k, split)?,
-        )?
+        reduction: if want_stats { 0 } else { taps * c },
+        out_len: m * k,
+        zero: false,
+        bias: sb,
+        stats: stats.as_mut(),
     };
+    // SAFETY: forward mode: a = x (N, D, H, W, C), b = w (K, taps * C), bias (K) added by slice 0
+    // only, out M * K = out voxels * K, stats (2, K) zeroed and only with split 1.
+    let out = unsafe { gemm_pass(&gpu, p, sx, sw, pass)? };
     let stats = stats.map(|s| wrap(&gpu, s, [2, k])).transpose()?;
     Ok((wrap(&gpu, out, shape)?, stats))
 }
@@ -291,22 +304,20 @@ fn small_kernel(
     unsafe { launch::launch(gpu, &name, &mut lb, grid_1d(gpu, m)) }
 }
 
-/// 3-D convolution, channels-last. Operands are rounded to bf16 for the tensor cores when `prec`
-/// is [`Precision::Bf16`] (accumulation is always f32); the 1-channel-input and 2-channel-output
-/// cases use dedicated f32 kernels in either precision.
+/// 3-D convolution of geometry `g`, channels-last. Operands are rounded to bf16 for the tensor
+/// cores when `prec` is [`Precision::Bf16`] (accumulation is always f32); the 1-channel-input and
+/// 2-channel-output cases use dedicated f32 kernels in either precision.
 ///
 /// # Shapes
-/// `x (N, D, H, W, C)`, `w (K, kd, kh, kw, C)`, `b (K)`; output `(N, OD, OH, OW, K)` with
-/// `OD = (D + 2 padding - kd) / stride + 1`.
+/// `x (N, D, H, W, C)`, `w (K, kd, kh, kw, C)`, `b (K)` as `g` says; output `(N, OD, OH, OW, K)`.
 pub fn conv3d(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
+    g: &ConvGeom,
     prec: Precision,
 ) -> Result<Tensor> {
-    Ok(forward(x, w, b, stride, padding, prec, false)?.0)
+    Ok(forward(x, w, b, g, prec, false)?.0)
 }
 
 /// [`conv3d`] that also returns the per-channel sums of the output and of its square, `(2, K)`,
@@ -315,112 +326,93 @@ pub fn conv3d_with_stats(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
+    g: &ConvGeom,
     prec: Precision,
 ) -> Result<(Tensor, Tensor)> {
-    let (out, stats) = forward(x, w, b, stride, padding, prec, true)?;
+    let (out, stats) = forward(x, w, b, g, prec, true)?;
     Ok((out, stats.expect("forward with stats returns them")))
 }
 
-/// Gradient of [`conv3d`] w.r.t. `x`, of shape `x_dims`.
+/// Gradient of [`conv3d`] w.r.t. `x`.
 ///
 /// # Shapes
-/// `g (N, OD, OH, OW, K)`, `w (K, kd, kh, kw, C)`; output `x_dims = (N, D, H, W, C)`.
+/// `g (N, OD, OH, OW, K)`, `w (K, kd, kh, kw, C)`; output `(N, D, H, W, C)`.
 pub fn conv3d_backward_input(
-    g: &Tensor,
+    go: &Tensor,
     w: &Tensor,
-    x_dims: &[usize],
-    stride: usize,
-    padding: usize,
+    g: &ConvGeom,
     prec: Precision,
 ) -> Result<Tensor> {
-    let mut p = conv3d_params(x_dims, w.dims(), stride, padding)?;
-    let want = [p.n as usize, p.od as usize, p.oh as usize, p.ow as usize, p.k as usize];
-    if g.dims() != want {
-        return Err(Error::shape(OP, want, g.dims()));
-    }
-    let gpu = common_gpu(OP, &[g, w])?;
-    let (sg, sw) = (f32_slice(OP, g)?, f32_slice(OP, w)?);
-    if p.pad == 0 && p.kd == p.stride && p.kh == p.stride && p.kw == p.stride {
-        // Non-overlapping windows: one dense GEMM per tap, rows = output voxels.
-        let (m, n, r, taps) = (p.out_voxels(), p.c as usize, p.k as usize, p.taps());
-        let split = split_k(&gpu, m.div_ceil(TILE_M) * n.div_ceil(TILE_N) * taps, r);
-        p.split_k = int(OP, split)?;
-        let mut gx = zeros(&gpu, p.in_voxels() * n)?;
-        let name = kernel_name(OP, Pass::BwdInput, Some("tap"), prec.suffix());
-        // SAFETY: CONV_BWD_INPUT_TAP: a = g (out voxels, K), b = w (K, taps, C), gx (N, D, H, W, C)
-        // zeroed; row q and tap t write voxel q * stride + t < D (kernel == stride, no padding).
-        unsafe {
-            run_gemm(
-                &gpu,
-                STEM,
-                &name,
-                &p,
-                sg,
-                sw,
-                None,
-                &mut gx,
-                None,
-                gemm_grid(m, n, taps * split)?,
-            )?
-        };
-        return wrap(&gpu, gx, x_dims);
-    }
-    let (m, n, r) = (p.in_voxels(), p.c as usize, p.taps() * p.k as usize);
-    let split = split_k(&gpu, m.div_ceil(TILE_M) * n.div_ceil(TILE_N), r);
-    p.split_k = int(OP, split)?;
-    let mut gx = if split > 1 { zeros(&gpu, m * n)? } else { alloc(&gpu, m * n)? };
-    let name = prec_name(Pass::BwdInput, prec);
-    // SAFETY: backward-input mode: a = g (out voxels, K), b = w (K, taps, C), gx (in voxels, C),
-    // zeroed when split (the slices accumulate), else fully overwritten.
-    unsafe {
-        run_gemm(&gpu, STEM, &name, &p, sg, sw, None, &mut gx, None, gemm_grid(m, n, split)?)?
+    let p = ConvParams::conv(g)?;
+    let gpu = common_gpu(OP, &[go, w])?;
+    let (sg, sw) = (f32_slice(OP, go)?, f32_slice(OP, w)?);
+    let (in_len, c, k, taps) = (g.in_voxels() * g.c, g.c, g.k, g.kvol());
+    let per_tap = g.padding == 0 && g.kernel == [g.stride; 3];
+    let pass = if per_tap {
+        // Non-overlapping windows: one dense GEMM per tap, rows = output voxels; voxels past the
+        // last whole window get no tap, hence the zeroed output.
+        GemmPass {
+            stem: STEM,
+            name: kernel_name(OP, Pass::BwdInput, Some("tap"), prec.suffix()),
+            m: g.out_voxels(),
+            n: c,
+            taps,
+            reduction: k,
+            out_len: in_len,
+            zero: true,
+            bias: None,
+            stats: None,
+        }
+    } else {
+        GemmPass {
+            stem: STEM,
+            name: kernel_name(OP, Pass::BwdInput, None, prec.suffix()),
+            m: g.in_voxels(),
+            n: c,
+            taps: 1,
+            reduction: taps * k,
+            out_len: in_len,
+            zero: false,
+            bias: None,
+            stats: None,
+        }
     };
-    wrap(&gpu, gx, x_dims)
+    // SAFETY: backward-input modes: a = g (out voxels, K), b = w (K, taps, C), gx (in voxels, C);
+    // the tap mode writes voxel q * stride + t < D (kernel == stride, no padding) into a zeroed
+    // buffer, the general mode overwrites every element (or accumulates into zeros when split).
+    let gx = unsafe { gemm_pass(&gpu, p, sg, sw, pass)? };
+    wrap(&gpu, gx, p.in_dims())
 }
 
-/// Gradient of [`conv3d`] w.r.t. `w`, of shape `w_dims`. The bias gradient is
-/// `reduce::sum_channels(g)`.
+/// Gradient of [`conv3d`] w.r.t. `w`. The bias gradient is `reduce::sum_channels(g)`.
 ///
 /// # Shapes
-/// `g (N, OD, OH, OW, K)`, `x (N, D, H, W, C)`; output `w_dims = (K, kd, kh, kw, C)`.
+/// `g (N, OD, OH, OW, K)`, `x (N, D, H, W, C)`; output `(K, kd, kh, kw, C)`.
 pub fn conv3d_backward_weight(
-    g: &Tensor,
+    go: &Tensor,
     x: &Tensor,
-    w_dims: &[usize],
-    stride: usize,
-    padding: usize,
+    g: &ConvGeom,
     prec: Precision,
 ) -> Result<Tensor> {
-    let mut p = conv3d_params(x.dims(), w_dims, stride, padding)?;
-    let want = [p.n as usize, p.od as usize, p.oh as usize, p.ow as usize, p.k as usize];
-    if g.dims() != want {
-        return Err(Error::shape(OP, want, g.dims()));
-    }
-    let gpu = common_gpu(OP, &[g, x])?;
-    let (m, n, r) = (p.k as usize, p.taps() * p.c as usize, p.out_voxels());
-    let split = split_k(&gpu, m.div_ceil(TILE_M) * n.div_ceil(TILE_N), r);
-    p.split_k = int(OP, split)?;
-    let mut gw = if split > 1 { zeros(&gpu, m * n)? } else { alloc(&gpu, m * n)? };
-    let name = prec_name(Pass::BwdWeight, prec);
-    // SAFETY: backward-weight mode: a = g (out voxels, K), b = x (N, D, H, W, C), gw (K, taps * C),
-    // zeroed when split, else fully overwritten.
-    unsafe {
-        run_gemm(
-            &gpu,
-            STEM,
-            &name,
-            &p,
-            f32_slice(OP, g)?,
-            f32_slice(OP, x)?,
-            None,
-            &mut gw,
-            None,
-            gemm_grid(m, n, split)?,
-        )?
+    let p = ConvParams::conv(g)?;
+    let gpu = common_gpu(OP, &[go, x])?;
+    let (m, n) = (g.k, g.patch_len());
+    let pass = GemmPass {
+        stem: STEM,
+        name: kernel_name(OP, Pass::BwdWeight, None, prec.suffix()),
+        m,
+        n,
+        taps: 1,
+        reduction: g.out_voxels(),
+        out_len: m * n,
+        zero: false,
+        bias: None,
+        stats: None,
     };
-    wrap(&gpu, gw, w_dims)
+    // SAFETY: backward-weight mode: a = g (out voxels, K), b = x (N, D, H, W, C), gw
+    // (K, taps * C), zeroed when split, else fully overwritten.
+    let gw = unsafe { gemm_pass(&gpu, p, f32_slice(OP, go)?, f32_slice(OP, x)?, pass)? };
+    wrap(&gpu, gw, p.w_dims())
 }
 
 /// Field names of a C struct `struct <name> { ... };` in `src`, in order (for layout tests).
@@ -483,13 +475,19 @@ mod tests {
     }
 
     #[test]
-    fn params_follow_the_output_size_formula() {
-        let p = conv3d_params(&[1, 56, 72, 32, 16], &[32, 5, 5, 5, 16], 1, 2).unwrap();
-        assert_eq!((p.od, p.oh, p.ow, p.k), (56, 72, 32, 32));
-        let p = conv3d_params(&[2, 9, 8, 7, 4], &[8, 2, 2, 2, 4], 2, 0).unwrap();
+    fn params_follow_the_checked_geometry() {
+        let g = ConvGeom::new(1, [56, 72, 32], 16, 32, [5, 5, 5], 1, 2).expect("fits");
+        let p = ConvParams::conv(&g).expect("fits int");
+        assert_eq!((p.od, p.oh, p.ow, p.k, p.pad), (56, 72, 32, 32, 2));
+        let g = ConvGeom::new(2, [9, 8, 7], 4, 8, [2, 2, 2], 2, 0).expect("fits");
+        let p = ConvParams::conv(&g).expect("fits int");
         assert_eq!((p.od, p.oh, p.ow), (4, 4, 3));
-        assert!(conv3d_params(&[1, 4, 4, 4, 3], &[8, 3, 3, 3, 2], 1, 1).is_err());
-        assert!(conv3d_params(&[1, 2, 4, 4, 3], &[8, 3, 3, 3, 3], 1, 0).is_err());
-        assert!(conv3d_params(&[1, 4, 4, 4, 3], &[8, 3, 3, 3, 3], 0, 0).is_err());
+        // The transposed convolution 7x9x4 -> 14x18x8 (C_in 32, K_out 16) mirrors a conv.
+        let g = crate::backend::cpu::conv_transpose3d::geometry([1, 7, 9, 4, 32], 16, [2; 3], 2)
+            .expect("fits");
+        let p = ConvParams::transposed(&g).expect("fits int");
+        assert_eq!(p.in_dims(), [1, 7, 9, 4, 32]);
+        assert_eq!(p.out_dims(), [1, 14, 18, 8, 16]);
+        assert_eq!(p.w_dims(), [16, 2, 2, 2, 32]);
     }
 }

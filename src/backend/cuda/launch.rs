@@ -7,24 +7,7 @@ use cudarc::driver::{LaunchArgs, LaunchConfig};
 use super::Gpu;
 use crate::{Error, Result};
 
-/// Operand precision of the convolutions: bf16 tensor cores with f32 accumulation, or f32
-/// throughout. Everything else (norms, losses, optimizer) is always f32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Precision {
-    F32,
-    #[default]
-    Bf16,
-}
-
-impl Precision {
-    /// The kernel-name suffix.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-        }
-    }
-}
+pub use crate::tensor::Precision;
 
 /// Which pass of an op a kernel computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +60,57 @@ pub fn grid_exact(n: usize) -> LaunchConfig {
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// `blocks` blocks of `THREADS`, one per tile of work (the scan's per-tile pass).
+pub fn grid_blocks(blocks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks.max(1) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A 2-D grid with one row of blocks per independent item on grid y (`rows` tensors of a
+/// multi-tensor launch, `rows` (sample, group) statistics) and enough blocks per row on x to
+/// cover `per_row` elements, capped so the whole grid fills the GPU about four times.
+///
+/// # Errors
+/// [`Error::Arg`] when `rows` exceeds grid y's 65535.
+pub fn grid_rows(gpu: &Gpu, per_row: usize, rows: usize) -> Result<LaunchConfig> {
+    if rows > 65535 {
+        return Err(Error::arg("launch", format!("{rows} rows exceed one grid's 65535")));
+    }
+    let want = per_row.div_ceil(THREADS as usize).max(1);
+    let cap = ((gpu.sms as usize) * 4).div_ceil(rows.max(1)).max(1);
+    Ok(LaunchConfig {
+        grid_dim: (want.min(cap) as u32, rows.max(1) as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Output tile of the implicit GEMM (BM x BN in implicit_gemm.cuh) and its reduction step (BK).
+pub const TILE_M: usize = 64;
+pub const TILE_N: usize = 64;
+pub const TILE_K: usize = 32;
+
+/// Grid of the implicit GEMM for an `m x n` output and `z` slices (split-K slices times taps).
+///
+/// # Errors
+/// [`Error::Arg`] when the grid exceeds what CUDA allows.
+pub fn gemm_grid(m: usize, n: usize, z: usize) -> Result<LaunchConfig> {
+    let gx = u32::try_from(m.div_ceil(TILE_M))
+        .map_err(|_| Error::arg("implicit_gemm", "too many rows"))?;
+    let gy = n.div_ceil(TILE_N);
+    if gy > 65535 || z > 65535 {
+        return Err(Error::arg("implicit_gemm", format!("GEMM grid too large: {gy} x {z}")));
+    }
+    Ok(LaunchConfig {
+        grid_dim: (gx, gy as u32, z as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 /// A per-channel reduction over `(rows, c)`: grid y covers the channels in 32s, grid x the rows,

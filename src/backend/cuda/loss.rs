@@ -67,7 +67,12 @@ fn check(
 }
 
 fn upload_weight(gpu: &Gpu, weight: Option<&[f32]>) -> Result<Option<CudaSlice<f32>>> {
-    weight.map(|w| gpu.stream.clone_htod(w).map_err(cuda_err)).transpose()
+    weight
+        .map(|w| {
+            crate::tensor::count_transfer(true, std::mem::size_of_val(w));
+            gpu.stream.clone_htod(w).map_err(cuda_err)
+        })
+        .transpose()
 }
 
 /// The five sums of loss.cu (`(5)`, on the GPU): sum w_t, sum -w_t log p_t, Dice intersection,
@@ -146,7 +151,8 @@ pub fn dice_ce_backward(
 ) -> Result<Tensor> {
     let (voxels, c) = check(x, target, weight, spec)?;
     if sums.numel() != 5 || gout.numel() != 1 {
-        return Err(Error::shape(OP, "sums (5) and a scalar gradient", (sums.dims(), gout.dims())));
+        let got = format!("sums {:?}, gradient {:?}", sums.dims(), gout.dims());
+        return Err(Error::shape(OP, "sums (5) and a scalar gradient", got));
     }
     let gpu = common_gpu(OP, &[x, target, sums, gout])?;
     let w = upload_weight(&gpu, weight)?;
@@ -170,4 +176,75 @@ pub fn dice_ce_backward(
         unsafe { launch::launch(&gpu, &name, &mut b, grid_1d(&gpu, voxels))? };
     }
     wrap(&gpu, gx, x.shape())
+}
+
+// ---- the original project's hard Dice -----------------------------------------------------------
+
+const HD: &str = "hard_dice";
+
+/// The original's hard Dice on two-class probabilities `p (N, D, H, W, 2)` (any rank, channels
+/// last) against class-id targets: the loss as a GPU scalar, `(loss, dice, iou)` as one `(3)` GPU
+/// tensor (one read gives all three), and the counts `(3)` its backward needs.
+///
+/// # Errors
+/// [`Error::Shape`] when `target` is not `p`'s shape without the channel axis.
+pub fn hard_dice(p: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = p.dims().last().copied().unwrap_or(0);
+    if c == 0 || target.numel() * c != p.numel() {
+        return Err(Error::shape(HD, "target (N, D, H, W) for p (N, D, H, W, C)", target.dims()));
+    }
+    let gpu = common_gpu(HD, &[p, target])?;
+    let voxels = target.numel();
+    let (vl, ci) = (long(voxels), int(HD, c)?);
+    let mut sums = zeros(&gpu, 3)?;
+    let name = kernel_name(HD, Pass::Fwd, None, "f32");
+    let f = gpu.function(STEM, &name)?;
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&vl).arg(&ci).arg(f32_slice(HD, p)?).arg(f32_slice(HD, target)?).arg(&mut sums);
+        // SAFETY: hard_dice_fwd_f32(voxels, c, p, target, sums): p (voxels, c), target (voxels),
+        // sums 3 zeroed floats.
+        unsafe { launch::launch(&gpu, &name, &mut b, grid_1d(&gpu, voxels))? };
+    }
+    let name = kernel_name(HD, Pass::Fwd, Some("finish"), "f32");
+    let f = gpu.function(STEM, &name)?;
+    let mut out = alloc(&gpu, 3)?;
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&sums).arg(&mut out);
+        // SAFETY: hard_dice_fwd_finish_f32(sums, out): 3 floats each, written by one thread.
+        unsafe { launch::launch(&gpu, &name, &mut b, launch::grid_exact(1))? };
+    }
+    let all = wrap(&gpu, out, [3])?;
+    Ok((first_as_scalar(&gpu, &all)?, all, wrap(&gpu, sums, [3])?))
+}
+
+/// The hard Dice's hand-made gradient w.r.t. `p`, scaled by the GPU scalar `gout` (no host sync).
+pub fn hard_dice_backward(
+    p: &Tensor,
+    target: &Tensor,
+    sums: &Tensor,
+    gout: &Tensor,
+) -> Result<Tensor> {
+    let c = p.dims().last().copied().unwrap_or(0);
+    if c == 0 || target.numel() * c != p.numel() || sums.numel() != 3 || gout.numel() != 1 {
+        let got =
+            format!("p {:?}, target {:?}, gradient {:?}", p.dims(), target.dims(), gout.dims());
+        return Err(Error::shape(HD, "matching p, target, 3 counts and a scalar gradient", got));
+    }
+    let gpu = common_gpu(HD, &[p, target, sums, gout])?;
+    let voxels = target.numel();
+    let (vl, ci) = (long(voxels), int(HD, c)?);
+    let name = kernel_name(HD, Pass::BwdInput, None, "f32");
+    let f = gpu.function(STEM, &name)?;
+    let mut gx = alloc(&gpu, p.numel())?;
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&vl).arg(&ci).arg(f32_slice(HD, p)?).arg(f32_slice(HD, target)?);
+        b.arg(f32_slice(HD, sums)?).arg(f32_slice(HD, gout)?).arg(&mut gx);
+        // SAFETY: hard_dice_bwd_input_f32(voxels, c, p, target, sums, gout, gx): p and gx
+        // (voxels, c), target (voxels), sums (3), gout (1); every element of gx is written.
+        unsafe { launch::launch(&gpu, &name, &mut b, grid_1d(&gpu, voxels))? };
+    }
+    wrap(&gpu, gx, p.shape())
 }

@@ -49,81 +49,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
-use half::bf16;
 
-use crate::tensor::{DType, Device, Shape, Storage, Tensor};
+pub(crate) use crate::tensor::device_cuda_err as cuda_err;
+pub use crate::tensor::{probe, CudaBuffer, CudaData, Precision};
+use crate::tensor::{Device, Shape, Storage, Tensor};
 use crate::{Error, Result};
-
-pub use launch::Precision;
 
 /// Whether the CUDA driver library can be loaded (cudarc panics on first use when it cannot).
 pub fn driver_present() -> bool {
-    // SAFETY: only tries to dlopen the driver library by its usual names; loads no symbols.
-    unsafe { cudarc::driver::sys::is_culib_present() }
-}
-
-/// Checks that GPU `ordinal` is usable and returns its name, or says why not.
-pub fn probe(ordinal: usize) -> std::result::Result<String, String> {
-    if !driver_present() {
-        return Err("no CUDA driver library found".into());
-    }
-    let ctx = CudaContext::new(ordinal).map_err(|e| format!("cuda:{ordinal} unusable: {e}"))?;
-    ctx.name().map_err(|e| format!("cuda:{ordinal}: {e}"))
-}
-
-/// Device memory of one tensor.
-pub enum CudaData {
-    F32(CudaSlice<f32>),
-    Bf16(CudaSlice<bf16>),
-}
-
-/// A tensor's storage on a GPU, with the stream its work is ordered on.
-pub struct CudaBuffer {
-    pub(crate) data: CudaData,
-    pub(crate) stream: Arc<CudaStream>,
-    pub(crate) ordinal: usize,
-}
-
-impl CudaBuffer {
-    pub fn ordinal(&self) -> usize {
-        self.ordinal
-    }
-
-    pub fn dtype(&self) -> DType {
-        match self.data {
-            CudaData::F32(_) => DType::F32,
-            CudaData::Bf16(_) => DType::Bf16,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        match &self.data {
-            CudaData::F32(s) => s.len(),
-            CudaData::Bf16(s) => s.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Uploads host f32 values to GPU `ordinal`.
-    pub fn from_host_f32(ordinal: usize, host: &[f32]) -> Result<Self> {
-        let stream = stream(ordinal)?;
-        let slice = stream.clone_htod(host).map_err(cuda_err)?;
-        Ok(CudaBuffer { data: CudaData::F32(slice), stream, ordinal })
-    }
-
-    /// Downloads the values as f32 (synchronises the stream).
-    pub fn to_host_f32(&self) -> Result<Vec<f32>> {
-        match &self.data {
-            CudaData::F32(s) => self.stream.clone_dtoh(s).map_err(cuda_err),
-            CudaData::Bf16(s) => {
-                let v: Vec<bf16> = self.stream.clone_dtoh(s).map_err(cuda_err)?;
-                Ok(v.into_iter().map(|x| x.to_f32()).collect())
-            }
-        }
-    }
+    crate::tensor::cuda_driver_present()
 }
 
 /// One GPU: its context, the stream all its work is ordered on, what the launchers need to know
@@ -188,7 +122,8 @@ fn poisoned() -> Error {
     Error::Cuda("CUDA module table poisoned by a panic".into())
 }
 
-/// GPU `ordinal`, creating its context and stream once.
+/// GPU `ordinal` with its kernel-module cache; the context and stream come from the one registry
+/// in `tensor::device`.
 ///
 /// # Errors
 /// [`Error::Cuda`] when there is no driver or no such device.
@@ -199,25 +134,13 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     if let Some(g) = table.get(&ordinal) {
         return Ok(g.clone());
     }
-    if !driver_present() {
-        return Err(Error::Cuda("no CUDA driver library found on this machine".into()));
-    }
-    let ctx = CudaContext::new(ordinal).map_err(cuda_err)?;
-    // SAFETY: every buffer of this context is used on its one stream (`stream` below), so the
-    // per-buffer events cudarc would record to order several streams are not needed.
-    unsafe { ctx.disable_event_tracking() };
-    let arch = ctx.compute_capability().map_err(cuda_err)?;
-    let sms = ctx
-        .attribute(
-            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-        )
-        .map_err(cuda_err)?;
+    let d = crate::tensor::cuda_context(ordinal)?;
     let g = Arc::new(Gpu {
         ordinal,
-        stream: ctx.default_stream(),
-        ctx,
-        arch,
-        sms: sms.max(1) as u32,
+        ctx: d.ctx.clone(),
+        stream: d.stream.clone(),
+        arch: d.arch,
+        sms: d.sms,
         modules: Mutex::new(HashMap::new()),
         functions: Mutex::new(HashMap::new()),
     });
@@ -233,10 +156,6 @@ pub fn stream(ordinal: usize) -> Result<Arc<CudaStream>> {
 /// Waits until all work queued on GPU `ordinal` has finished (benchmarks, tests).
 pub fn synchronize(ordinal: usize) -> Result<()> {
     gpu(ordinal)?.stream.synchronize().map_err(cuda_err)
-}
-
-pub(crate) fn cuda_err(e: impl std::fmt::Display) -> Error {
-    Error::Cuda(e.to_string())
 }
 
 // ---- tensors <-> device slices ------------------------------------------------------------------
@@ -310,6 +229,19 @@ pub(crate) fn alloc(gpu: &Gpu, n: usize) -> Result<CudaSlice<f32>> {
 /// `n` zeros on the GPU's stream, for outputs kernels accumulate into.
 pub(crate) fn zeros(gpu: &Gpu, n: usize) -> Result<CudaSlice<f32>> {
     gpu.stream.alloc_zeros::<f32>(n).map_err(cuda_err)
+}
+
+/// A stable hash of every embedded kernel source (FNV-1a): what the self-check verdict is cached
+/// under, beside the GPU architecture.
+pub fn sources_hash() -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (stem, src) in sources::ALL {
+        for &b in stem.as_bytes().iter().chain(src.as_bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// Kernel sources embedded by build.rs (local headers inlined): `ALL` lists `(stem, source)`.

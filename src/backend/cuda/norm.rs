@@ -5,11 +5,9 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::launch::{
-    self, grid_1d, grid_channels, grid_exact, int, kernel_name, long, Pass, THREADS,
-};
+use super::launch::{self, grid_1d, grid_channels, grid_exact, int, kernel_name, long, Pass};
 use super::{alloc, common_gpu, f32_slice, wrap, zeros, Gpu};
-use crate::ops::{BatchStats, RunningStats};
+use crate::backend::norm::{BatchStats, RunningStats};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -327,13 +325,7 @@ fn group_grid(gpu: &Gpu, count: usize, stats: usize) -> Result<LaunchConfig> {
     if stats > 65535 {
         return Err(Error::arg(GN, format!("{stats} (sample, group) statistics exceed one grid")));
     }
-    let per = count.div_ceil(THREADS as usize).max(1);
-    let target = ((gpu.sms as usize) * 4).div_ceil(stats).max(1);
-    Ok(LaunchConfig {
-        grid_dim: (per.min(target) as u32, stats as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    })
+    launch::grid_rows(gpu, count, stats)
 }
 
 fn group_check(x: &Tensor, groups: usize) -> Result<(usize, usize, usize)> {

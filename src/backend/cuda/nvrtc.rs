@@ -100,16 +100,10 @@ pub fn compile_cached(name: &str, src: &str, arch: &str) -> Result<Vec<u8>> {
     }
     let cubin = compile(name, src, arch)?;
     if let Some(p) = path {
-        // Write to a temporary name and rename, so a concurrent reader never sees half a file.
-        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-        let written = p
-            .parent()
-            .map(std::fs::create_dir_all)
-            .unwrap_or(Ok(()))
-            .and_then(|_| std::fs::write(&tmp, &cubin))
-            .and_then(|_| std::fs::rename(&tmp, &p));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        // The one atomic writer: a concurrent reader never sees half a file. A cache that
+        // cannot be written is skipped.
+        if p.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())).is_ok() {
+            let _ = crate::atomic::write_atomic(&p, &cubin);
         }
     }
     Ok(cubin)

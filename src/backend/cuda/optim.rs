@@ -2,9 +2,9 @@
 //! (multi-tensor apply), exactly `torch.optim.Adam` with L2 weight decay. Moments live on the GPU
 //! between steps; new parameters are fresh tensors (tensors are immutable).
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 
-use super::launch::{self, kernel_name, Pass, THREADS};
+use super::launch::{self, kernel_name, Pass};
 use super::{alloc, common_gpu, cuda_err, f32_slice, wrap, zeros};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -70,9 +70,27 @@ impl CudaAdam {
         CudaAdam { step: 0, m: Vec::new(), v: Vec::new() }
     }
 
+    /// Moments uploaded from the host (a resumed run's checkpoint) to GPU `ordinal`, after `step`
+    /// steps; `m` and `v` hold one vector per parameter, in the parameters' order.
+    pub fn from_moments(ordinal: usize, step: u64, m: &[Vec<f32>], v: &[Vec<f32>]) -> Result<Self> {
+        let stream = super::stream(ordinal)?;
+        let up = |h: &Vec<f32>| {
+            crate::tensor::count_transfer(true, std::mem::size_of_val(h.as_slice()));
+            stream.clone_htod(h).map_err(cuda_err)
+        };
+        Ok(CudaAdam {
+            step,
+            m: m.iter().map(up).collect::<Result<_>>()?,
+            v: v.iter().map(up).collect::<Result<_>>()?,
+        })
+    }
+
     /// The moments copied to the host (for checkpoints), `(m, v)` per parameter.
     pub fn moments(&self) -> Result<Moments> {
-        let down = |s: &CudaSlice<f32>| s.stream().clone_dtoh(s).map_err(cuda_err);
+        let down = |s: &CudaSlice<f32>| {
+            crate::tensor::count_transfer(false, s.len() * 4);
+            s.stream().clone_dtoh(s).map_err(cuda_err)
+        };
         Ok((
             self.m.iter().map(down).collect::<Result<_>>()?,
             self.v.iter().map(down).collect::<Result<_>>()?,
@@ -142,6 +160,8 @@ impl CudaAdam {
             table.push(AdamTensor { p: pp, g: gp, m: mp, v: vp, p_out: op, n: n as i64 });
         }
         // Stream-ordered: the upload and the table's later free are queued behind/after the launch.
+        // The table (48 bytes a tensor) is the step's one upload: pointers, not values.
+        crate::tensor::count_transfer(true, std::mem::size_of_val(table.as_slice()));
         let table_dev = stream.clone_htod(&table).map_err(cuda_err)?;
         let count = i32::try_from(params.len()).map_err(|_| Error::arg(OP, "too many tensors"))?;
         if params.len() > 65535 {
@@ -149,12 +169,7 @@ impl CudaAdam {
         }
         let name = kernel_name(OP, Pass::Fwd, None, "f32");
         let f = gpu.function(STEM, &name)?;
-        let blocks = longest.div_ceil(THREADS as usize).clamp(1, (gpu.sms as usize) * 4) as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, params.len() as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch::grid_rows(&gpu, longest, params.len())?;
         {
             let mut b = stream.launch_builder(&f);
             b.arg(&ap).arg(&table_dev).arg(&count);

@@ -1,7 +1,7 @@
 //! Launchers for `kernels/scan.cu`: exclusive prefix sums of u32 counts on the GPU (marching
 //! cubes' offsets).
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::launch::{self, grid_1d, kernel_name, long, Pass};
 use super::{cuda_err, Gpu};
@@ -11,8 +11,9 @@ const STEM: &str = "scan";
 const OP: &str = "scan";
 /// Values per block of `scan_fwd_block_u32` (`SCAN_TILE` in scan.cu).
 const TILE: usize = 1024;
-/// Threads per block of `scan_fwd_block_u32` (`SCAN_THREADS`).
-const THREADS: u32 = 256;
+// `scan_fwd_block_u32` needs `blockDim.x == SCAN_THREADS` (256): `launch::grid_blocks` gives
+// `launch::THREADS` threads, checked equal here at compile time.
+const _: () = assert!(super::launch::THREADS == 256);
 
 /// Exclusive prefix sum of the first `n` values of `input`, and their total.
 ///
@@ -31,11 +32,7 @@ pub fn exclusive_u32(gpu: &Gpu, input: &CudaSlice<u32>, n: usize) -> Result<(Cud
     {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&nl).arg(input).arg(&mut out).arg(&mut sums);
-        let cfg = LaunchConfig {
-            grid_dim: (tiles as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch::grid_blocks(tiles);
         // SAFETY: scan_fwd_block_u32(n, in, out, block_sums): one block per TILE values, reads
         // and writes only indices < n (input holds >= n, out max(n, 1)); block_sums has `tiles`.
         unsafe { launch::launch(gpu, &name, &mut b, cfg)? };
