@@ -9,15 +9,18 @@ use dnvs_engine::tensor::cuda_driver_present;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  dnvs-engine info\n  dnvs-engine info ct.nii.gz\n  dnvs-engine info dicom/CT_series/"
+    after_help = "Examples:\n  dnvs-engine info\n  dnvs-engine info ct.nii.gz\n  dnvs-engine info dicom/CT_series/\n  dnvs-engine info runs/default/fold1/best.safetensors   (prints the model card)"
 )]
 pub struct Args {
-    /// A NIfTI file or DICOM folder to describe.
+    /// A NIfTI file or DICOM folder to describe, or a .safetensors model (its card).
     file: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(file) = args.file {
+        if file.extension().is_some_and(|e| e == "safetensors") {
+            return describe_model(&file);
+        }
         return describe(&file).with_context(|| format!("cannot describe {}", file.display()));
     }
     println!("dnvs-engine {}", dnvs_engine::VERSION);
@@ -29,6 +32,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     } else {
         println!("cuda: no driver library found (CPU only)");
+    }
+    Ok(())
+}
+
+/// The model card of a weights file, or what to do without one.
+fn describe_model(path: &Path) -> anyhow::Result<()> {
+    println!("file: {}", path.display());
+    match dnvs_engine::nn::model::read_card(path)? {
+        Some(card) => println!("{}", card.describe()),
+        None => println!(
+            "no model card (weights converted from PyTorch?): segment needs --arch and --normalize"
+        ),
     }
     Ok(())
 }

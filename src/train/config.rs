@@ -454,8 +454,9 @@ impl Config {
         }
         let arch = self.arch()?;
         let m = arch.size_multiple();
-        let val = l.val_patch.unwrap_or(voi);
-        for (name, p) in [("train_patch", l.train_patch), ("val_patch", val)] {
+        // Without val_patch the whole VOI is validated by sliding window (padded as needed).
+        for (name, p) in [("train_patch", Some(l.train_patch)), ("val_patch", l.val_patch)] {
+            let Some(p) = p else { continue };
             if p.iter().any(|e| e % m != 0) {
                 return bad(format!(
                     "loaders.{name} {p:?}: {} needs every extent to be a multiple of {m}",
