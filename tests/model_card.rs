@@ -25,7 +25,10 @@ fn cli(args: &[&str], paths: &[(&str, &Path)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dnvs-engine"));
     c.args(args);
     for (flag, p) in paths {
-        c.arg(flag).arg(p);
+        if !flag.is_empty() {
+            c.arg(flag);
+        }
+        c.arg(p);
     }
     c.output().unwrap()
 }
@@ -70,7 +73,9 @@ fn ct(dir: &Path) -> (PathBuf, Volume) {
     for i in 0..48 {
         for j in 0..40 {
             for k in 0..24 {
-                let r2 = (i as f32 - 24.0).powi(2) + (j as f32 - 20.0).powi(2) + (k as f32 - 12.0).powi(2);
+                let r2 = (i as f32 - 24.0).powi(2)
+                    + (j as f32 - 20.0).powi(2)
+                    + (k as f32 - 12.0).powi(2);
                 let at = v.index(i, j, k);
                 v.data[at] = if r2 < 100.0 { 1200.0 } else { 40.0 + (at % 7) as f32 };
             }
@@ -95,7 +100,13 @@ fn the_card_round_trips_through_the_file_and_info() {
     let out = cli(&["info"], &[("", &path)]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", stderr(&out));
-    for want in ["arch: vnet width 2", "target: mc", "0.5 x 0.5 x 0.5 mm", "\"kind\":\"minmax\"", "Dice 0.9700"] {
+    for want in [
+        "arch: vnet width 2",
+        "target: mc",
+        "0.5 x 0.5 x 0.5 mm",
+        "\"kind\":\"minmax\"",
+        "Dice 0.9700",
+    ] {
         assert!(text.contains(want), "info should print {want}:\n{text}");
     }
     let out = cli(&["info"], &[("", &plain)]);
@@ -115,8 +126,12 @@ fn segment_with_a_card_needs_no_flags_and_matches_explicit_flags() {
     let (carded, _) = carded_golden(&dir);
     let (input, _) = ct(&dir);
     let plain = data_path("golden/vnet_b2.weights.safetensors");
-    let (m1, p1, m2, p2) =
-        (dir.join("m1.nii.gz"), dir.join("p1.nii.gz"), dir.join("m2.nii.gz"), dir.join("p2.nii.gz"));
+    let (m1, p1, m2, p2) = (
+        dir.join("m1.nii.gz"),
+        dir.join("p1.nii.gz"),
+        dir.join("m2.nii.gz"),
+        dir.join("p2.nii.gz"),
+    );
     let out = cli(
         &["segment", "--device", "cpu"],
         &[("--model", &carded), ("--input", &input), ("--output", &m1), ("--probs", &p1)],
@@ -129,7 +144,19 @@ fn segment_with_a_card_needs_no_flags_and_matches_explicit_flags() {
     );
     assert!(!out.status.success(), "no --model: clap refuses");
     let out = cli(
-        &["segment", "--device", "cpu", "--arch", "vnet", "--normalize", "minmax", "--range", "-500,1500", "--window", "32,32,16"],
+        &[
+            "segment",
+            "--device",
+            "cpu",
+            "--arch",
+            "vnet",
+            "--normalize",
+            "minmax",
+            "--range",
+            "-500,1500",
+            "--window",
+            "32,32,16",
+        ],
         &[("--model", &plain), ("--input", &input), ("--output", &m2), ("--probs", &p2)],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -138,10 +165,16 @@ fn segment_with_a_card_needs_no_flags_and_matches_explicit_flags() {
     assert_eq!(io::read_nifti(&m1).unwrap().data, io::read_nifti(&m2).unwrap().data);
 
     // Without a card the error names every missing flag.
-    let out = cli(&["segment", "--device", "cpu"], &[("--model", &plain), ("--input", &input), ("--output", &m2)]);
+    let out = cli(
+        &["segment", "--device", "cpu"],
+        &[("--model", &plain), ("--input", &input), ("--output", &m2)],
+    );
     assert!(!out.status.success());
     let e = stderr(&out);
-    assert!(e.contains("no model card") && e.contains("--arch") && e.contains("--normalize"), "{e}");
+    assert!(
+        e.contains("no model card") && e.contains("--arch") && e.contains("--normalize"),
+        "{e}"
+    );
 
     // An override that contradicts the card warns and is used.
     let out = cli(
@@ -184,7 +217,10 @@ fn bad_inputs_and_outputs_fail_before_any_work() {
     let nan = dir.join("nan.nii.gz");
     io::write_nifti(&nan, &vol, VoxelKind::Image).unwrap();
     let mask = dir.join("m.nii.gz");
-    let out = cli(&["segment", "--device", "cpu"], &[("--model", &carded), ("--input", &nan), ("--output", &mask)]);
+    let out = cli(
+        &["segment", "--device", "cpu"],
+        &[("--model", &carded), ("--input", &nan), ("--output", &mask)],
+    );
     let e = stderr(&out);
     assert!(!out.status.success() && e.contains("nan.nii.gz") && e.contains("4 of"), "{e}");
     assert!(!mask.exists(), "no output after a refusal");
@@ -197,7 +233,12 @@ fn bad_inputs_and_outputs_fail_before_any_work() {
     // --probs into a missing folder: refused before the mask is written.
     let out = cli(
         &["segment", "--device", "cpu"],
-        &[("--model", &carded), ("--input", &input), ("--output", &mask), ("--probs", &dir.join("nowhere/p.nii.gz"))],
+        &[
+            ("--model", &carded),
+            ("--input", &input),
+            ("--output", &mask),
+            ("--probs", &dir.join("nowhere/p.nii.gz")),
+        ],
     );
     assert!(!out.status.success() && stderr(&out).contains("does not exist"), "{}", stderr(&out));
     assert!(!mask.exists(), "nothing written when an output cannot be");

