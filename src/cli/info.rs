@@ -9,10 +9,10 @@ use dnvs_engine::tensor::cuda_driver_present;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  dnvs-engine info\n  dnvs-engine info ct.nii.gz\n  dnvs-engine info dicom/CT_series/"
+    after_help = "Examples:\n  dnvs-engine info\n  dnvs-engine info ct.nii.gz\n  dnvs-engine info dicom/CT_series/\n  dnvs-engine info runs/default/fold1/best.safetensors   (prints the model card)"
 )]
 pub struct Args {
-    /// A NIfTI file or DICOM folder to describe.
+    /// A NIfTI file or DICOM folder to describe, or a .safetensors model (its card).
     file: Option<PathBuf>,
     /// Run the GPU self-check now (a small V-Net step on the GPU and the CPU) and print how
     /// every op agrees; the verdict is cached for later runs.
@@ -25,6 +25,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(file) = args.file {
+        if file.extension().is_some_and(|e| e == "safetensors") {
+            return describe_model(&file);
+        }
         return describe(&file).with_context(|| format!("cannot describe {}", file.display()));
     }
     println!("dnvs-engine {}", dnvs_engine::VERSION);
@@ -61,6 +64,18 @@ fn check_gpu(precision: &str) -> anyhow::Result<()> {
     match v.first_disagreement() {
         None => println!("self-check: passed"),
         Some(op) => println!("self-check: FAILED, first disagreement: {}", op.name),
+    }
+    Ok(())
+}
+
+/// The model card of a weights file, or what to do without one.
+fn describe_model(path: &Path) -> anyhow::Result<()> {
+    println!("file: {}", path.display());
+    match dnvs_engine::nn::model::read_card(path)? {
+        Some(card) => println!("{}", card.describe()),
+        None => println!(
+            "no model card (weights converted from PyTorch?): segment needs --arch and --normalize"
+        ),
     }
     Ok(())
 }

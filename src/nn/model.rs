@@ -439,14 +439,12 @@ fn apply_overrides(
     o: &ModelOverrides,
     warnings: &mut Vec<String>,
 ) -> ModelCard {
-    fn set<T: PartialEq + std::fmt::Debug>(
+    fn set<T: PartialEq + std::fmt::Debug + Clone>(
         field: &mut T,
         new: Option<&T>,
         name: &str,
         warnings: &mut Vec<String>,
-    ) where
-        T: Clone,
-    {
+    ) {
         if let Some(v) = new {
             if v != field {
                 warnings.push(format!(

@@ -412,7 +412,7 @@ impl Config {
             ));
         }
         let positive = |v: f32| v.is_finite() && v > 0.0;
-        if !positive(t.learning_rate) || !(t.wd.is_finite() && t.wd >= 0.0) {
+        if !(positive(t.learning_rate) && t.wd.is_finite() && t.wd >= 0.0) {
             return bad(format!(
                 "training.learning_rate ({}) must be > 0 and wd ({}) >= 0, both finite",
                 t.learning_rate, t.wd
@@ -454,8 +454,9 @@ impl Config {
         }
         let arch = self.arch()?;
         let m = arch.size_multiple();
-        let val = l.val_patch.unwrap_or(voi);
-        for (name, p) in [("train_patch", l.train_patch), ("val_patch", val)] {
+        // Without val_patch the whole VOI is validated by sliding window (padded as needed).
+        for (name, p) in [("train_patch", Some(l.train_patch)), ("val_patch", l.val_patch)] {
+            let Some(p) = p else { continue };
             if p.iter().any(|e| e % m != 0) {
                 return bad(format!(
                     "loaders.{name} {p:?}: {} needs every extent to be a multiple of {m}",
