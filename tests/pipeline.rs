@@ -68,6 +68,7 @@ fn end_to_end_on_a_phantom_head_writes_every_output() {
         enhance: Some(EnhanceParams::default()),
         save_probs: true,
         gt: Some(h.labels.clone()),
+        nan_to: None,
     };
     let mut seen = Vec::new();
     let report = run_case(&h.ct, &out, &mut stages, &opts, &mut |s| seen.push(s.to_string()))
@@ -343,7 +344,7 @@ fn carded_models_segment_through_the_model_stage_and_their_cards_reach_the_repor
         nv: Box::new(NegativeVolume { params: NvParams::default(), device: Device::Cpu }),
     };
     let out = h.dir.join("carded");
-    let opts = CaseOptions { enhance: None, save_probs: true, gt: None };
+    let opts = CaseOptions { enhance: None, save_probs: true, gt: None, nan_to: None };
     // An untrained network's output is arbitrary: the side is measured or null with a reason,
     // never an error, and the probabilities are on the VOI grid.
     let report = run_case(&h.ct, &out, &mut stages, &opts, &mut |_| {}).unwrap();
@@ -359,4 +360,25 @@ fn carded_models_segment_through_the_model_stage_and_their_cards_reach_the_repor
         }
         None => assert!(report.reasons["R"].contains("segmentation"), "{:?}", report.reasons),
     }
+}
+
+#[test]
+fn a_ct_with_nan_voxels_is_refused_unless_nan_to_says_what_to_put_there() {
+    let h = head();
+    let mut ct = io::read_volume(&h.ct).unwrap();
+    for i in [0, 17, 4242] {
+        ct.data[i] = f32::NAN;
+    }
+    ct.data[99] = f32::INFINITY;
+    let path = h.dir.join("nan_head.nii.gz");
+    io::write_nifti(&path, &ct, VoxelKind::Image).unwrap();
+    let out = h.dir.join("nan");
+    let mut stages = truth_stages(h, h.centers.map(Some));
+    let opts = CaseOptions { enhance: None, ..Default::default() };
+    let err = run_case(&path, &out, &mut stages, &opts, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("nan_head.nii.gz") && err.contains("4 of"), "{err}");
+    assert!(!out.join("report.json").exists(), "nothing written for a refused CT");
+    let opts = CaseOptions { enhance: None, nan_to: Some(-1000.0), ..Default::default() };
+    run_case(&path, &out, &mut stages, &opts, &mut |_| {}).expect("--nan-to repairs the CT");
+    assert!(out.join("report.json").is_file());
 }

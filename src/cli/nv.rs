@@ -51,6 +51,9 @@ pub struct Args {
     /// Also write the MC and TB probability maps per side.
     #[arg(long)]
     save_probs: bool,
+    /// Replace NaN/infinite CT voxels by this value (HU) instead of refusing the CT.
+    #[arg(long, value_name = "HU", allow_hyphen_values = true)]
+    nan_to: Option<f32>,
     /// Condyle centres in world RAS mm, 'L=x,y,z;R=x,y,z' (either may be left out): skips
     /// automatic localisation.
     #[arg(long, value_parser = parse_joints)]
@@ -179,6 +182,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         enhance: (args.enhance == OnOff::On).then(EnhanceParams::default),
         save_probs: args.save_probs,
         gt: args.gt.clone(),
+        nan_to: args.nan_to,
     };
     if cohort::is_case_list(&args.input) || cohort::is_case_folder(&args.input) {
         return run_cohort(&args, &mut stages, &opts);

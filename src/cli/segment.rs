@@ -8,9 +8,9 @@ use anyhow::{bail, Context};
 
 use dnvs_engine::io::normalize::Normalization;
 use dnvs_engine::io::{self, VoxelKind};
+use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
 use dnvs_engine::nn::model::{self, LoadedModel, ModelOverrides};
 use dnvs_engine::nn::{segment, Arch};
-use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
 use dnvs_engine::tensor::Precision;
 
 #[derive(clap::Args)]

@@ -31,6 +31,9 @@ pub struct CaseOptions {
     pub save_probs: bool,
     /// A label map in the CT's geometry (1 MC, 2 TB, 3 NV) to score against.
     pub gt: Option<PathBuf>,
+    /// What to put in NaN/infinite CT voxels (HU); `None` refuses such a CT, naming the file
+    /// and the count (a network, a threshold or a distance fed with them returns garbage).
+    pub nan_to: Option<f32>,
 }
 
 /// `report.json`.
@@ -169,7 +172,7 @@ pub fn run_case(
     check_replaceable(out)?;
     let mut clock = Clock::default();
     on_stage("read");
-    let (ct, gt) = clock.time("read", || read_inputs(input, opts.gt.as_deref()))?;
+    let (ct, gt) = clock.time("read", || read_inputs(input, opts.gt.as_deref(), opts.nan_to))?;
     on_stage("localize");
     let found = clock.time("localize", || stages.localizer.localize(&ct))?;
     let mut works: Vec<SideWork> = Vec::new();
@@ -196,8 +199,18 @@ pub fn run_case(
     Ok(report)
 }
 
-fn read_inputs(input: &Path, gt: Option<&Path>) -> Result<(Volume, Option<Volume>)> {
-    let ct = io::read_volume(input)?;
+fn read_inputs(
+    input: &Path,
+    gt: Option<&Path>,
+    nan_to: Option<f32>,
+) -> Result<(Volume, Option<Volume>)> {
+    let mut ct = io::read_volume(input)?;
+    match nan_to {
+        Some(hu) => {
+            io::replace_non_finite(&mut ct, hu);
+        }
+        None => io::require_finite(&ct, input)?,
+    }
     let gt = match gt {
         Some(p) => {
             let g = io::read_volume(p)?;
