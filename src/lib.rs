@@ -14,6 +14,7 @@ pub mod loss;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod pipeline;
 pub mod synth;
 pub mod tensor;
 pub mod train;

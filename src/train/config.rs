@@ -11,7 +11,7 @@
 //! | `training` | device, trainsize, model_name, num_epochs, k_follds_number, batch_size, learning_rate, momentum, wd, patience, delta, step_size, gamma | width, precision, run_dir, early_stopping, folds |
 //! | `loss` | loss_name, loss_type (`CE`, `D`, `DCE`), dce_w, w0, w1, nll | soft_dice |
 //! | `predict` | model_path | |
-//! | `loaders` | train_patch, train_stride, val_patch, val_stride, dicom_path, mask_path, objects, voi_shape, precrop, train_patient_ids, val_patient_ids, num_workers, batch_size, train_dataset_size, transformer, train_patch_builder, val_patch_builder | dataset_dir, target (`mc`, `tb`), sides, synth |
+//! | `loaders` | train_patch, train_stride, val_patch, val_stride, dicom_path, mask_path, objects, voi_shape, precrop, train_patient_ids, val_patient_ids, num_workers, batch_size, train_dataset_size, transformer, train_patch_builder, val_patch_builder | dataset_dir, target (`mc`, `tb`, `joints`), sides, synth |
 //! | top level | manual_seed | |
 //!
 //! Keys the original reads but the engine has no use for (`momentum`, which the original also
@@ -157,6 +157,8 @@ pub enum Target {
     Mc,
     /// Temporal bone.
     Tb,
+    /// Both condylar heads in a whole head on the localiser's coarse grid (`train::joints`).
+    Joints,
 }
 
 /// `loaders.synth`: phantoms written when `dataset_dir` does not exist.

@@ -110,6 +110,7 @@ pub fn eval(cfg: &Config, opts: &EvalOptions) -> Result<EvalReport> {
     let target = match cfg.loaders.target {
         Target::Mc => "MC",
         Target::Tb => "TB",
+        Target::Joints => "joints",
     };
     let table = trainer::table_1(&cfg.training.model_name, &cfg.loss.loss_type, target, &rows);
     logs::write_atomic(&out.join("table_1.md"), table.as_bytes())?;

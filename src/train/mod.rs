@@ -5,6 +5,7 @@ pub mod augment;
 pub mod config;
 pub mod dataset;
 pub mod eval;
+pub mod joints;
 pub mod logs;
 pub mod metrics;
 pub mod rng;

@@ -195,6 +195,9 @@ fn ensure_dataset(cfg: &Config) -> Result<()> {
         });
     };
     eprintln!("dnvs-engine: writing {} phantoms to {}", s.cases, dir.display());
+    if cfg.loaders.target == Target::Joints {
+        return crate::train::synth_bridge::write_heads(dir, s.cases, s.seed);
+    }
     crate::train::synth_bridge::write_phantoms(dir, s.cases, s.seed, cfg.loaders.voi_shape)
 }
 
@@ -213,8 +216,13 @@ pub fn prepare(cfg: &Config) -> Result<Prepared> {
     let folds = sampling::k_folds(&ids, cfg.training.k_follds_number)?;
     let voi = cfg.loaders.voi_shape;
     let mut samples = Vec::new();
+    if cfg.loaders.target == Target::Joints {
+        samples = crate::train::joints::samples(cfg, &ds, &ids)?;
+    }
     // Order as the original's val loader: every case's left joint, then every case's right.
-    for side_name in &cfg.loaders.sides {
+    let joint_sides =
+        if cfg.loaders.target == Target::Joints { &[][..] } else { &cfg.loaders.sides };
+    for side_name in joint_sides {
         let side = if side_name == "L" { Side::L } else { Side::R };
         for id in &ids {
             let entry = ds.cases().iter().find(|c| &c.id == id).expect("ids come from cases()");
@@ -224,7 +232,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared> {
             let v = ds.load_voi(id, side)?;
             let mask = match cfg.loaders.target {
                 Target::Mc => &v.mc,
-                Target::Tb => &v.tb,
+                Target::Tb | Target::Joints => &v.tb,
             };
             check_aligned(id, side_name, &v.ct, mask)?;
             if (0..3).any(|a| v.ct.dims[a] < voi[a]) {
