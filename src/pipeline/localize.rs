@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::geometry::components::{self, Connectivity};
+use crate::io::nifti::{generated_header, DataType};
 use crate::io::orientation::{self, Affine};
 use crate::io::Volume;
 use crate::nn::{segment, Network};
@@ -65,8 +66,8 @@ pub fn cut_voi(ct: &Volume, center_ras_mm: [f64; 3]) -> Result<Volume> {
 }
 
 /// The VOI of `dims` voxels around `center_ras_mm` ([`voi_grid_around`] with world +z up),
-/// resampled trilinearly from `ct` whatever its orientation. The result has a diagonal RAS
-/// affine and no header (it is written as a new image).
+/// resampled trilinearly from `ct` whatever its orientation, rounded to whole HU in
+/// [-1024, 3071]. The result has a diagonal RAS affine and an int16 header, like `synth`'s VOIs.
 ///
 /// # Errors
 /// [`Error::Arg`] for an empty CT, a singular affine or a non-finite centre.
@@ -81,11 +82,15 @@ pub fn cut_voi_with(ct: &Volume, center_ras_mm: [f64; 3], dims: [usize; 3]) -> R
     data.par_chunks_mut(h * w).enumerate().for_each(|(i, slab)| {
         for j in 0..h {
             for k in 0..w {
-                slab[j * w + k] = sampler.at_world(grid.world(i, j, k)).unwrap_or(AIR_HU);
+                let v = sampler.at_world(grid.world(i, j, k)).unwrap_or(AIR_HU);
+                slab[j * w + k] = v.round().clamp(-1024.0, 3071.0);
             }
         }
     });
-    Ok(grid.volume(data))
+    // Whole HU written as int16, as `synth` writes its VOIs.
+    let mut v = grid.volume(data);
+    v.header = Some(generated_header(&v, DataType::I16, "dnvs-engine localize VOI"));
+    Ok(v)
 }
 
 /// Trilinear sampling of a volume at world points, whatever its affine.
@@ -603,6 +608,57 @@ impl From<&SideResult> for SideJson {
             SideResult::Missing { reason } => SideJson::Missing { reason: reason.clone() },
         }
     }
+}
+
+/// Writes `preview_{L,R}_{axial,coronal,sagittal}.png` into `dir`: slices of the CT (1 mm,
+/// closest canonical orientation, radiological view: the patient's right on the image's left)
+/// through each found condyle centre, with its VOI box drawn in red. Returns the files written.
+///
+/// # Errors
+/// [`Error::Io`] when a file cannot be written; resampling errors.
+pub fn write_preview(
+    dir: &std::path::Path,
+    ct: &Volume,
+    joints: &Joints,
+) -> Result<Vec<std::path::PathBuf>> {
+    use crate::synth::preview::{panel, write_png, Plane};
+    let canon = crate::io::as_closest_canonical(ct);
+    let view = crate::io::resample::resample_to_spacing(
+        &canon,
+        [1.0; 3],
+        crate::io::resample::Interp::Linear,
+    )?;
+    let inv = invert_affine(&view.affine)
+        .ok_or_else(|| Error::arg("localize", "the CT's affine is singular"))?;
+    let mut written = Vec::new();
+    for side in Side::BOTH {
+        let Some(j) = joints.side(side).found() else { continue };
+        let lo = orientation::apply(&j.voi.affine, [-0.5; 3]);
+        let hi = orientation::apply(&j.voi.affine, j.voi.dims.map(|d| d as f64 - 0.5));
+        let at =
+            orientation::apply(&inv, j.condyle_center_ras_mm).map(|x| x.round().max(0.0) as usize);
+        let at = [0, 1, 2].map(|a| at[a].min(view.dims[a] - 1));
+        let [_, h, w] = view.dims;
+        // 1 on the box's outline: inside it and within a voxel of a face.
+        let outline = |q: usize| -> u8 {
+            let p = orientation::apply(
+                &view.affine,
+                [(q / (h * w)) as f64, ((q / w) % h) as f64, (q % w) as f64],
+            );
+            let inside = (0..3).all(|a| p[a] >= lo[a] - 0.7 && p[a] <= hi[a] + 0.7);
+            let near = (0..3).any(|a| (p[a] - lo[a]).abs() < 0.7 || (p[a] - hi[a]).abs() < 0.7);
+            u8::from(inside && near)
+        };
+        for (plane, name) in
+            [(Plane::Axial, "axial"), (Plane::Coronal, "coronal"), (Plane::Sagittal, "sagittal")]
+        {
+            let img = panel(&view, &outline, at, plane, 2);
+            let path = dir.join(format!("preview_{side}_{name}.png"));
+            write_png(&path, &img)?;
+            written.push(path);
+        }
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
