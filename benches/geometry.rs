@@ -10,9 +10,10 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use dnvs_engine::geometry::inflate::inflate_masks;
 use dnvs_engine::geometry::{edt, marching_cubes_spacing, metrics::hausdorff};
-use dnvs_engine::geometry::{spacing_affine, InflateConfig};
+use dnvs_engine::geometry::{negative_volume, NvParams};
+use dnvs_engine::io::Volume;
+use dnvs_engine::Device;
 
 fn field(n: usize) -> Vec<f32> {
     let c = (n as f32 - 1.0) / 2.0;
@@ -70,10 +71,14 @@ fn bench(c: &mut Criterion) {
     let mc = ellipsoid(dims, centre, [20.0; 3]);
     let cavity = ellipsoid(dims, centre, [27.5; 3]);
     let tb: Vec<bool> = cavity.iter().map(|&c| !c).collect();
+    let vol = |m: &[bool]| {
+        let mut v = Volume::zeros(dims, s);
+        v.data = m.iter().map(|&b| b as u8 as f32).collect();
+        v
+    };
     g.bench_function("inflate/120x150x70", |bn| {
         bn.iter(|| {
-            inflate_masks(&mc, &tb, dims, s, &spacing_affine(s), InflateConfig { max_mm: 10.0 })
-                .unwrap()
+            negative_volume(&vol(&mc), &vol(&tb), &NvParams::default(), Device::Cpu).unwrap()
         })
     });
     g.finish();

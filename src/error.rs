@@ -37,6 +37,15 @@ pub enum Error {
     #[error("cuda: {0}")]
     Cuda(String),
 
+    /// Training produced a non-finite loss, gradient or weight. Nothing non-finite was written:
+    /// the last good checkpoint stays as it was.
+    #[error("training diverged: {0}")]
+    Diverged(String),
+
+    /// The user interrupted a long job (Ctrl-C); what was finished is on disk.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+
     /// A feature that is planned but not built yet. Never returned for anything that is documented
     /// as working.
     #[error("{0} is not implemented yet")]

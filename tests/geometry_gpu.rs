@@ -8,7 +8,8 @@
 mod common;
 
 use dnvs_engine::geometry::marching_cubes::flat_case_table;
-use dnvs_engine::geometry::{self, gpu, inflate::inflate_masks, spacing_affine, InflateConfig};
+use dnvs_engine::geometry::{self, gpu, negative_volume, spacing_affine, NvParams};
+use dnvs_engine::io::Volume;
 use dnvs_engine::Device;
 
 /// GPU ordinal to test on, or `None` (reason printed by `common::cuda_device`).
@@ -208,40 +209,46 @@ fn marching_cubes_matches_cpu() {
     }
 }
 
-/// MC: a sphere of radius r; TB: everything farther than R from its centre.
-fn shells(r: f64, big_r: f64, spacing: [f64; 3]) -> (Vec<bool>, Vec<bool>, [usize; 3]) {
+/// MC: a sphere of radius r with a hollow of radius r/2; TB: everything farther than R from its
+/// centre; as volumes with a diagonal affine.
+fn shells(r: f64, big_r: f64, spacing: [f64; 3]) -> (Volume, Volume) {
     let extent = 2.0 * big_r + 6.0;
     let dims = spacing.map(|s| (extent / s).ceil() as usize);
     let centre = [0, 1, 2].map(|a| (dims[a] as f64 - 1.0) * spacing[a] / 2.0);
-    let n: usize = dims.iter().product();
-    let (mut mc, mut tb) = (vec![false; n], vec![false; n]);
-    for q in 0..n {
+    let mut mc = Volume::zeros(dims, spacing);
+    let mut tb = mc.clone();
+    for q in 0..mc.data.len() {
         let idx = [q / (dims[1] * dims[2]), (q / dims[2]) % dims[1], q % dims[2]];
         let d: f64 =
             (0..3).map(|a| (idx[a] as f64 * spacing[a] - centre[a]).powi(2)).sum::<f64>().sqrt();
-        mc[q] = d <= r;
-        tb[q] = d > big_r;
+        mc.data[q] = f32::from(d <= r && d > 0.5 * r);
+        tb.data[q] = f32::from(d > big_r);
     }
-    (mc, tb, dims)
+    (mc, tb)
 }
 
 #[test]
 fn inflation_matches_cpu() {
     let Some(o) = ordinal() else { return };
     for (r, big_r, spacing) in [(8.0, 16.0, [1.0; 3]), (6.0, 11.0, [0.8, 1.0, 0.7])] {
-        let (mc, tb, dims) = shells(r, big_r, spacing);
-        let cfg = InflateConfig { max_mm: 2.0 * big_r };
-        let aff = spacing_affine(spacing);
-        let cpu = inflate_masks(&mc, &tb, dims, spacing, &aff, cfg).unwrap();
-        let got = gpu::inflate_masks(&mc, &tb, dims, spacing, &aff, cfg, o).unwrap();
-        let differ = got.nv.iter().zip(&cpu.nv).filter(|(a, b)| a != b).count();
+        let (mc, tb) = shells(r, big_r, spacing);
+        let params = NvParams { max_mm: 2.0 * big_r, ..Default::default() };
+        let cpu = negative_volume(&mc, &tb, &params, Device::Cpu).unwrap();
+        let got = negative_volume(&mc, &tb, &params, Device::Cuda(o)).unwrap();
+        let differ = got.nv.data.iter().zip(&cpu.nv.data).filter(|(a, b)| a != b).count();
         println!(
             "sphere r {r} R {big_r} {spacing:?}: NV GPU {:.1} CPU {:.1} mm^3, {differ} voxels differ",
             got.volume_mm3, cpu.volume_mm3
         );
+        assert!(cpu.volume_mm3 > 0.0);
         assert_eq!(got.stats.hits, cpu.stats.hits);
+        assert_eq!(got.stats.head_points, cpu.stats.head_points);
         assert!((got.stats.mean_hit_mm - cpu.stats.mean_hit_mm).abs() < 1e-4);
         assert_eq!(differ, 0, "NV voxels differ");
         assert_same_mesh("NV mesh", &got.mesh, &cpu.mesh);
+        let (g, c) = (got.joint_space_mm, cpu.joint_space_mm);
+        for (a, b) in [(g.anterior, c.anterior), (g.superior, c.superior), (g.median, c.median)] {
+            assert!(a.zip(b).is_some_and(|(a, b)| (a - b).abs() < 1e-4), "{g:?} vs {c:?}");
+        }
     }
 }

@@ -137,7 +137,8 @@ fn cli_writes_mask_and_probs_in_the_input_geometry() {
     io::write_nifti(&input, &vol, VoxelKind::Image).unwrap();
     let model = data_path("golden/vnet_b2.weights.safetensors");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dnvs-engine"))
-        .args(["segment", "--arch", "vnet", "--device", "cpu", "--window", "32,32,16"])
+        .args(["segment", "--arch", "vnet", "--normalize", "none", "--device", "cpu"])
+        .args(["--window", "32,32,32"])
         .arg("--model")
         .arg(&model)
         .arg("--input")
@@ -158,7 +159,8 @@ fn cli_writes_mask_and_probs_in_the_input_geometry() {
 
     // Weights of another width are refused with a hint.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dnvs-engine"))
-        .args(["segment", "--arch", "vnet", "--width", "4", "--device", "cpu"])
+        .args(["segment", "--arch", "vnet", "--width", "4", "--normalize", "none"])
+        .args(["--device", "cpu"])
         .arg("--model")
         .arg(&model)
         .arg("--input")

@@ -1,8 +1,7 @@
 //! Augmentation: seeded and reproducible; geometric transforms move image and label alike.
 
-use dnvs_engine::train::augment::{
-    apply_list, apply_pair, parse_transform, Patch, Stats, Transform,
-};
+use dnvs_engine::io::normalize::Normalization;
+use dnvs_engine::train::augment::{apply_list, apply_pair, parse_transform, Patch, Transform};
 
 fn geo_lists() -> (Vec<Transform>, Vec<Transform>) {
     let raw = [
@@ -31,7 +30,7 @@ fn phantom(dims: [usize; 3]) -> Patch {
     Patch { data, dims }
 }
 
-const STATS: Stats = Stats { min: 0.0, max: 100.0 };
+const STATS: Normalization = Normalization::Minmax { min: 0.0, max: 100.0 };
 
 #[test]
 fn geometric_transforms_keep_image_and_label_aligned() {
@@ -43,7 +42,7 @@ fn geometric_transforms_keep_image_and_label_aligned() {
         // The image is a function of the label, so aligned outputs keep image == 100 * label.
         let mut img = Patch { data: lab.data.iter().map(|v| v * 100.0).collect(), dims };
         let before = lab.clone();
-        apply_pair(&raw, &label, &mut img, &mut lab, STATS, seed);
+        apply_pair(&raw, &label, &mut img, &mut lab, &STATS, seed);
         changed += usize::from(lab != before);
         for (a, b) in img.data.iter().zip(&lab.data) {
             // Outside the rotated volume the image is filled with -1 and the label with 0.
@@ -64,7 +63,7 @@ fn the_same_seed_gives_the_same_patch() {
     let base: Vec<f32> = (0..dims.iter().product::<usize>()).map(|i| (i % 97) as f32).collect();
     let run = |seed| {
         let mut p = Patch { data: base.clone(), dims };
-        apply_list(&raw, &mut p, STATS, seed, false);
+        apply_list(&raw, &mut p, &STATS, seed, false);
         p
     };
     assert_eq!(run(5), run(5));
@@ -80,9 +79,9 @@ fn normalize_and_contrast_ranges() {
     )
     .unwrap();
     let mut p = Patch { data: vec![0.0, 50.0, 100.0, 25.0], dims: [1, 2, 2] };
-    apply_list(&[norm], &mut p, STATS, 1, false);
+    apply_list(&[norm], &mut p, &STATS, 1, false);
     assert_eq!(p.data, vec![-1.0, 0.0, 1.0, -0.5]);
-    apply_list(&[con], &mut p, STATS, 1, false);
+    apply_list(&[con], &mut p, &STATS, 1, false);
     assert!(p.data.iter().all(|v| (-1.0..=1.0).contains(v)));
     assert_eq!(p.data[0], -1.0, "stretched contrast saturates at -1");
 }

@@ -1,33 +1,38 @@
 //! `dnvs-engine segment`: a trained network on a CT volume, sliding window, mask (and optionally
-//! the foreground probability map) written in the CT's geometry.
+//! the foreground probability map) written in the CT's geometry. A model with a card needs no
+//! flags: the card says the architecture, width, normalisation, spacing and window.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
+use dnvs_engine::io::normalize::Normalization;
 use dnvs_engine::io::{self, VoxelKind};
-use dnvs_engine::nn::{self, segment, Arch};
+use dnvs_engine::nn::model::{self, LoadedModel, ModelOverrides};
+use dnvs_engine::nn::{segment, Arch};
 use dnvs_engine::Device;
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  dnvs-engine segment --model vnet.safetensors --arch vnet --input voi.nii.gz --output mask.nii.gz
-  dnvs-engine segment --model unet.safetensors --arch unet-att --width 32 --input ct.nii.gz \\
-      --output mask.nii.gz --probs probs.nii.gz --window 128,128,64 --overlap 0.5 --device cuda
+  dnvs-engine segment --model runs/default/fold1 --input voi.nii.gz --output mask.nii.gz
+  dnvs-engine segment --model unet.safetensors --arch unet-att --width 32 --normalize minmax \\
+      --range -1024,3071 --input ct.nii.gz --output mask.nii.gz --probs probs.nii.gz \\
+      --window 128,128,64 --overlap 0.5 --device cuda
 
-The input is fed to the network as stored unless --normalize says otherwise: use what the network
-was trained with (the trainer's Normalize maps [min, max] to [-1, 1]: --normalize minmax --range
-LO,HI with the training data's range). --model takes a weights file or a training fold folder
-(its best.safetensors). Weights are safetensors with the original PyTorch names (see README).")]
+--model takes a weights file or a training fold folder (its best.safetensors). Models trained by
+`dnvs-engine train` carry a model card (see `dnvs-engine info MODEL`): the architecture, width,
+normalisation, voxel spacing and window come from it, and the flags below only override it (with
+a warning when they contradict it). An input whose spacing differs from the card's by more than
+1 % is resampled to it (linear) and the probabilities brought back to the input's grid. Weights
+converted from PyTorch have no card: then --arch and --normalize are required.")]
 pub struct Args {
-    /// Network weights (.safetensors, PyTorch parameter names), or a folder holding
-    /// best.safetensors.
+    /// Network weights (.safetensors), or a folder holding best.safetensors.
     #[arg(long)]
     model: PathBuf,
-    /// Architecture: vnet, vnet-att, unet or unet-att.
+    /// Architecture: vnet, vnet-att, unet or unet-att (required without a model card).
     #[arg(long)]
-    arch: Arch,
-    /// Width of the first level (V-Net channels, U-Net f_maps); read from the weights if omitted.
+    arch: Option<Arch>,
+    /// Width of the first level (V-Net channels, U-Net f_maps); from the card or the weights.
     #[arg(long)]
     width: Option<usize>,
     /// Input volume: .nii / .nii.gz file or DICOM series folder.
@@ -39,21 +44,28 @@ pub struct Args {
     /// Also write the foreground probability (float32).
     #[arg(long)]
     probs: Option<PathBuf>,
-    /// Window size D,H,W in voxels (rounded up to the network's multiple: 16 V-Net, 8 U-Net).
-    #[arg(long, value_parser = parse_window, default_value = "128,128,64")]
-    window: [usize; 3],
+    /// Window size D,H,W in voxels (default: the card's, else 128,128,64). Rounded up to the
+    /// network's multiple (16 V-Net, 8 U-Net). The minimum is 8 per axis for U-Nets; 16 per
+    /// axis and 32 along one axis for V-Nets (their BatchNorm needs two voxels after four
+    /// halvings: 16,16,16 is refused). Smaller inputs are padded.
+    #[arg(long, value_parser = parse_window)]
+    window: Option<[usize; 3]>,
     /// Overlap between neighbouring windows, as a fraction of the window, in [0, 1).
     #[arg(long, default_value_t = 0.5)]
     overlap: f32,
     /// Blending of overlapping windows: gaussian, linear or constant.
     #[arg(long, default_value = "gaussian")]
     blend: segment::Blend,
-    /// Intensity normalisation: none, minmax (to [-1, 1]) or zscore.
-    #[arg(long, value_enum, default_value_t = Normalize::None)]
-    normalize: Normalize,
+    /// Intensity normalisation (default: the card's; required without one): none, minmax (to
+    /// [-1, 1], with --range) or zscore.
+    #[arg(long, value_enum)]
+    normalize: Option<Normalize>,
     /// With --normalize minmax: the LO,HI mapped to -1 and 1 (default: the volume's own range).
     #[arg(long, value_parser = parse_range, allow_hyphen_values = true)]
     range: Option<[f32; 2]>,
+    /// Replace NaN/infinite voxels by this value (HU) instead of refusing the input.
+    #[arg(long, value_name = "HU", allow_hyphen_values = true)]
+    nan_to: Option<f32>,
     /// cpu, cuda or cuda:N (default: CUDA when usable, else the CPU).
     #[arg(long)]
     device: Option<Device>,
@@ -77,26 +89,6 @@ fn parse_range(s: &str) -> Result<[f32; 2], String> {
     }
 }
 
-/// Applies the training pipeline's normalisation: min-max to [-1, 1] (pytorch-3dunet's
-/// `Normalize`, not clipped) or z-score.
-fn normalize(data: &mut [f32], how: Normalize, range: Option<[f32; 2]>) {
-    match how {
-        Normalize::None => {}
-        Normalize::Minmax => {
-            let [lo, hi] = range.unwrap_or_else(|| {
-                data.iter()
-                    .fold([f32::INFINITY, f32::NEG_INFINITY], |[l, h], &v| [l.min(v), h.max(v)])
-            });
-            let scale = if hi > lo { 2.0 / (hi - lo) } else { 0.0 };
-            data.iter_mut().for_each(|v| *v = (*v - lo) * scale - 1.0);
-        }
-        Normalize::Zscore => {
-            let z = io::normalize::z_score(data);
-            data.copy_from_slice(&z);
-        }
-    }
-}
-
 fn parse_window(s: &str) -> Result<[usize; 3], String> {
     let v: Vec<usize> = s
         .split(',')
@@ -108,46 +100,108 @@ fn parse_window(s: &str) -> Result<[usize; 3], String> {
     }
 }
 
+/// The normalisation the flags ask for (`None` when they ask for none: the card decides).
+/// Min-max without --range takes the input's own range, as older versions did.
+fn normalization_of(
+    how: Option<Normalize>,
+    range: Option<[f32; 2]>,
+    vol: &io::Volume,
+) -> Option<Normalization> {
+    Some(match how? {
+        Normalize::None => Normalization::None,
+        Normalize::Zscore => Normalization::Zscore,
+        Normalize::Minmax => match range {
+            Some([min, max]) => Normalization::Minmax { min, max },
+            None => {
+                let (min, max) = vol.value_range().unwrap_or((0.0, 1.0));
+                Normalization::Minmax { min, max }
+            }
+        },
+    })
+}
+
+/// Refuses an output whose folder is missing or not writable, before any work is done.
+fn check_writable(path: &Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!("cannot write {}: folder {} does not exist", path.display(), dir.display());
+    }
+    let probe = dir.join(format!(".dnvs-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| {
+        format!("cannot write {}: folder {} is not writable", path.display(), dir.display())
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&args.overlap) {
         bail!("--overlap must be in [0, 1), got {}", args.overlap);
     }
-    let model = if args.model.is_dir() {
-        let best = args.model.join("best.safetensors");
-        if !best.is_file() {
-            bail!("{} is a folder without best.safetensors", args.model.display());
-        }
-        best
-    } else {
-        args.model.clone()
-    };
-    let width = match args.width {
-        Some(w) => w,
-        None => nn::checkpoint_width(args.arch, &model)?,
-    };
-    let mut net = nn::build(args.arch, width)?;
-    net.load_safetensors(&model)
-        .with_context(|| format!("loading {} as {} width {width}", model.display(), args.arch))?;
-    let device = args.device.unwrap_or_else(Device::auto);
-    net.to_device(device)?;
-    let mut vol = if args.input.is_dir() {
-        io::read_dicom_series(&args.input, None)?
-    } else {
-        io::read_nifti(&args.input)?
-    };
-    normalize(&mut vol.data, args.normalize, args.range);
-    let opt = segment::Options { window: args.window, overlap: args.overlap, blend: args.blend };
-    let start = std::time::Instant::now();
-    let probs = segment::sliding_window_with(net.as_mut(), &vol, &opt)?;
-    let mask = segment::mask_from_probs(&probs);
-    let voxels = mask.data.iter().filter(|&&v| v > 0.0).count();
-    io::write_nifti(&args.output, &mask, VoxelKind::Mask)?;
-    if let Some(p) = &args.probs {
-        io::write_nifti(p, &probs, VoxelKind::Probability)?;
+    if args.nan_to.is_some_and(|v| !v.is_finite()) {
+        bail!("--nan-to must be a finite value");
     }
+    for out in std::iter::once(&args.output).chain(&args.probs) {
+        check_writable(out)?;
+    }
+    let mut vol = io::read_volume(&args.input)?;
+    let bad = match args.nan_to {
+        Some(v) => {
+            let n = io::replace_non_finite(&mut vol.data, v);
+            if n > 0 {
+                eprintln!(
+                    "segment: {n} NaN/infinite voxels of {} set to {v}",
+                    args.input.display()
+                );
+            }
+            0
+        }
+        None => io::count_non_finite(&vol.data),
+    };
+    if bad > 0 {
+        bail!(
+            "{}: {bad} of {} voxels are NaN or infinite; fix the input or give --nan-to HU",
+            args.input.display(),
+            vol.len()
+        );
+    }
+    let overrides = ModelOverrides {
+        arch: args.arch,
+        width: args.width,
+        normalization: normalization_of(args.normalize, args.range, &vol),
+        window: args.window,
+        overlap: Some(args.overlap),
+        blend: Some(args.blend),
+        spacing_mm: None,
+    };
+    let device = args.device.unwrap_or_else(Device::auto);
+    let mut model = LoadedModel::open(&args.model, &overrides, device)
+        .with_context(|| format!("loading the model {}", args.model.display()))?;
+    for w in model.warnings() {
+        eprintln!("segment: warning: {w}");
+    }
+    let start = std::time::Instant::now();
+    let pred = model.predict(&vol)?;
+    let voxels = pred.labels.data.iter().filter(|&&v| v > 0.0).count();
+    // Every output is checked above and written only now, each atomically.
+    if let Some(p) = &args.probs {
+        io::write_nifti(p, &pred.probs[1], VoxelKind::Probability)?;
+    }
+    io::write_nifti(&args.output, &pred.labels, VoxelKind::Mask)?;
+    let card = model.card();
+    let resampled = if model::needs_resampling(vol.spacing, card.spacing_mm) {
+        format!(", resampled {:?} -> {:?} mm and back", vol.spacing, card.spacing_mm)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "segment: {} {:?} on {device} in {:.1} s, {voxels} foreground voxels -> {}",
-        args.arch,
+        "segment: {} width {} ({}) {:?} on {device} in {:.1} s{resampled}, {voxels} foreground voxels -> {}",
+        card.arch,
+        card.width,
+        if model.has_card() { "model card" } else { "no card: flags" },
         vol.dims,
         start.elapsed().as_secs_f64(),
         args.output.display()
@@ -160,13 +214,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn minmax_maps_range_to_unit_interval() {
-        let mut v = vec![-1000.0, 500.0, 2000.0];
-        normalize(&mut v, Normalize::Minmax, Some([-1000.0, 2000.0]));
-        assert_eq!(v, vec![-1.0, 0.0, 1.0]);
-        let mut v = vec![2.0, 4.0];
-        normalize(&mut v, Normalize::Minmax, None);
-        assert_eq!(v, vec![-1.0, 1.0]);
+    fn flags_parse_into_normalisations() {
+        let vol = io::Volume::zeros([1, 1, 2], [1.0; 3]);
+        assert_eq!(
+            normalization_of(Some(Normalize::Minmax), Some([-1000.0, 2000.0]), &vol),
+            Some(Normalization::Minmax { min: -1000.0, max: 2000.0 })
+        );
+        assert_eq!(normalization_of(None, None, &vol), None);
         assert_eq!(parse_window("16,32,8"), Ok([16, 32, 8]));
         assert!(parse_window("16,32").is_err());
         assert!(parse_range("5,1").is_err());

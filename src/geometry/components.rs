@@ -1,5 +1,6 @@
-//! Connected components of a mask (6- or 26-connectivity): labels, sizes, and the `n` largest
-//! (what localisation needs: the two condyles).
+//! Connected components of a mask (6- or 26-connectivity): labels, sizes, the `n` largest
+//! (what localisation needs: the two condyles), and cavity filling (what inflation needs: a
+//! thresholded condyle is hollow, marrow is not joint space).
 
 use super::check_len;
 use crate::Result;
@@ -120,6 +121,69 @@ pub fn largest(mask: &[bool], dims: [usize; 3], conn: Connectivity, n: usize) ->
     Ok(c.labels.iter().map(|&l| keep[l as usize]).collect())
 }
 
+/// `mask` with its internal cavities filled: background voxels not 6-connected to the volume's
+/// border become foreground. Background is taken 6-connected so that it is the complement of a
+/// 26-connected foreground, the pairing marching cubes assumes; a cavity that touches the
+/// outside only through an edge or a corner is a cavity.
+/// A `mask` whose length does not match `dims` comes back unchanged ([`try_fill_cavities`]
+/// reports it as an error).
+pub fn fill_cavities(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
+    try_fill_cavities(mask, dims).unwrap_or_else(|_| mask.to_vec())
+}
+
+/// [`fill_cavities`] with the length check as an error.
+///
+/// # Errors
+/// [`crate::Error::Shape`] when `mask.len()` does not match `dims`.
+pub fn try_fill_cavities(mask: &[bool], dims: [usize; 3]) -> Result<Vec<bool>> {
+    check_len("fill_cavities", mask.len(), dims)?;
+    let [d, h, w] = dims;
+    let mut outside = vec![false; mask.len()];
+    let mut stack: Vec<usize> = Vec::new();
+    let idx = |i: usize, j: usize, k: usize| (i * h + j) * w + k;
+    // Seed with every background voxel on the border, then flood through face neighbours.
+    for i in 0..d {
+        for j in 0..h {
+            for k in 0..w {
+                let border = i == 0 || j == 0 || k == 0 || i + 1 == d || j + 1 == h || k + 1 == w;
+                let q = idx(i, j, k);
+                if border && !mask[q] && !outside[q] {
+                    outside[q] = true;
+                    stack.push(q);
+                }
+            }
+        }
+    }
+    while let Some(q) = stack.pop() {
+        let (i, j, k) = (q / (h * w), (q / w) % h, q % w);
+        let mut visit = |n: usize| {
+            if !mask[n] && !outside[n] {
+                outside[n] = true;
+                stack.push(n);
+            }
+        };
+        if i > 0 {
+            visit(idx(i - 1, j, k));
+        }
+        if i + 1 < d {
+            visit(idx(i + 1, j, k));
+        }
+        if j > 0 {
+            visit(idx(i, j - 1, k));
+        }
+        if j + 1 < h {
+            visit(idx(i, j + 1, k));
+        }
+        if k > 0 {
+            visit(idx(i, j, k - 1));
+        }
+        if k + 1 < w {
+            visit(idx(i, j, k + 1));
+        }
+    }
+    Ok(outside.iter().map(|&o| !o).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +204,28 @@ mod tests {
         assert_eq!(full.sizes, vec![5]);
         let big = largest(&m, dims, Connectivity::Six, 1).unwrap();
         assert_eq!(big.iter().filter(|&&b| b).count(), 3);
+    }
+
+    #[test]
+    fn cavities_fill_and_open_pockets_stay() {
+        // A 5^3 cube shell with a hollow 3^3 centre, in a 7^3 volume; a second copy whose
+        // shell has one face hole keeps its pocket.
+        let dims = [7, 7, 7];
+        let at = |i: usize, j: usize, k: usize| (i * 7 + j) * 7 + k;
+        let mut m = vec![false; 343];
+        for i in 1..6 {
+            for j in 1..6 {
+                for k in 1..6 {
+                    let inner = (2..5).contains(&i) && (2..5).contains(&j) && (2..5).contains(&k);
+                    m[at(i, j, k)] = !inner;
+                }
+            }
+        }
+        let filled = fill_cavities(&m, dims);
+        assert_eq!(filled.iter().filter(|&&b| b).count(), 125);
+        m[at(3, 3, 1)] = false; // a hole in one face opens the cavity
+        let open = fill_cavities(&m, dims);
+        assert_eq!(open, m);
+        assert!(try_fill_cavities(&m, [7, 7, 6]).is_err());
     }
 }

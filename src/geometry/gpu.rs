@@ -1,7 +1,8 @@
-//! Geometry on a GPU: the same distance transforms, marching cubes and inflation as the CPU
-//! modules, computed by `kernels/{edt,marching_cubes,scan,inflate}.cu` through the launchers in
+//! Geometry on a GPU: the GPU arms of the distance transforms, marching cubes and the inflation
+//! steps, computed by `kernels/{edt,marching_cubes,scan,inflate}.cu` through the launchers in
 //! `crate::backend::cuda`. Inputs and outputs are host values, exactly as in the CPU functions,
-//! plus the GPU `ordinal`; the CPU implementation is the reference (`tests/geometry_gpu.rs`).
+//! plus the GPU `ordinal`; `geometry::inflate` picks the arm per step from its `device`, and the
+//! CPU implementation is the reference (`tests/geometry_gpu.rs`).
 //!
 //! Every function returns [`Error::Cuda`] when there is no usable GPU `ordinal` (no driver, no
 //! device, NVRTC missing), so callers can fall back to the CPU functions with a clear message.
@@ -11,12 +12,11 @@
 
 use std::sync::Arc;
 
-use super::edt::{FeatureTransform, NO_FEATURE};
-use super::inflate::{HitStats, InflateConfig, Inflation};
+use super::edt::FeatureTransform;
+use super::inflate::VoxeliseInput;
 use super::mesh::Mesh;
-use super::{check_len, check_spacing, spacing_affine};
+use super::{check_len, check_spacing};
 use crate::backend::cuda::{self, cuda_err, edt as kedt, inflate as kinf, Gpu};
-use crate::io::Volume;
 use crate::{Error, Result};
 
 /// GPU `ordinal`, or an error that says geometry could not use it.
@@ -156,127 +156,84 @@ fn mesh_of(
     Ok(mesh)
 }
 
-/// [`super::inflate`] on GPU `ordinal`.
+/// The normal marches of [`super::inflate`] on GPU `ordinal`: hit distance of every point along
+/// its normal through TB's signed distance field `phi` (`None`: no TB within `max_mm`).
 ///
-/// # Errors
-/// [`Error::Shape`] when the volumes differ in dims or spacing; [`Error::Cuda`] without a GPU.
-pub fn inflate(mc: &Volume, tb: &Volume, cfg: InflateConfig, ordinal: usize) -> Result<Inflation> {
-    if mc.dims != tb.dims {
-        return Err(Error::shape("inflate", mc.dims, tb.dims));
-    }
-    if mc.spacing.iter().zip(&tb.spacing).any(|(a, b)| (a - b).abs() > 1e-6 * a.abs()) {
-        return Err(Error::shape("inflate (spacing)", mc.spacing, tb.spacing));
-    }
-    let m = super::mask_from(&mc.data, 0.5);
-    let t = super::mask_from(&tb.data, 0.5);
-    inflate_masks(&m, &t, mc.dims, mc.spacing, &mc.affine, cfg, ordinal)
-}
-
-/// [`super::inflate::inflate_masks`] on GPU `ordinal`: MC surface, TB signed distance, marches,
-/// feature transform, voxelisation and the NV mesh on the GPU; only the assignment of surface
-/// points to their voxels (sequential tie-breaking, as on the CPU) runs on the host.
-pub fn inflate_masks(
-    mc: &[bool],
-    tb: &[bool],
+/// # Shapes
+/// `phi` (D, H, W); `points`, `normals` one per point, in the millimetre frame.
+pub(crate) fn march(
+    phi: &[f32],
     dims: [usize; 3],
     spacing: [f64; 3],
-    affine: &[[f64; 4]; 4],
-    cfg: InflateConfig,
+    points: &[[f32; 3]],
+    normals: &[[f32; 3]],
+    max_mm: f64,
     ordinal: usize,
-) -> Result<Inflation> {
-    super::inflate::check_inflate_args(mc, tb, dims, spacing, cfg)?;
-    if empty(dims) {
-        return Ok(Inflation {
-            nv: Vec::new(),
-            volume_mm3: 0.0,
-            mesh: Mesh::default(),
-            stats: HitStats::default(),
-        });
+) -> Result<Vec<Option<f64>>> {
+    check_len("march", phi.len(), dims)?;
+    if points.is_empty() || empty(dims) {
+        return Ok(vec![None; points.len()]);
     }
     let gpu = device(ordinal)?;
     let s = &gpu.stream;
-    let mcf: Vec<f32> = mc.iter().map(|&b| b as u8 as f32).collect();
-    let mcf = s.clone_htod(&mcf).map_err(cuda_err)?;
-    let surface = mesh_of(&gpu, &mcf, dims, 0.5, &spacing_affine(spacing))?;
-    let (mcd, tbd) = (kedt::upload_mask(&gpu, mc)?, kedt::upload_mask(&gpu, tb)?);
-    let not_tb: Vec<bool> = tb.iter().map(|&b| !b).collect();
-    let phi = kedt::signed_distance(&gpu, &tbd, &kedt::upload_mask(&gpu, &not_tb)?, dims, spacing)?;
-    let flat = |v: &[[f32; 3]]| -> Vec<f32> {
-        let mut f: Vec<f32> = v.iter().flatten().copied().collect();
-        if f.is_empty() {
-            f.push(0.0); // cudarc needs a non-empty upload; n = 0 points are never read
-        }
-        f
-    };
-    let points = s.clone_htod(&flat(&surface.vertices)).map_err(cuda_err)?;
-    let normals = s.clone_htod(&flat(&surface.normals)).map_err(cuda_err)?;
-    let hits_d = kinf::march(&gpu, &phi, dims, spacing, cfg.max_mm, &points, &normals)?;
-    let hits: Vec<Option<f64>> = s.clone_dtoh(&hits_d).map_err(cuda_err)?[..surface.vertices.len()]
-        .iter()
-        .map(|&h| (!h.is_nan()).then_some(h))
-        .collect();
-    let stats = hit_stats(&hits);
-    let owner = owners(&surface, dims, spacing);
-    let seeds: Vec<bool> = owner.iter().map(|&o| o != u32::MAX).collect();
-    let (mut ft_dist, ft_near) =
-        kedt::edt_sq(&gpu, &kedt::upload_mask(&gpu, &seeds)?, dims, spacing, true)?;
-    kedt::sqrt_in_place(&gpu, &mut ft_dist)?;
-    let ft_near = ft_near.expect("edt_sq returns features when asked");
-    let reach = hits.iter().flatten().copied().fold(0.0, f64::max);
-    let slack = spacing.iter().map(|s| s * s).sum::<f64>().sqrt();
-    let owner_d = s.clone_htod(&owner).map_err(cuda_err)?;
-    let inputs = kinf::VoxeliseInputs {
-        mc: &mcd,
-        tb: &tbd,
-        ft_dist: &ft_dist,
-        ft_near: &ft_near,
-        owner: &owner_d,
-        hits: &hits_d,
-        points: &points,
-        normals: &normals,
-    };
-    let nv_d = kinf::voxelise(&gpu, &inputs, dims, spacing, reach, slack)?;
-    let nv: Vec<bool> = s.clone_dtoh(&nv_d).map_err(cuda_err)?.iter().map(|&b| b != 0).collect();
-    debug_assert!(ft_near.len() == nv.len() && NO_FEATURE == u32::MAX);
-    let count = nv.iter().filter(|&&b| b).count();
-    let volume_mm3 = count as f64 * spacing.iter().product::<f64>();
-    let nvf: Vec<f32> = nv.iter().map(|&b| b as u8 as f32).collect();
-    let nvf = s.clone_htod(&nvf).map_err(cuda_err)?;
-    let mesh = mesh_of(&gpu, &nvf, dims, 0.5, affine)?;
-    Ok(Inflation { nv, volume_mm3, mesh, stats })
+    let phi = s.clone_htod(phi).map_err(cuda_err)?;
+    let points = s.clone_htod(&flat(points)).map_err(cuda_err)?;
+    let normals = s.clone_htod(&flat(normals)).map_err(cuda_err)?;
+    let hits = kinf::march(&gpu, &phi, dims, spacing, max_mm, &points, &normals)?;
+    let hits = s.clone_dtoh(&hits).map_err(cuda_err)?;
+    Ok(hits.iter().take(points.len() / 3).map(|&h| (!h.is_nan()).then_some(h)).collect())
 }
 
-/// Each surface point marks the voxel it falls in; a voxel keeps its closest point (the first on
-/// ties), exactly as the CPU's voxelisation does.
-fn owners(surface: &Mesh, dims: [usize; 3], spacing: [f64; 3]) -> Vec<u32> {
-    let [d, h, w] = dims;
-    let mut owner = vec![u32::MAX; d * h * w];
-    let mut owner_d = vec![f64::INFINITY; d * h * w];
-    for (vi, p) in surface.vertices.iter().enumerate() {
-        let mut idx = [0usize; 3];
-        let mut dd = 0.0;
-        for a in 0..3 {
-            let u = (p[a] as f64 / spacing[a]).round().clamp(0.0, (dims[a] - 1) as f64);
-            idx[a] = u as usize;
-            let e = p[a] as f64 - u * spacing[a];
-            dd += e * e;
-        }
-        let q = (idx[0] * h + idx[1]) * w + idx[2];
-        if dd < owner_d[q] {
-            owner_d[q] = dd;
-            owner[q] = vi as u32;
-        }
+/// The voxelisation of [`super::inflate`] on GPU `ordinal`, from the host values the CPU arm
+/// uses (`owner`: the surface point each seed voxel holds; `ft`: the seeds' feature transform).
+pub(crate) fn voxelise(
+    x: &VoxeliseInput,
+    owner: &[u32],
+    ft: &FeatureTransform,
+    ordinal: usize,
+) -> Result<Vec<bool>> {
+    let n: usize = x.dims.iter().product();
+    for len in [x.mc.len(), x.tb.len(), owner.len(), ft.dist.len(), ft.nearest.len()] {
+        check_len("voxelise", len, x.dims)?;
     }
-    owner
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let gpu = device(ordinal)?;
+    let s = &gpu.stream;
+    let (reach, slack) = x.reach_and_slack();
+    let hits: Vec<f64> = x.hits.iter().map(|h| h.unwrap_or(f64::NAN)).collect();
+    let hits = if hits.is_empty() { vec![f64::NAN] } else { hits };
+    let up = |v: &[u32]| s.clone_htod(v).map_err(cuda_err);
+    let inputs = (
+        kedt::upload_mask(&gpu, x.mc)?,
+        kedt::upload_mask(&gpu, x.tb)?,
+        s.clone_htod(&ft.dist).map_err(cuda_err)?,
+        up(&ft.nearest)?,
+        up(owner)?,
+        s.clone_htod(&hits).map_err(cuda_err)?,
+        s.clone_htod(&flat(&x.surface.vertices)).map_err(cuda_err)?,
+        s.clone_htod(&flat(&x.surface.normals)).map_err(cuda_err)?,
+    );
+    let k = kinf::VoxeliseInputs {
+        mc: &inputs.0,
+        tb: &inputs.1,
+        ft_dist: &inputs.2,
+        ft_near: &inputs.3,
+        owner: &inputs.4,
+        hits: &inputs.5,
+        points: &inputs.6,
+        normals: &inputs.7,
+    };
+    let nv = kinf::voxelise(&gpu, &k, x.dims, x.spacing, reach, slack)?;
+    Ok(s.clone_dtoh(&nv).map_err(cuda_err)?.iter().map(|&b| b != 0).collect())
 }
 
-fn hit_stats(hits: &[Option<f64>]) -> HitStats {
-    let h: Vec<f64> = hits.iter().flatten().copied().collect();
-    let mut s = HitStats { surface_points: hits.len(), hits: h.len(), ..Default::default() };
-    if !h.is_empty() {
-        s.mean_hit_mm = h.iter().sum::<f64>() / h.len() as f64;
-        s.min_hit_mm = h.iter().copied().fold(f64::INFINITY, f64::min);
-        s.max_hit_mm = h.iter().copied().fold(0.0, f64::max);
+/// Points flattened for upload; cudarc needs a non-empty buffer (n = 0 points are never read).
+fn flat(v: &[[f32; 3]]) -> Vec<f32> {
+    let mut f: Vec<f32> = v.iter().flatten().copied().collect();
+    if f.is_empty() {
+        f.push(0.0);
     }
-    s
+    f
 }

@@ -15,8 +15,9 @@ pub mod mesh;
 pub mod metrics;
 pub mod smooth;
 
+pub use components::fill_cavities;
 pub use edt::{distance_to, edt, edt_sq, feature_transform, signed_distance, FeatureTransform};
-pub use inflate::{inflate, InflateConfig, Inflation};
+pub use inflate::{negative_volume, HitStats, JointSpaces, NvParams, NvResult};
 pub use marching_cubes::{marching_cubes, marching_cubes_spacing, mesh_volume};
 pub use mesh::Mesh;
 pub use metrics::{segmentation_metrics, SegMetrics};

@@ -40,6 +40,36 @@ pub fn taubin_smooth(mesh: &mut Mesh, iterations: usize, lambda: f32, mu: f32) {
     mesh.compute_normals();
 }
 
+/// Averages every vertex normal with its edge neighbours' `iterations` times (renormalised each
+/// time), leaving the vertices where they are. Marching cubes of a mask gives staircase normals
+/// (a voxelised sphere has vertical walls several voxels high around its equator, all with
+/// exactly horizontal normals); what the inflation needs is the normal of the smooth surface the
+/// voxels sample, which this approximates: after `k` rounds a normal averages the faces within
+/// about `sqrt(k)` edges.
+pub fn smooth_normals(mesh: &mut Mesh, iterations: usize) {
+    if iterations == 0 || mesh.vertices.is_empty() || mesh.normals.len() != mesh.vertices.len() {
+        return;
+    }
+    let (start, nbr) = neighbours(mesh);
+    let mut next = mesh.normals.clone();
+    for _ in 0..iterations {
+        let cur = &mesh.normals;
+        next.par_iter_mut().enumerate().for_each(|(v, out)| {
+            let mut c = cur[v];
+            for &u in &nbr[start[v]..start[v + 1]] {
+                let q = cur[u as usize];
+                for a in 0..3 {
+                    c[a] += q[a];
+                }
+            }
+            let len = (c[0] * c[0] + c[1] * c[1] + c[2] * c[2]).sqrt();
+            // A zero sum (opposite sheets touching) keeps the vertex's own normal.
+            *out = if len > 1e-12 { c.map(|x| x / len) } else { cur[v] };
+        });
+        std::mem::swap(&mut mesh.normals, &mut next);
+    }
+}
+
 /// Vertex adjacency in compressed rows: neighbours of `v` are `nbr[start[v]..start[v + 1]]`.
 fn neighbours(mesh: &Mesh) -> (Vec<usize>, Vec<u32>) {
     let n = mesh.vertices.len();

@@ -31,7 +31,7 @@ pub use self::normalize as normalise;
 pub use dicom::read_dicom_series;
 pub use nifti::{read_nifti, write_nifti};
 pub use orientation::as_closest_canonical;
-pub use volume::{check_aligned, Volume, VoxelKind};
+pub use volume::{check_aligned, count_non_finite, replace_non_finite, Volume, VoxelKind};
 
 /// Reads a NIfTI file or, when `path` is a folder, the one DICOM series in it.
 ///

@@ -1,4 +1,95 @@
 //! Intensity normalisation of CT volumes before they enter a network.
+//!
+//! [`Normalization`] is the one a trained model carries in its card: fitted once on the training
+//! cases of a fold, then applied unchanged by training, validation, `eval` and `segment`.
+
+use serde::{Deserialize, Serialize};
+
+/// A fixed intensity mapping with its numbers, as stored in a model card
+/// (`{"kind": "ct", "lo": .., "hi": .., "mean": .., "std": ..}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Normalization {
+    /// Values enter the network as stored.
+    None,
+    /// pytorch-3dunet's `Normalize`: `[min, max]` maps linearly to `[-1, 1]`, not clipped.
+    Minmax { min: f32, max: f32 },
+    /// nnU-Net's CT scheme: clip to `[lo, hi]` (the 0.5 and 99.5 percentiles of the training
+    /// cases' foreground voxels), subtract their `mean`, divide by their `std`. Independent of a
+    /// scanner's range (metal, air, padding values).
+    Ct { lo: f32, hi: f32, mean: f32, std: f32 },
+    /// Each volume by its own mean and standard deviation (`segment --normalize zscore`; what a
+    /// per-patch `Standardize` comes closest to on a whole volume).
+    Zscore,
+}
+
+impl Normalization {
+    /// Applies the mapping in place.
+    pub fn apply(&self, data: &mut [f32]) {
+        match *self {
+            Normalization::None => {}
+            Normalization::Minmax { min, max } => {
+                let scale = if max > min { 2.0 / (max - min) } else { 0.0 };
+                data.iter_mut().for_each(|v| *v = (*v - min) * scale - 1.0);
+            }
+            Normalization::Ct { lo, hi, mean, std } => {
+                let inv = if std > 0.0 { 1.0 / std } else { 0.0 };
+                data.iter_mut().for_each(|v| *v = (v.clamp(lo, hi) - mean) * inv);
+            }
+            Normalization::Zscore => {
+                let z = z_score(data);
+                data.copy_from_slice(&z);
+            }
+        }
+    }
+
+    /// The smallest value the mapping produces for anything at or below the data's floor: what
+    /// padding and rotation fills should be (-1 for min-max, the clipped `lo` for CT).
+    pub fn floor(&self) -> f32 {
+        match *self {
+            Normalization::Minmax { .. } => -1.0,
+            Normalization::Ct { lo, mean, std, .. } if std > 0.0 => (lo - mean) / std,
+            _ => 0.0,
+        }
+    }
+
+    /// Min-max over `values` (non-finite values are skipped); `None` when none is finite.
+    pub fn fit_minmax(values: impl IntoIterator<Item = f32>) -> Option<Normalization> {
+        let (lo, hi) = values
+            .into_iter()
+            .filter(|v| v.is_finite())
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+        (lo <= hi).then_some(Normalization::Minmax { min: lo, max: hi })
+    }
+
+    /// nnU-Net's CT statistics of the foreground voxel values: the 0.5 and 99.5 percentiles
+    /// (linear interpolation, as numpy's), then mean and std of the values clipped to them
+    /// (accumulated in f64). `None` when no value is finite.
+    pub fn fit_ct(mut values: Vec<f32>) -> Option<Normalization> {
+        values.retain(|v| v.is_finite());
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f32::total_cmp);
+        let (lo, hi) = (percentile(&values, 0.5), percentile(&values, 99.5));
+        let n = values.len() as f64;
+        let mean = values.iter().map(|v| v.clamp(lo, hi) as f64).sum::<f64>() / n;
+        let var = values.iter().map(|v| (v.clamp(lo, hi) as f64 - mean).powi(2)).sum::<f64>() / n;
+        let std = var.sqrt().max(1e-6) as f32;
+        Some(Normalization::Ct { lo, hi, mean: mean as f32, std })
+    }
+}
+
+/// The `q`-th percentile (0..=100) of sorted values, linearly interpolated (numpy's default).
+pub fn percentile(sorted: &[f32], q: f64) -> f32 {
+    if sorted.is_empty() {
+        return f32::NAN;
+    }
+    let x = q.clamp(0.0, 100.0) / 100.0 * (sorted.len() - 1) as f64;
+    let (i, t) = (x.floor() as usize, x - x.floor());
+    let j = (i + 1).min(sorted.len() - 1);
+    (sorted[i] as f64 + (sorted[j] as f64 - sorted[i] as f64) * t) as f32
+}
 
 /// Rescales to [0, 1] by the volume's own minimum and maximum, as the original DNVS code does
 /// (`(x - min) / (max - min)`). A constant volume becomes zeros. Non-finite values are ignored
@@ -59,5 +150,26 @@ mod tests {
         let var: f32 = z.iter().map(|v| v * v).sum::<f32>() / 4.0;
         assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5);
         assert_eq!(min_max(&[2.0, 2.0]), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn fitted_normalisations_have_the_numbers_they_claim() {
+        // numpy: np.percentile(np.arange(201), [0.5, 99.5]) == [1.0, 199.0]
+        let v: Vec<f32> = (0..=200).map(|i| i as f32).collect();
+        let Some(Normalization::Ct { lo, hi, mean, std }) = Normalization::fit_ct(v.clone()) else {
+            panic!("a CT normalisation")
+        };
+        assert_eq!((lo, hi), (1.0, 199.0));
+        assert!((mean - 100.0).abs() < 1e-4 && (std - 57.7).abs() < 0.1, "{mean} {std}");
+        let n = Normalization::Ct { lo, hi, mean, std };
+        let mut x = vec![-5000.0, 100.0, 1e9];
+        n.apply(&mut x);
+        assert_eq!(x[1], 0.0);
+        assert!((x[0] - n.floor()).abs() < 1e-6 && x[2] > 1.7);
+        let m = Normalization::fit_minmax(v.iter().copied().chain([f32::NAN])).unwrap();
+        assert_eq!(m, Normalization::Minmax { min: 0.0, max: 200.0 });
+        let json = serde_json::to_string(&n).unwrap();
+        assert!(json.starts_with("{\"kind\":\"ct\""), "{json}");
+        assert_eq!(serde_json::from_str::<Normalization>(&json).unwrap(), n);
     }
 }

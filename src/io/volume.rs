@@ -118,3 +118,19 @@ impl Volume {
         Some(it.fold((first, first), |(lo, hi), v| (lo.min(v), hi.max(v))))
     }
 }
+
+/// Number of NaN or infinite values (a CT holding any is refused unless the user says what to put
+/// there, see [`replace_non_finite`]).
+pub fn count_non_finite(data: &[f32]) -> usize {
+    data.iter().filter(|v| !v.is_finite()).count()
+}
+
+/// Replaces every NaN or infinite value by `value`; returns how many were replaced.
+pub fn replace_non_finite(data: &mut [f32], value: f32) -> usize {
+    let mut n = 0;
+    for v in data.iter_mut().filter(|v| !v.is_finite()) {
+        *v = value;
+        n += 1;
+    }
+    n
+}

@@ -129,6 +129,49 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Stored>> {
     Ok(out)
 }
 
+/// The largest safetensors header this reader accepts (the format's own limit is 100 MB).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// The `__metadata__` of a safetensors file (empty when it has none), reading only the header:
+/// its declared length is checked against the file's size before anything is allocated.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read, [`Error::Format`] naming the file when the header
+/// length lies or the header is not the JSON object safetensors writes.
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut word = [0u8; 8];
+    f.read_exact(&mut word).map_err(|_| {
+        Error::format(path, format!("not a safetensors file: {size} bytes, no header length"))
+    })?;
+    let n = u64::from_le_bytes(word);
+    if n > size.saturating_sub(8) || n > MAX_HEADER {
+        return Err(Error::format(
+            path,
+            format!("not a safetensors file: header length {n} but the file has {size} bytes"),
+        ));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::format(path, format!("safetensors header is not JSON: {e}")))?;
+    let mut out = BTreeMap::new();
+    if let Some(meta) = json.get("__metadata__") {
+        let obj = meta.as_object().ok_or_else(|| {
+            Error::format(path, "safetensors __metadata__ is not an object of strings")
+        })?;
+        for (k, v) in obj {
+            let v = v.as_str().ok_or_else(|| {
+                Error::format(path, format!("safetensors __metadata__[{k}] is not a string"))
+            })?;
+            out.insert(k.clone(), v.to_string());
+        }
+    }
+    Ok(out)
+}
+
 fn array8(b: &[u8]) -> [u8; 8] {
     let mut a = [0u8; 8];
     a.copy_from_slice(b);
@@ -140,6 +183,19 @@ fn array8(b: &[u8]) -> [u8; 8] {
 /// # Errors
 /// [`Error::Shape`] when a tensor's values do not fill its dims; [`Error::Io`] on write failure.
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Stored>) -> Result<()> {
+    write_safetensors_with(path, tensors, &BTreeMap::new())
+}
+
+/// [`write_safetensors`] with string entries in the header's `__metadata__` (where a model card
+/// lives, see `crate::nn::model`). No metadata writes no `__metadata__` at all.
+///
+/// # Errors
+/// As [`write_safetensors`].
+pub fn write_safetensors_with(
+    path: &Path,
+    tensors: &BTreeMap<String, Stored>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut bytes: Vec<(&str, Vec<u8>, &[usize])> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         if t.dims.iter().product::<usize>() != t.data.len() {
@@ -154,7 +210,9 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Stored>) -> Res
             .map_err(|e| Error::format(path, format!("{name}: {e}")))?;
         views.push((*name, view));
     }
-    let serialized = safetensors::serialize(views, &None)
+    let meta: Option<std::collections::HashMap<String, String>> =
+        (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect());
+    let serialized = safetensors::serialize(views, &meta)
         .map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
     write_atomic(path, &serialized)
 }
@@ -196,6 +254,27 @@ mod tests {
         assert_eq!(eng[(8) * 3 + 2], data[(2 * 2 + 1) * 8]);
         assert_eq!(Layout::ConvTranspose.to_torch(&eng, &edims), data);
         assert_eq!(Layout::ConvTranspose.torch_dims(&edims), torch.to_vec());
+    }
+
+    #[test]
+    fn metadata_round_trips_and_a_lying_header_is_refused() {
+        let dir = std::env::temp_dir().join(format!("dnvs_weights_meta_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("w.safetensors");
+        let mut t = BTreeMap::new();
+        t.insert("a".to_string(), Stored { dims: vec![2], data: vec![1.0, 2.0] });
+        let mut meta = BTreeMap::new();
+        meta.insert("dnvs".to_string(), "{\"format\":1}".to_string());
+        write_safetensors_with(&p, &t, &meta).unwrap();
+        assert_eq!(read_metadata(&p).unwrap(), meta);
+        assert_eq!(read_safetensors(&p).unwrap(), t);
+        write_safetensors(&p, &t).unwrap();
+        assert!(read_metadata(&p).unwrap().is_empty());
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        let e = read_metadata(&p).unwrap_err().to_string();
+        assert!(e.contains("header length") && e.contains("w.safetensors"), "{e}");
     }
 
     #[test]

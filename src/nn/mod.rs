@@ -21,6 +21,7 @@
 pub mod attention;
 pub mod init;
 pub mod layers;
+pub mod model;
 pub mod segment;
 pub mod unet3d;
 pub mod vnet;
@@ -127,6 +128,9 @@ pub trait Network: Send {
     fn set_parameters(&mut self, p: Vec<Tensor>) -> Result<()>;
     /// Writes every parameter and running statistic, PyTorch names and layouts, atomically.
     fn save_safetensors(&self, path: &Path) -> Result<()>;
+    /// Every parameter and running statistic, PyTorch names and layouts, copied to the host
+    /// (what [`Network::save_safetensors`] writes; `nn::model` adds the model card to it).
+    fn state_dict(&self) -> Result<std::collections::BTreeMap<String, weights::Stored>>;
     /// Reads weights written by [`Network::save_safetensors`] or converted from a PyTorch
     /// `state_dict`; an error names every missing, unexpected or mis-shaped key.
     fn load_safetensors(&mut self, path: &Path) -> Result<()>;
@@ -164,6 +168,9 @@ macro_rules! impl_network {
             }
             fn save_safetensors(&self, path: &Path) -> Result<()> {
                 weights::write_safetensors(path, &self.store.state_dict()?)
+            }
+            fn state_dict(&self) -> Result<std::collections::BTreeMap<String, weights::Stored>> {
+                self.store.state_dict()
             }
             fn load_safetensors(&mut self, path: &Path) -> Result<()> {
                 let state = weights::read_safetensors(path)?;

@@ -83,6 +83,13 @@ pub fn sliding_window_with(net: &mut dyn Network, vol: &Volume, opt: &Options) -
     let mut padded = [0; 3];
     for a in 0..3 {
         win[a] = round_up(opt.window[a], m).min(round_up(vol.dims[a], m));
+    }
+    // The V-Net's BatchNorm needs two voxels at its bottom level (the volume over the multiple):
+    // a window shrunk to one there grows along its first axis, and the volume is padded.
+    if (0..3).map(|a| win[a] / m).product::<usize>() < 2 {
+        win[0] = 2 * m;
+    }
+    for a in 0..3 {
         padded[a] = vol.dims[a].max(win[a]);
     }
     let src = pad(vol, padded);

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use head_profile::HeadProfile;
 pub use phantom::{Phantom, Tissue};
 
+use crate::geometry::NvParams;
 use crate::io::nifti::{generated_header, DataType};
 use crate::io::{Volume, VoxelKind};
 use crate::pipeline::localize::voi_grid_around;
@@ -104,6 +105,8 @@ pub struct SynthConfig {
     /// Whole-head scans that vary as real ones do (`--profile head`); `None` keeps the fixed
     /// head grid and small pose of the default data set.
     pub head: Option<HeadProfile>,
+    /// The NV definition's parameters the truth is computed with (written to `dataset.json`).
+    pub nv: NvParams,
 }
 
 impl Default for SynthConfig {
@@ -115,6 +118,7 @@ impl Default for SynthConfig {
             blur_sigma_vox: 0.5,
             noise: true,
             head: None,
+            nv: NvParams::default(),
         }
     }
 }
@@ -143,6 +147,7 @@ impl SynthConfig {
         if let Some(h) = &self.head {
             h.validate()?;
         }
+        self.nv.validate()?;
         Ok(())
     }
 
@@ -217,8 +222,12 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
         ph.pose = scan.pose;
     }
     let grids = Side::BOTH.map(|s| voi_grid(cfg, &ph, index, s));
+    let truths = Side::BOTH.map(|s| ph.nv_truth(s, &grids[s.index()], cfg.nv));
     let label_at = |w: V3, e: &phantom::PointEval| {
-        Side::BOTH.iter().find(|s| grids[s.index()].contains(w)).map_or(0, |&s| ph.label(s, w, e))
+        Side::BOTH
+            .iter()
+            .find(|s| grids[s.index()].contains(w))
+            .map_or(0, |&s| ph.label(&truths[s.index()], w, e))
     };
 
     let (head_ct, head_labels) = match &scan {
@@ -252,7 +261,7 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
             let grid = grids[side.index()];
             let (mut ct, labels) = render(&grid, |w| {
                 let e = ph.eval(w);
-                (e.hu as f32, ph.label(side, w, &e))
+                (e.hu as f32, ph.label(&truths[side.index()], w, &e))
             });
             finish_ct(&mut ct, grid.dims, cfg, &ph, 1 + side.index() as u64);
             let mask = |id: u8| grid.volume(labels.iter().map(|&l| f32::from(l == id)).collect());
@@ -299,6 +308,10 @@ pub struct Manifest {
     pub spacing_voi: [f64; 3],
     #[serde(default)]
     pub voi_dims: Option<[usize; 3]>,
+    /// The NV definition's parameters of the `nv_mm3` truth (absent in data sets written before
+    /// the definition was fixed).
+    #[serde(default)]
+    pub nv_params: Option<NvParams>,
     pub labels: BTreeMap<String, String>,
     pub cases: Vec<ManifestCase>,
 }
@@ -429,6 +442,7 @@ pub fn write_dataset(
         spacing_head: [cfg.head_spacing; 3],
         spacing_voi: [VOI_SPACING; 3],
         voi_dims: Some(cfg.voi_dims),
+        nv_params: Some(cfg.nv),
         labels,
         cases: entries,
     };

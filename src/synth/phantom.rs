@@ -9,23 +9,31 @@
 //! - **TB**: cranial bone voxels (temporal bone with fossa and eminence, skull base, zygomatic
 //!   root). The glenoid fossa is cut out of all cranial bone as `{sdf_H < g}`, the capsule of
 //!   radius `r + g`, so the bone that roofs the condyle lies exactly `g` from its surface.
-//! - **NV**: voxels outside MC and TB with `0 < sdf_H < g` whose outward normal ray from the
-//!   condyle axis meets cranial bone just beyond `r + g` (probe 0.75 mm past the fossa surface).
-//!   That is the part of the gap that the temporal bone closes: what the inflation of
-//!   ARCHITECTURE.md measures with `t_max >= g`. `nv_mm3` = NV voxel count x voxel volume.
+//! - **NV**: the negative volume by ARCHITECTURE.md's definition ("The negative volume,
+//!   precisely", the one `geometry::inflate` implements on masks), computed here independently
+//!   from the analytic geometry ([`NvTruth`]): a voxel centre `v` outside all bone, at distance
+//!   `d` from the mandible, has its closest mandible surface point `p = v - d grad(d)` with
+//!   normal `grad(d)`; `v` is NV when `p` is a head point (within `head_depth_mm` of the
+//!   mandible's top along world superior, `n . up > min_up`) and the ray `p + t n`, sphere-traced
+//!   through the analytic cranial distance inside the VOI, enters cranial bone at `h` with
+//!   `d <= h <= max_mm`. `nv_mm3` = NV voxel count x voxel volume.
 
 use rayon::prelude::*;
 
 use super::anatomy::{
-    add, closest_on_segment, rotation_xyz, scale, smin, Aabb, Capsule, Cylinder, Ellipsoid, Plate,
-    Pose, RoundBox, V3,
+    add, dot, mat_t_vec, normalize_or, rotation_xyz, scale, smin, sub, Aabb, Capsule, Cylinder,
+    Ellipsoid, Plate, Pose, RoundBox, V3,
 };
 use super::noise::{gauss_at, hash_words, splitmix64, Rng, ValueNoise};
 use super::Side;
+use crate::geometry::NvParams;
 use crate::io::Volume;
 
-/// How far past the fossa surface the NV roof test looks for cranial bone (mm).
-const ROOF_PROBE_MM: f64 = 0.75;
+/// Smallest sphere-tracing step of the truth's rays (mm): far below a voxel (0.4 mm) and any
+/// bone thickness, so no bone is stepped over.
+const MIN_STEP_MM: f64 = 0.01;
+/// Central-difference step of the mandible distance's gradient (mm).
+const GRAD_EPS_MM: f64 = 1e-4;
 
 /// Tissue classes with their own HU range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -447,23 +455,26 @@ impl Phantom {
     }
 
     /// Distance to the union of cranial bone before the fossae are cut out of it.
-    fn cranial_raw(&self, a: V3) -> f64 {
-        self.cranial_raw_with(a, self.skull.sdf(a))
-    }
-
-    /// [`Phantom::cranial_raw`] given the skull's outer distance at `a`.
-    fn cranial_raw_with(&self, a: V3, d_outer: f64) -> f64 {
+    ///
+    /// `margin`: primitives whose boxes lie farther than it are skipped (their distance is then
+    /// larger than `margin` but not exact); 0 when only the sign matters.
+    fn cranial_raw_with(&self, a: V3, d_outer: f64, margin: f64) -> f64 {
         // Shell between the outer and inner tables, only above the skull base.
         let shell = d_outer.max(-(d_outer + self.skull_thickness)).max(self.vault_floor_z - a[2]);
         // The base plate stays inside the skull outline.
         let base = self.base.sdf(a).max(d_outer).max(-self.foramen.sdf(a));
-        shell.min(base).min(self.cranial.sdf(a, 0.0))
+        shell.min(base).min(self.cranial.sdf(a, margin))
     }
 
     /// Cranial bone distance with both glenoid fossae cut out (`g - sdf_head` is positive
     /// inside the offset capsule).
     fn cranial(&self, a: V3, d_outer: f64) -> f64 {
-        let raw = self.cranial_raw_with(a, d_outer);
+        self.cranial_within(a, d_outer, 0.0)
+    }
+
+    /// [`Phantom::cranial`], a lower bound of the true distance wherever that is below `margin`.
+    fn cranial_within(&self, a: V3, d_outer: f64, margin: f64) -> f64 {
+        let raw = self.cranial_raw_with(a, d_outer, margin);
         if raw >= 0.0 {
             return raw;
         }
@@ -517,26 +528,92 @@ impl Phantom {
         self.eval_anatomy(self.pose.to_anatomy(w))
     }
 
-    /// Whether anatomy point `a` (already known to be outside all bone) lies in the true joint
-    /// space of `side` (see the module docs).
-    fn in_nv(&self, side: Side, a: V3) -> bool {
-        let j = self.joint(side);
-        let d = j.head.sdf(a);
-        if d <= 0.0 || d >= j.gap_mm {
-            return false;
-        }
-        let axis = closest_on_segment(a, j.head.a, j.head.b);
-        let probe = add(axis, scale(j.head.normal(a), j.head.r + j.gap_mm + ROOF_PROBE_MM));
-        self.cranial_raw(probe) < 0.0
+    /// The analytic NV truth of `side`'s joint on the VOI `grid` (see [`NvTruth`]).
+    pub fn nv_truth(&self, side: Side, grid: &Grid, params: NvParams) -> NvTruth {
+        let up = up_of(&self.pose);
+        // The mandible's highest point is its condylar head's (a capsule: the higher end's
+        // sphere top); the neck, ramus and coronoid lie lower.
+        let head = self.joint(side).head;
+        let top = dot(head.a, up).max(dot(head.b, up)) + head.r;
+        let hi = [0, 1, 2].map(|a| grid.origin[a] + grid.spacing[a] * (grid.dims[a] as f64 - 1.0));
+        NvTruth { side, params, up, top, lo: grid.origin, hi }
     }
 
-    /// Label of a scanner-frame point for `side`'s joint: 0 bg, 1 MC, 2 TB, 3 NV.
-    pub fn label(&self, side: Side, w: V3, e: &PointEval) -> u8 {
+    /// Mandible distance at anatomy point `a` and its unit gradient (central differences; the
+    /// union of exact distances is exact outside, so the gradient is the outward normal of the
+    /// closest surface point).
+    fn mandible_distance(&self, a: V3, margin: f64) -> (f64, V3) {
+        let d = self.mandible.sdf(a, margin);
+        let g = [0, 1, 2].map(|k| {
+            let mut plus = a;
+            let mut minus = a;
+            plus[k] += GRAD_EPS_MM;
+            minus[k] -= GRAD_EPS_MM;
+            (self.mandible.sdf(plus, margin) - self.mandible.sdf(minus, margin))
+                / (2.0 * GRAD_EPS_MM)
+        });
+        (d, normalize_or(g, up_of(&self.pose)))
+    }
+
+    /// Whether anatomy point `a` (already known to be outside all bone) is NV of `truth`'s joint.
+    fn in_nv(&self, truth: &NvTruth, a: V3) -> bool {
+        let prm = &truth.params;
+        // Exact wherever it is within max_mm: no primitive that close is skipped.
+        let (d, n) = self.mandible_distance(a, prm.max_mm + 1.0);
+        if d <= 0.0 || d > prm.max_mm {
+            return false;
+        }
+        let p = sub(a, scale(n, d));
+        if dot(p, truth.up) < truth.top - prm.head_depth_mm || dot(n, truth.up) <= prm.min_up {
+            return false;
+        }
+        self.first_bone_along(truth, p, n).is_some_and(|h| h >= d)
+    }
+
+    /// The first `t` in `[0, max_mm]` where `p + t n` (anatomy frame) enters cranial bone, or
+    /// `None` when the ray leaves the VOI's voxel-centre box or reaches `max_mm` first. Sphere
+    /// tracing on the cranial distance (a lower bound of the true distance: unions and
+    /// intersections of exact distances), then bisection to 1e-6 mm.
+    fn first_bone_along(&self, truth: &NvTruth, p: V3, n: V3) -> Option<f64> {
+        let margin = truth.params.max_mm + 1.0;
+        let bone = |t: f64| {
+            let x = add(p, scale(n, t));
+            self.cranial_within(x, self.skull.sdf(x), margin)
+        };
+        let mut t = 0.0;
+        let mut prev = 0.0;
+        loop {
+            if !truth.inside(self.pose.to_world(add(p, scale(n, t)))) {
+                return None;
+            }
+            let s = bone(t);
+            if s <= 0.0 {
+                let (mut lo, mut hi) = (prev, t);
+                while hi - lo > 1e-6 {
+                    let mid = 0.5 * (lo + hi);
+                    if bone(mid) <= 0.0 {
+                        hi = mid;
+                    } else {
+                        lo = mid;
+                    }
+                }
+                return Some(hi);
+            }
+            if t >= truth.params.max_mm {
+                return None;
+            }
+            prev = t;
+            t = (t + s.max(MIN_STEP_MM)).min(truth.params.max_mm);
+        }
+    }
+
+    /// Label of a scanner-frame point for `truth`'s joint: 0 bg, 1 MC, 2 TB, 3 NV.
+    pub fn label(&self, truth: &NvTruth, w: V3, e: &PointEval) -> u8 {
         match e.bone {
             Bone::Mandible => 1,
             Bone::Cranial => 2,
             Bone::Vertebra => 0,
-            Bone::None => u8::from(self.in_nv(side, self.pose.to_anatomy(w))) * 3,
+            Bone::None => u8::from(self.in_nv(truth, self.pose.to_anatomy(w))) * 3,
         }
     }
 
@@ -548,6 +625,31 @@ impl Phantom {
     /// Key for per-voxel noise of volume `which` (stateless, so parallel rendering is exact).
     pub fn noise_key(&self, which: u64) -> u64 {
         hash_words(&[self.key, which, 0x6e6f_6973])
+    }
+}
+
+/// World superior (scanner +z) in the anatomy frame.
+fn up_of(pose: &Pose) -> V3 {
+    mat_t_vec(&pose.rot, [0.0, 0.0, 1.0])
+}
+
+/// What the analytic NV of one joint needs: the definition's parameters, world superior in the
+/// anatomy frame, the mandible's top along it, and the VOI's voxel-centre box (world), which
+/// bounds the rays as the VOI's masks bound `geometry::inflate`'s.
+#[derive(Clone, Copy, Debug)]
+pub struct NvTruth {
+    pub side: Side,
+    pub params: NvParams,
+    up: V3,
+    top: f64,
+    lo: V3,
+    hi: V3,
+}
+
+impl NvTruth {
+    /// Whether world point `w` lies in the VOI's voxel-centre box.
+    fn inside(&self, w: V3) -> bool {
+        (0..3).all(|a| w[a] >= self.lo[a] && w[a] <= self.hi[a])
     }
 }
 

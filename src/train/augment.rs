@@ -16,6 +16,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::io::normalize::Normalization;
 use crate::train::rng::{mix_seed, str_seed, Rng};
 use crate::{Error, Result};
 
@@ -23,7 +24,8 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Boundary {
-    /// The fill value (-1 for images, the bottom of Normalize's range; 0 for labels).
+    /// The fill value (for images the bottom of the normalised range, -1 for Normalize; 0 for
+    /// labels).
     Constant,
     /// The edge voxel repeated.
     Nearest,
@@ -38,8 +40,12 @@ pub enum Boundary {
 /// One transform with its parameters (the config's `{"name": ..., ...}` objects).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Transform {
-    /// Min-max to `[-1, 1]` with the data set's min and max (or the given ones).
+    /// Min-max to `[-1, 1]` with the training cases' min and max (or the given ones), fitted once
+    /// per fold (see [`crate::io::normalize::Normalization`]).
     Normalize { min_value: Option<f32>, max_value: Option<f32> },
+    /// nnU-Net's CT normalisation (`{"name": "CTNormalize"}`), fitted once per fold on the
+    /// training cases' foreground voxels.
+    CtNormalize,
     /// Zero mean, unit std over the patch (as the original does, ignoring given values).
     Standardize,
     /// Flip along each listed axis with probability `p`.
@@ -61,8 +67,9 @@ pub enum Transform {
 }
 
 /// The transform names a config may use.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
     "Normalize",
+    "CTNormalize",
     "Standardize",
     "RandomFlip",
     "RandomRotate",
@@ -78,6 +85,9 @@ struct NormalizeCfg {
     #[serde(default)]
     max_value: Option<f32>,
 }
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyCfg {}
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StandardizeCfg {
@@ -188,6 +198,10 @@ pub fn parse_transform(v: &Value, _is_label: bool) -> Result<Transform> {
             }
             Transform::Normalize { min_value: c.min_value, max_value: c.max_value }
         }
+        "CTNormalize" => {
+            let _: EmptyCfg = de(&name, rest)?;
+            Transform::CtNormalize
+        }
         "Standardize" => {
             let _: StandardizeCfg = de(&name, rest)?;
             Transform::Standardize
@@ -254,6 +268,7 @@ impl Transform {
     pub fn name(&self) -> &'static str {
         match self {
             Transform::Normalize { .. } => "Normalize",
+            Transform::CtNormalize => "CTNormalize",
             Transform::Standardize => "Standardize",
             Transform::RandomFlip { .. } => "RandomFlip",
             Transform::RandomRotate { .. } => "RandomRotate",
@@ -306,13 +321,6 @@ pub fn check_pairing(raw: &[Transform], label: &[Transform]) -> std::result::Res
     Ok(())
 }
 
-/// Intensity statistics of the data set a phase reads (what Normalize uses).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Stats {
-    pub min: f32,
-    pub max: f32,
-}
-
 /// A 3-D array being transformed: `data` row-major over `dims` (D, H, W).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Patch {
@@ -321,37 +329,40 @@ pub struct Patch {
 }
 
 /// Applies a raw list to the image and a label list to the label, paired as the module docs say.
+/// `norm` is the fold's fitted normalisation: what `Normalize` and `CTNormalize` apply.
 pub fn apply_pair(
     raw: &[Transform],
     label: &[Transform],
     image: &mut Patch,
     mask: &mut Patch,
-    stats: Stats,
+    norm: &Normalization,
     seed: u64,
 ) {
-    apply_list(raw, image, stats, seed, false);
-    apply_list(label, mask, stats, seed, true);
+    apply_list(raw, image, norm, seed, false);
+    apply_list(label, mask, norm, seed, true);
 }
 
 /// Applies one list; `is_label` forces nearest sampling and fill 0.
-pub fn apply_list(list: &[Transform], x: &mut Patch, stats: Stats, seed: u64, is_label: bool) {
+pub fn apply_list(
+    list: &[Transform],
+    x: &mut Patch,
+    norm: &Normalization,
+    seed: u64,
+    is_label: bool,
+) {
     let mut seen: Vec<&str> = Vec::new();
     for t in list {
         let n = seen.iter().filter(|s| **s == t.name()).count() as u64;
         seen.push(t.name());
         let mut rng = Rng::new(mix_seed(&[seed, str_seed(t.name()), n]));
-        apply_one(t, x, stats, &mut rng, is_label);
+        apply_one(t, x, norm, &mut rng, is_label);
     }
 }
 
-fn apply_one(t: &Transform, x: &mut Patch, stats: Stats, rng: &mut Rng, is_label: bool) {
+fn apply_one(t: &Transform, x: &mut Patch, norm: &Normalization, rng: &mut Rng, is_label: bool) {
     match t {
-        Transform::Normalize { min_value, max_value } => {
-            let lo = min_value.unwrap_or(stats.min);
-            let hi = max_value.unwrap_or(stats.max);
-            let scale = if hi > lo { 2.0 / (hi - lo) } else { 0.0 };
-            x.data.iter_mut().for_each(|v| *v = (*v - lo) * scale - 1.0);
-        }
+        // One fitted mapping for the whole fold, the one the model card carries.
+        Transform::Normalize { .. } | Transform::CtNormalize => norm.apply(&mut x.data),
         Transform::Standardize => {
             let n = x.data.len().max(1) as f64;
             let mean = x.data.iter().map(|v| *v as f64).sum::<f64>() / n;
@@ -373,7 +384,7 @@ fn apply_one(t: &Transform, x: &mut Patch, stats: Stats, rng: &mut Rng, is_label
             let plane = axes[rng.below(axes.len())];
             let angle = rng.int_range(-angle_spectrum, *angle_spectrum);
             let (order, mode, cval) =
-                if is_label { (0, Boundary::Constant, 0.0) } else { (*order, *mode, -1.0) };
+                if is_label { (0, Boundary::Constant, 0.0) } else { (*order, *mode, norm.floor()) };
             rotate(x, plane, angle as f64, order, mode, cval);
         }
         Transform::ElasticDeformation { spline_order, alpha, sigma, p } => {

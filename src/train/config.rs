@@ -11,7 +11,11 @@
 //! | `training` | device, trainsize, model_name, num_epochs, k_follds_number, batch_size, learning_rate, momentum, wd, patience, delta, step_size, gamma | width, precision, run_dir, early_stopping, folds |
 //! | `loss` | loss_name, loss_type (`CE`, `D`, `DCE`), dce_w, w0, w1, nll | soft_dice |
 //! | `predict` | model_path | |
-//! | `loaders` | train_patch, train_stride, val_patch, val_stride, dicom_path, mask_path, objects, voi_shape, precrop, train_patient_ids, val_patient_ids, num_workers, batch_size, train_dataset_size, transformer, train_patch_builder, val_patch_builder | dataset_dir, target (`mc`, `tb`, `joints`), sides, synth |
+//! | `loaders` | train_patch, train_stride, val_patch, val_stride, dicom_path, mask_path, objects, voi_shape, precrop, train_patient_ids, val_patient_ids, num_workers, batch_size, train_dataset_size, transformer, train_patch_builder, val_patch_builder | dataset_dir, target (`mc`, `tb`, `nv`, `joints`), sides, synth, window, overlap, fg_fraction |
+//!
+//! Validation: with `val_patch` the original's patch grid; without it, a sliding window
+//! (`window`, `overlap`) over each whole held-out VOI, through the same code `segment` runs, so
+//! the validation Dice is the Dice a user gets.
 //! | top level | manual_seed | |
 //!
 //! Keys the original reads but the engine has no use for (`momentum`, which the original also
@@ -28,6 +32,7 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::nn::Arch;
 use crate::train::augment::{self, Transform};
 use crate::{Error, Result};
 
@@ -140,16 +145,8 @@ pub struct Predict {
     pub model_path: Option<PathBuf>,
 }
 
-/// The networks `training.model_name` can name (mapped onto `crate::nn::Arch` by the trainer).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModelName {
-    VNet,
-    VNetAtt,
-    UNet,
-    UNetAtt,
-}
-
-/// Which structure is the foreground.
+/// Which structure is the foreground (`loaders.target`). A new target adds a variant here, its
+/// name in [`Target::name`] and where its truth comes from in `trainer::target_mask`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
@@ -157,8 +154,27 @@ pub enum Target {
     Mc,
     /// Temporal bone.
     Tb,
+    /// The negative volume itself (the paper's annotated "balls"; the phantoms carry its truth).
+    Nv,
     /// Both condylar heads in a whole head on the localiser's coarse grid (`train::joints`).
     Joints,
+}
+
+impl Target {
+    /// The config's (and the model card's) name: `mc`, `tb`, `nv`, `joints`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Mc => "mc",
+            Target::Tb => "tb",
+            Target::Nv => "nv",
+            Target::Joints => "joints",
+        }
+    }
+
+    /// The label of Table 1: `MC`, `TB`, `NV`.
+    pub fn label(self) -> String {
+        self.name().to_uppercase()
+    }
 }
 
 /// `loaders.synth`: phantoms written when `dataset_dir` does not exist.
@@ -221,6 +237,17 @@ pub struct Loaders {
     /// Write phantoms into `dataset_dir` when it does not exist.
     #[serde(default)]
     pub synth: Option<SynthConfig>,
+    /// Sliding window (voxels) for whole-VOI validation and the model card's recommended window
+    /// (default: `train_patch`).
+    #[serde(default)]
+    pub window: Option<[usize; 3]>,
+    /// Overlap of neighbouring sliding windows, in `[0, 1)`.
+    #[serde(default = "d_overlap")]
+    pub overlap: f32,
+    /// Fraction of training patches centred on a random foreground voxel (nnU-Net oversamples
+    /// a third); the others are uniformly random.
+    #[serde(default)]
+    pub fg_fraction: f64,
 }
 
 /// The transform lists per phase.
@@ -282,6 +309,9 @@ fn d_train_size() -> usize {
 }
 fn d_target() -> Target {
     Target::Mc
+}
+fn d_overlap() -> f32 {
+    0.5
 }
 fn d_sides() -> Vec<String> {
     vec!["L".into(), "R".into()]
@@ -372,11 +402,36 @@ impl Config {
         if t.device != "auto" {
             t.device.parse::<crate::Device>().map_err(|e| Error::Config { msg: e.to_string() })?;
         }
-        if t.k_follds_number == 0 || t.batch_size == 0 || t.step_size == 0 {
-            return bad("k_follds_number, batch_size and step_size must be at least 1".into());
+        if t.k_follds_number < 2 {
+            return bad(format!(
+                "training.k_follds_number {} leaves no case to train on; use at least 2",
+                t.k_follds_number
+            ));
         }
-        if t.learning_rate.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || t.wd < 0.0 {
-            return bad("learning_rate must be > 0 and wd >= 0".into());
+        if t.batch_size == 0 || t.step_size == 0 || t.num_epochs == 0 {
+            return bad(format!(
+                "training.batch_size ({}), step_size ({}) and num_epochs ({}) must be at least 1",
+                t.batch_size, t.step_size, t.num_epochs
+            ));
+        }
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !positive(t.learning_rate) || !(t.wd.is_finite() && t.wd >= 0.0) {
+            return bad(format!(
+                "training.learning_rate ({}) must be > 0 and wd ({}) >= 0, both finite",
+                t.learning_rate, t.wd
+            ));
+        }
+        if !positive(t.gamma) {
+            return bad(format!(
+                "training.gamma {} must be > 0 (StepLR multiplies by it)",
+                t.gamma
+            ));
+        }
+        if !(t.delta.is_finite() && t.delta >= 0.0) {
+            return bad(format!("training.delta {} must be >= 0", t.delta));
+        }
+        if let Err(e) = crate::nn::param_count(self.arch()?, self.width()) {
+            return bad(format!("training.width {}: {e}", self.width()));
         }
         if let Some(folds) = &t.folds {
             if let Some(f) = folds.iter().find(|f| **f == 0 || **f > t.k_follds_number) {
@@ -400,7 +455,8 @@ impl Config {
                 }
             }
         }
-        let m = crate::train::trainer::arch_of(self.arch()?).size_multiple();
+        let arch = self.arch()?;
+        let m = arch.size_multiple();
         let val = l.val_patch.unwrap_or(voi);
         for (name, p) in [("train_patch", l.train_patch), ("val_patch", val)] {
             if p.iter().any(|e| e % m != 0) {
@@ -409,6 +465,29 @@ impl Config {
                     t.model_name
                 ));
             }
+        }
+        // Training batches share BatchNorm statistics, so only the (batch-1) window is checked.
+        for (name, w) in [("window", l.window)] {
+            if let Some(w) = w {
+                if let Err(e) = crate::nn::model::check_window(arch, w) {
+                    return bad(format!(
+                        "loaders.{name}: {}",
+                        e.to_string().trim_start_matches("model: invalid argument: ")
+                    ));
+                }
+                if w.iter().any(|e| e % m != 0) {
+                    return bad(format!(
+                        "loaders.{name} {w:?}: {} needs every extent to be a multiple of {m}",
+                        t.model_name
+                    ));
+                }
+            }
+        }
+        if !(0.0..1.0).contains(&l.overlap) {
+            return bad(format!("loaders.overlap {} is not in [0, 1)", l.overlap));
+        }
+        if !(0.0..=1.0).contains(&l.fg_fraction) {
+            return bad(format!("loaders.fg_fraction {} is not in [0, 1]", l.fg_fraction));
         }
         for (name, s) in [("train_stride", l.train_stride), ("val_stride", l.val_stride)] {
             if s.is_some_and(|s| s.contains(&0)) {
@@ -430,12 +509,12 @@ impl Config {
     }
 
     /// The network architecture from `training.model_name`.
-    pub fn arch(&self) -> Result<ModelName> {
+    pub fn arch(&self) -> Result<Arch> {
         match self.training.model_name.as_str() {
-            "VNet" => Ok(ModelName::VNet),
-            "VNetAtt" => Ok(ModelName::VNetAtt),
-            "UNet" => Ok(ModelName::UNet),
-            "UNetAtt" => Ok(ModelName::UNetAtt),
+            "VNet" => Ok(Arch::VNet),
+            "VNetAtt" => Ok(Arch::VNetAtt),
+            "UNet" => Ok(Arch::UNet),
+            "UNetAtt" => Ok(Arch::UNetAtt),
             m => Err(Error::Config {
                 msg: format!("training.model_name `{m}` is not VNet, VNetAtt, UNet or UNetAtt"),
             }),
@@ -448,6 +527,12 @@ impl Config {
             "UNet" | "UNetAtt" => 32,
             _ => 16,
         })
+    }
+
+    /// The sliding window of whole-VOI validation and of the model card (`loaders.window`, else
+    /// the training patch).
+    pub fn window(&self) -> [usize; 3] {
+        self.loaders.window.unwrap_or(self.loaders.train_patch)
     }
 
     /// Whether early stopping is active, with (patience, delta).

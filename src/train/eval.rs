@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::nn;
-use crate::train::config::{Config, Target};
+use crate::nn::model::read_card;
+use crate::train::config::Config;
 use crate::train::logs::{self, Csv};
 use crate::train::rng::mix_seed;
 use crate::train::trainer::{self, Sample, TestRow};
@@ -81,12 +82,21 @@ pub fn eval(cfg: &Config, opts: &EvalOptions) -> Result<EvalReport> {
     let final_epoch = trainer::load_state(run).map(|s| s.epoch_done).unwrap_or(0);
     let mut rows = Vec::new();
     for (fold, ckpt, samples) in jobs {
-        let arch = trainer::arch_of(cfg.arch()?);
-        let mut net =
-            nn::build_seeded(arch, cfg.width(), mix_seed(&[cfg.manual_seed, fold as u64]))?;
+        // The checkpoint's own card says how it was fed; weights without one get the config's
+        // normalisation fitted on the joints not evaluated (all of them when none is left).
+        let (arch, width, norm) = match read_card(&ckpt)? {
+            Some(c) => (c.arch, c.width, c.normalization),
+            None => {
+                let rest: Vec<&Sample> =
+                    prep.samples.iter().filter(|s| !samples.iter().any(|e| e.id == s.id)).collect();
+                let fit_on = if rest.is_empty() { samples.clone() } else { rest };
+                (cfg.arch()?, cfg.width(), trainer::fit_normalization(cfg, &fit_on)?)
+            }
+        };
+        let mut net = nn::build_seeded(arch, width, mix_seed(&[cfg.manual_seed, fold as u64]))?;
         net.load_safetensors(&ckpt)?;
         net.to_device(prep.device)?;
-        let res = trainer::evaluate(cfg, net.as_mut(), &samples, prep.device, true)?;
+        let res = trainer::evaluate(cfg, net.as_mut(), &samples, &norm, prep.device, true)?;
         for (s, (scores, dist)) in samples.iter().zip(res) {
             rows.push(TestRow {
                 fold,
@@ -107,12 +117,8 @@ pub fn eval(cfg: &Config, opts: &EvalOptions) -> Result<EvalReport> {
         csv.row(&trainer::test_fields(r))?;
     }
     csv.flush()?;
-    let target = match cfg.loaders.target {
-        Target::Mc => "MC",
-        Target::Tb => "TB",
-        Target::Joints => "joints",
-    };
-    let table = trainer::table_1(&cfg.training.model_name, &cfg.loss.loss_type, target, &rows);
+    let target = cfg.loaders.target.label();
+    let table = trainer::table_1(&cfg.training.model_name, &cfg.loss.loss_type, &target, &rows);
     logs::write_atomic(&out.join("table_1.md"), table.as_bytes())?;
     Ok(EvalReport { rows, table, csv: csv_path })
 }

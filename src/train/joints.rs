@@ -59,12 +59,15 @@ pub fn samples(cfg: &Config, ds: &Dataset, ids: &[String]) -> Result<Vec<Sample>
                 centres.push(c);
             }
             let label = ball_label(&coarse, &centres, LABEL_RADIUS_MM);
+            let foreground =
+                (0..label.len() as u32).filter(|&i| label[i as usize] > 0.5).collect();
             Ok(Sample {
                 id: id.clone(),
                 side: "LR".into(),
                 image: Patch { data: localize::normalize_hu(&coarse.data), dims: coarse.dims },
                 label: Patch { data: label, dims: coarse.dims },
                 spacing: coarse.spacing,
+                foreground,
             })
         })
         .collect()

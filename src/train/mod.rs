@@ -2,9 +2,12 @@
 //! stopping, k-fold, checkpoints, logs.
 
 pub mod augment;
+pub mod checkpoint;
 pub mod config;
 pub mod dataset;
 pub mod eval;
+pub mod evaluate;
+pub mod interrupt;
 pub mod joints;
 pub mod logs;
 pub mod metrics;

@@ -1,40 +1,50 @@
-//! The training loop and the evaluation of held-out cases, as the original's `train.py` runs
-//! them: k folds over patients; per fold a freshly initialised network, Adam with L2 weight
-//! decay, StepLR per epoch, `train_dataset_size` random patches per epoch (left and right joints
-//! are separate samples), validation on the held-out cases every epoch, optional early stopping,
-//! then per patient and side test scores.
+//! The training loop, as the original's `train.py` runs it: k folds over patients; per fold a
+//! freshly initialised network, Adam with L2 weight decay, StepLR per epoch,
+//! `train_dataset_size` random patches per epoch (left and right joints are separate samples; a
+//! `fg_fraction` of them centred on foreground), validation on the held-out joints every epoch,
+//! optional early stopping, then per patient and side test scores of the fold's best weights.
 //!
-//! **Exact resume.** Every random choice of an epoch (patches, augmentation, dropout) comes from
-//! a generator seeded by `(manual_seed, fold, epoch)`, so nothing random has to survive a restart
-//! except what `state.json` holds: the epoch reached, Adam's moments, the schedule, the
-//! early-stopping counters and the fold generator. After each epoch the weights and Adam's moments
-//! are written to new files, then `state.json` (atomically) names them, then older ones go: a run
-//! killed at any moment resumes from its last finished epoch with weights and state that belong
-//! together.
+//! Data preparation is here too ([`prepare`]); the resume format and the model card are in
+//! [`crate::train::checkpoint`], scoring in [`crate::train::evaluate`].
+//!
+//! **One normalisation.** At a fold's start the config's normalising transform (`Normalize` or
+//! `CTNormalize`) is fitted once on that fold's training joints; the result goes into
+//! `state.json` and every checkpoint's card, and training, validation, test, `eval` and `segment`
+//! all apply exactly it.
+//!
+//! **Divergence** (a non-finite loss, gradient norm or weight) stops the run with
+//! [`Error::Diverged`] before anything of that epoch is written; the last good checkpoint stays
+//! and resumes. **Ctrl-C** ([`crate::train::interrupt`]) abandons the epoch in progress likewise.
 //!
 //! Run directory: `config.json` (the config as given), `state.json`, `loss_convergence.csv`,
 //! `test_results.csv`, `progress.png`, and per fold `fold{k}/last.safetensors`,
-//! `fold{k}/best.safetensors` (lowest validation loss), `fold{k}/last_e{epoch}.safetensors`.
+//! `fold{k}/best.safetensors` (lowest validation loss), `fold{k}/last_e{epoch}.safetensors`, all
+//! with model cards.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 use crate::autograd;
-use crate::geometry;
+use crate::io::normalize::Normalization;
 use crate::io::Volume;
-use crate::loss;
-use crate::nn::{self, Arch, Mode, Network};
+use crate::nn::{self, Mode, Network};
 use crate::optim::{Adam, AdamConfig, AdamState, StepLR};
-use crate::train::augment::{self, Patch, Stats};
-use crate::train::config::{Config, ModelName, Target};
-use crate::train::dataset::{Dataset, Side};
+use crate::train::augment::{self, Patch, Transform};
+use crate::train::config::{Config, Target};
+use crate::train::dataset::{Dataset, Side, VoiSample};
 use crate::train::logs::{self, Csv, EpochPoint};
-use crate::train::metrics;
 use crate::train::rng::{mix_seed, Rng};
-use crate::train::sampling;
+use crate::train::{interrupt, sampling};
 use crate::{Device, Error, Result, Tensor};
+
+use crate::train::checkpoint::{self, read_moments, write_moments};
+pub use crate::train::checkpoint::{
+    load_run_config, load_state, save_state, state_path, CardInfo, StepLrState, TrainState,
+};
+use crate::train::evaluate::{add_scores, div_scores, fmt_f, mean_of};
+pub use crate::train::evaluate::{
+    criterion, evaluate, table_1, test_fields, Distances, Scores, TestRow,
+};
 
 /// One joint of one patient, cropped to the VOI shape: the training unit.
 #[derive(Clone, Debug)]
@@ -47,6 +57,8 @@ pub struct Sample {
     /// 0/1 mask of the target structure.
     pub label: Patch,
     pub spacing: [f64; 3],
+    /// Linear indices of the label's foreground voxels (where foreground patches centre).
+    pub foreground: Vec<u32>,
 }
 
 /// The checked, loaded data of a config: everything that can fail before training does.
@@ -57,6 +69,10 @@ pub struct Prepared {
     /// Test ids per fold.
     pub folds: Vec<Vec<String>>,
     pub device: Device,
+    /// The voxel spacing every VOI shares (the model card's `spacing_mm`).
+    pub spacing: [f64; 3],
+    /// SHA-256 of the config file.
+    pub config_sha256: String,
 }
 
 /// Options of one `train` invocation.
@@ -69,78 +85,8 @@ pub struct TrainOptions {
     pub stop_after_epochs: Option<usize>,
     /// No progress bar and no per-epoch lines.
     pub quiet: bool,
-}
-
-/// Where a run stands; `state.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TrainState {
-    pub version: u32,
-    /// Absolute folder of the config the run started from (relative paths resolve there).
-    pub config_base: PathBuf,
-    /// The fold in progress (1-based).
-    pub fold: usize,
-    /// Epochs finished in this fold.
-    pub epoch_done: usize,
-    /// Training of this fold is over (epochs done or stopped early); its test may be pending.
-    pub fold_trained: bool,
-    /// Folds whose test results are written.
-    pub completed_folds: Vec<usize>,
-    /// Weights after `epoch_done` epochs, relative to the run directory.
-    pub weights: Option<String>,
-    /// Adam's step count; its moments are in `adam_file` (binary, beside the weights).
-    pub adam_step: u64,
-    /// Adam's moments after `epoch_done` epochs, relative to the run directory.
-    pub adam_file: Option<String>,
-    pub base_lr: f32,
-    pub scheduler: StepLrState,
-    pub rng: Rng,
-    pub best_val_loss: Option<f64>,
-    pub best_epoch: usize,
-    pub es_counter: usize,
-    pub history: Vec<EpochPoint>,
-}
-
-/// StepLR as saved: the schedule and the epoch it has reached.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StepLrState {
-    pub step_size: usize,
-    pub gamma: f32,
-    pub last_epoch: usize,
-}
-
-/// Per-batch scores.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Scores {
-    pub loss: f64,
-    pub ce: f64,
-    pub dice: f64,
-    pub iou: f64,
-}
-
-/// Per patient and side test scores of one fold.
-#[derive(Clone, Debug)]
-pub struct TestRow {
-    pub fold: usize,
-    pub final_epoch: usize,
-    pub id: String,
-    pub side: String,
-    pub scores: Scores,
-    /// Distances of the prediction to the truth (see [`Distances`]).
-    pub dist: Distances,
-}
-
-/// Distance scores of one prediction, averaged over a sample's patches.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Distances {
-    /// The original's Hausdorff distance: all foreground voxels, voxel units, 0 when a mask is
-    /// empty.
-    pub hd: f64,
-    /// Surface Hausdorff distance in millimetres (infinite when exactly one mask is empty).
-    pub hd_mm: f64,
-    /// 95th percentile surface distance (mm).
-    pub hd95_mm: f64,
-    /// Average symmetric surface distance (mm).
-    pub assd_mm: f64,
+    /// Replace NaN/infinite CT voxels by this value (HU); without it they are an error.
+    pub nan_to: Option<f32>,
 }
 
 /// What a finished (or sliced) run reports.
@@ -150,16 +96,12 @@ pub struct RunSummary {
     pub tests: Vec<TestRow>,
     /// True when every configured fold is trained and tested.
     pub finished: bool,
-}
-
-/// Maps the config's model name onto the network builder's.
-pub fn arch_of(m: ModelName) -> Arch {
-    match m {
-        ModelName::VNet => Arch::VNet,
-        ModelName::VNetAtt => Arch::VNetAtt,
-        ModelName::UNet => Arch::UNet,
-        ModelName::UNetAtt => Arch::UNetAtt,
-    }
+    /// The last fold's `best.safetensors` (with its card): the model to hand to `segment`.
+    pub best_model: PathBuf,
+    /// Every tested fold with the epoch of its best weights (what the test rows score).
+    pub best_epochs: Vec<(usize, usize)>,
+    /// Files this invocation wrote or updated, relative to the run directory.
+    pub written: Vec<String>,
 }
 
 /// `training.device`: `auto`, `cpu`, or a CUDA device that falls back to the CPU (with a message)
@@ -202,13 +144,19 @@ fn ensure_dataset(cfg: &Config) -> Result<()> {
 }
 
 /// Loads and checks everything a config needs before the first step: the data set exists (or is
-/// synthesised), every VOI and mask exists, aligns and is at least `voi_shape`, there are enough
+/// synthesised), every VOI and mask exists, aligns and is at least `voi_shape`, has no
+/// non-finite voxel (unless `nan_to` replaces them), all VOIs share one spacing, there are enough
 /// cases for the folds. Crops VOIs larger than `voi_shape` about their centre (the original's
 /// `precrop`).
 ///
 /// # Errors
 /// [`Error::Config`], [`Error::Io`] or [`Error::Format`] naming the case, side and file.
 pub fn prepare(cfg: &Config) -> Result<Prepared> {
+    prepare_with(cfg, None)
+}
+
+/// [`prepare`], replacing non-finite CT voxels by `nan_to` when given.
+pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
     ensure_dataset(cfg)?;
     let ds = Dataset::open(&cfg.loaders.dataset_dir)?;
     let mut ids: Vec<String> = ds.cases().iter().map(|c| c.id.clone()).collect();
@@ -216,8 +164,10 @@ pub fn prepare(cfg: &Config) -> Result<Prepared> {
     let folds = sampling::k_folds(&ids, cfg.training.k_follds_number)?;
     let voi = cfg.loaders.voi_shape;
     let mut samples = Vec::new();
+    let mut spacing: Option<[f64; 3]> = None;
     if cfg.loaders.target == Target::Joints {
         samples = crate::train::joints::samples(cfg, &ds, &ids)?;
+        spacing = samples.first().map(|s| s.spacing);
     }
     // Order as the original's val loader: every case's left joint, then every case's right.
     let joint_sides =
@@ -229,11 +179,25 @@ pub fn prepare(cfg: &Config) -> Result<Prepared> {
             if !entry.sides.contains(&side) {
                 continue;
             }
-            let v = ds.load_voi(id, side)?;
-            let mask = match cfg.loaders.target {
-                Target::Mc => &v.mc,
-                Target::Tb | Target::Joints => &v.tb,
+            let mut v = ds.load_voi(id, side)?;
+            let ct_file = ct_path(&ds, id, side);
+            let bad = match nan_to {
+                Some(x) => {
+                    crate::io::replace_non_finite(&mut v.ct.data, x);
+                    0
+                }
+                None => crate::io::count_non_finite(&v.ct.data),
             };
+            if bad > 0 {
+                return Err(Error::format(
+                    &ct_file,
+                    format!(
+                        "{bad} of {} voxels are NaN or infinite; fix the CT or give --nan-to HU",
+                        v.ct.data.len()
+                    ),
+                ));
+            }
+            let mask = target_mask(cfg.loaders.target, &v);
             check_aligned(id, side_name, &v.ct, mask)?;
             if (0..3).any(|a| v.ct.dims[a] < voi[a]) {
                 return Err(Error::Config {
@@ -243,24 +207,41 @@ pub fn prepare(cfg: &Config) -> Result<Prepared> {
                     ),
                 });
             }
+            match spacing {
+                None => spacing = Some(v.ct.spacing),
+                Some(s) if crate::nn::model::needs_resampling(v.ct.spacing, s) => {
+                    return Err(Error::format(
+                        &ct_file,
+                        format!(
+                            "spacing {:?} mm differs from the other VOIs' {s:?}: resample the data \
+                             set to one spacing",
+                            v.ct.spacing
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
             let c = sampling::centre_corner(v.ct.dims, voi);
             let image = sampling::crop(&v.ct.data, v.ct.dims, c, voi);
             let mut label = sampling::crop(&mask.data, mask.dims, c, voi);
             label.data.iter_mut().for_each(|x| *x = if *x > 0.5 { 1.0 } else { 0.0 });
+            let foreground =
+                (0..label.data.len() as u32).filter(|i| label.data[*i as usize] > 0.5).collect();
             samples.push(Sample {
                 id: id.clone(),
                 side: side_name.clone(),
                 image,
                 label,
                 spacing: v.ct.spacing,
+                foreground,
             });
         }
     }
-    if samples.is_empty() {
+    let Some(spacing) = spacing else {
         return Err(Error::Config {
             msg: "the data set has no VOI for the configured sides".into(),
         });
-    }
+    };
     let device = resolve_device(&cfg.training.device)?;
     // GPU convolutions take bf16 or fp32 operands (fp32 accumulation either way); the CPU is
     // always fp32.
@@ -268,7 +249,30 @@ pub fn prepare(cfg: &Config) -> Result<Prepared> {
         "fp32" => crate::backend::cuda::Precision::F32,
         _ => crate::backend::cuda::Precision::Bf16,
     });
-    Ok(Prepared { samples, ids, folds, device })
+    let config_sha256 = checkpoint::config_sha256(cfg)?;
+    Ok(Prepared { samples, ids, folds, device, spacing, config_sha256 })
+}
+
+/// The truth of `target` in a loaded joint. (A new target adds its arm here.)
+pub fn target_mask(target: Target, v: &VoiSample) -> &Volume {
+    match target {
+        Target::Mc => &v.mc,
+        Target::Tb => &v.tb,
+        Target::Nv => &v.nv,
+        // Joints samples are whole heads (`train::joints`), never per-joint VOIs.
+        Target::Joints => &v.tb,
+    }
+}
+
+/// The CT file of a joint (for messages).
+fn ct_path(ds: &Dataset, id: &str, side: Side) -> PathBuf {
+    ds.manifest()
+        .cases
+        .iter()
+        .find(|c| c.id == id)
+        .and_then(|c| c.sides.get(&side))
+        .map(|s| ds.dir().join(&s.image))
+        .unwrap_or_else(|| ds.dir().to_path_buf())
 }
 
 fn check_aligned(id: &str, side: &str, ct: &Volume, mask: &Volume) -> Result<()> {
@@ -289,39 +293,42 @@ fn check_aligned(id: &str, side: &str, ct: &Volume, mask: &Volume) -> Result<()>
     Ok(())
 }
 
-/// The loss of the config on `probs` against `target`, with the original's logged scores.
+/// Fits the config's normalisation on the training joints of a fold: `Normalize` takes their
+/// min and max (unless the transform gives them), `CTNormalize` nnU-Net's statistics of their
+/// foreground voxels, a per-patch `Standardize` becomes a per-volume z-score at inference, and
+/// no normalising transform means none.
 ///
-/// # Shapes
-/// `probs (N, D, H, W, 2)`, `target (N, D, H, W)`.
-pub fn criterion(cfg: &Config, probs: &Tensor, target: &Tensor) -> Result<(Tensor, Scores)> {
-    let l = &cfg.loss;
-    let w = [l.w0, l.w1];
-    let ce = loss::nll_probs(probs, target, Some(&w))?;
-    let hard = loss::hard_dice(probs, target)?;
-    let dice_loss = if l.soft_dice { loss::soft_dice(probs, target)? } else { hard.loss.clone() };
-    let total = match l.loss_type.as_str() {
-        "CE" => ce.clone(),
-        "D" => dice_loss,
-        _ => crate::ops::add(&dice_loss, &crate::ops::scale(&ce, l.dce_w)?)?,
+/// # Errors
+/// [`Error::Config`] when the training joints hold no finite (foreground) voxel.
+pub fn fit_normalization(cfg: &Config, train: &[&Sample]) -> Result<Normalization> {
+    let none = || Error::Config {
+        msg: "the training joints have no finite voxel to fit the normalisation on".into(),
     };
-    let scores = Scores {
-        loss: total.item()? as f64,
-        ce: ce.item()? as f64,
-        dice: hard.dice as f64,
-        iou: hard.iou as f64,
-    };
-    Ok((total, scores))
-}
-
-fn stats_of<'a>(samples: impl Iterator<Item = &'a Sample>) -> Stats {
-    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    for s in samples {
-        for v in &s.image.data {
-            lo = lo.min(*v);
-            hi = hi.max(*v);
+    for t in &cfg.transforms.train_raw {
+        match t {
+            Transform::Normalize { min_value, max_value } => {
+                let all = train.iter().flat_map(|s| s.image.data.iter().copied());
+                let Some(Normalization::Minmax { min, max }) = Normalization::fit_minmax(all)
+                else {
+                    return Err(none());
+                };
+                return Ok(Normalization::Minmax {
+                    min: min_value.unwrap_or(min),
+                    max: max_value.unwrap_or(max),
+                });
+            }
+            Transform::CtNormalize => {
+                let fg: Vec<f32> = train
+                    .iter()
+                    .flat_map(|s| s.foreground.iter().map(|i| s.image.data[*i as usize]))
+                    .collect();
+                return Normalization::fit_ct(fg).ok_or_else(none);
+            }
+            Transform::Standardize => return Ok(Normalization::Zscore),
+            _ => {}
         }
     }
-    Stats { min: lo, max: hi }
+    Ok(Normalization::None)
 }
 
 fn to_tensors(batch: &[(Patch, Patch)], dev: Device) -> Result<(Tensor, Tensor)> {
@@ -338,207 +345,26 @@ fn to_tensors(batch: &[(Patch, Patch)], dev: Device) -> Result<(Tensor, Tensor)>
     Ok((x, y))
 }
 
-/// The validation/test patches of one sample (`val_patch` on the `val_stride` grid; the whole
-/// VOI when no `val_patch`), transformed with the test lists.
-fn eval_patches(cfg: &Config, s: &Sample, stats: Stats) -> Vec<(Patch, Patch)> {
-    let dims = s.image.dims;
-    let patch = cfg.loaders.val_patch.unwrap_or(dims);
-    let stride = cfg.loaders.val_stride.unwrap_or(patch);
-    let t = &cfg.transforms;
-    sampling::grid(dims, patch, stride)
-        .into_iter()
-        .map(|c| {
-            let mut img = sampling::crop(&s.image.data, dims, c, patch);
-            let mut lab = sampling::crop(&s.label.data, dims, c, patch);
-            augment::apply_pair(&t.test_raw, &t.test_label, &mut img, &mut lab, stats, 0);
-            (img, lab)
-        })
-        .collect()
-}
-
-/// The network's probabilities on one patch with recording off.
-fn predict(net: &mut dyn Network, img: &Patch, dev: Device) -> Result<Tensor> {
-    let [d, h, w] = img.dims;
-    let x = Tensor::from_vec(img.data.clone(), vec![1, d, h, w, 1])?.to_device(dev)?;
-    autograd::no_grad(|| net.forward(&x, Mode::Eval))
-}
-
-/// Scores (and, with `with_hd`, distances) of `net` on each sample, averaged over its patches.
-pub fn evaluate(
-    cfg: &Config,
-    net: &mut dyn Network,
-    samples: &[&Sample],
-    dev: Device,
-    with_hd: bool,
-) -> Result<Vec<(Scores, Distances)>> {
-    let stats = stats_of(samples.iter().copied());
-    let mut out = Vec::with_capacity(samples.len());
-    for s in samples {
-        let patches = eval_patches(cfg, s, stats);
-        let mut acc = (Scores::default(), Distances::default());
-        for (img, lab) in &patches {
-            let probs = predict(net, img, dev)?;
-            let [d, h, w] = lab.dims;
-            let y = Tensor::from_vec(lab.data.clone(), vec![1, d, h, w])?.to_device(dev)?;
-            let (_, sc) = autograd::no_grad(|| criterion(cfg, &probs, &y))?;
-            acc.0.loss += sc.loss;
-            acc.0.ce += sc.ce;
-            acc.0.dice += sc.dice;
-            acc.0.iou += sc.iou;
-            if with_hd {
-                let p = probs.to_device(Device::Cpu)?.to_vec()?;
-                let pred = metrics::argmax_fg(&p);
-                let gt: Vec<bool> = lab.data.iter().map(|v| *v > 0.5).collect();
-                let m = geometry::metrics::segmentation_metrics(&pred, &gt, lab.dims, s.spacing)?;
-                acc.1.hd += m.hd_original_vox;
-                acc.1.hd_mm += m.hd_mm;
-                acc.1.hd95_mm += m.hd95_mm;
-                acc.1.assd_mm += m.assd_mm;
-            }
-        }
-        let n = patches.len().max(1) as f64;
-        let sc = Scores {
-            loss: acc.0.loss / n,
-            ce: acc.0.ce / n,
-            dice: acc.0.dice / n,
-            iou: acc.0.iou / n,
-        };
-        let d = acc.1;
-        let dist = Distances {
-            hd: d.hd / n,
-            hd_mm: d.hd_mm / n,
-            hd95_mm: d.hd95_mm / n,
-            assd_mm: d.assd_mm / n,
-        };
-        out.push((sc, dist));
-    }
-    Ok(out)
-}
-
-fn fmt_f(v: f64) -> String {
-    format!("{v:.6}")
-}
-
-fn state_path(run: &Path) -> PathBuf {
-    run.join("state.json")
-}
-
-fn save_state(run: &Path, st: &TrainState) -> Result<()> {
-    let json = serde_json::to_vec(st).map_err(|e| Error::format(state_path(run), e.to_string()))?;
-    logs::write_atomic(&state_path(run), &json)
-}
-
-/// Writes Adam's moments: `u64` tensor count, then per tensor its `u64` length and the `m` then
-/// `v` values as little-endian `f32` (bit-exact, a tenth of JSON's size).
-fn write_moments(path: &Path, m: &[Vec<f32>], v: &[Vec<f32>]) -> Result<()> {
-    let total: usize = m.iter().map(|x| x.len() * 8 + 8).sum();
-    let mut buf = Vec::with_capacity(8 + total);
-    buf.extend_from_slice(&(m.len() as u64).to_le_bytes());
-    for (a, b) in m.iter().zip(v) {
-        buf.extend_from_slice(&(a.len() as u64).to_le_bytes());
-        a.iter().chain(b).for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
-    }
-    logs::write_atomic(path, &buf)
-}
-
-type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
-
-/// Reads what [`write_moments`] wrote.
-fn read_moments(path: &Path) -> Result<Moments> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = || Error::format(path, "truncated Adam state");
-    let mut pos = 0usize;
-    let word = |pos: &mut usize| -> Result<u64> {
-        let b = bytes.get(*pos..*pos + 8).ok_or_else(bad)?;
-        *pos += 8;
-        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
-    };
-    let n = word(&mut pos)? as usize;
-    let (mut m, mut v) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for _ in 0..n {
-        let len = word(&mut pos)? as usize;
-        let floats = |pos: &mut usize| -> Result<Vec<f32>> {
-            let b = bytes.get(*pos..*pos + 4 * len).ok_or_else(bad)?;
-            *pos += 4 * len;
-            Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect())
-        };
-        m.push(floats(&mut pos)?);
-        v.push(floats(&mut pos)?);
-    }
-    Ok((m, v))
-}
-
-/// Reads a run's `state.json`.
-pub fn load_state(run: &Path) -> Result<TrainState> {
-    let p = state_path(run);
-    let text = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-    serde_json::from_slice(&text).map_err(|e| Error::format(&p, e.to_string()))
-}
-
-/// Loads the config a run was started with (`RUN_DIR/config.json`), with its paths resolved as
-/// they were and `run_dir` set to `run`.
-pub fn load_run_config(run: &Path) -> Result<Config> {
-    let st = load_state(run)?;
-    let p = run.join("config.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    let mut cfg = Config::parse(&text)?;
-    cfg.loaders.dataset_dir = st.config_base.join(&cfg.loaders.dataset_dir);
-    if let Some(m) = cfg.predict.model_path.take() {
-        cfg.predict.model_path = Some(st.config_base.join(m));
-    }
-    cfg.training.run_dir = run.to_path_buf();
-    cfg.source = Some(p);
-    Ok(cfg)
-}
-
-fn fresh_state(cfg: &Config, first_fold: usize) -> Result<TrainState> {
-    let base = match &cfg.source {
-        Some(p) => p.parent().unwrap_or(Path::new(".")).to_path_buf(),
-        None => PathBuf::from("."),
-    };
-    let base =
-        std::fs::canonicalize(if base.as_os_str().is_empty() { Path::new(".") } else { &base })
-            .map_err(|e| Error::io(&base, e))?;
-    Ok(TrainState {
-        version: 1,
-        config_base: base,
-        fold: first_fold,
-        epoch_done: 0,
-        fold_trained: false,
-        completed_folds: Vec::new(),
-        weights: None,
-        adam_step: 0,
-        adam_file: None,
-        base_lr: cfg.training.learning_rate,
-        scheduler: StepLrState {
-            step_size: cfg.training.step_size,
-            gamma: cfg.training.gamma,
-            last_epoch: 0,
-        },
-        rng: Rng::new(mix_seed(&[cfg.manual_seed, 0xF01D])),
-        best_val_loss: None,
-        best_epoch: 0,
-        es_counter: 0,
-        history: Vec::new(),
-    })
-}
-
 /// Trains every configured fold (or continues a run), writing the run directory.
 ///
 /// # Errors
-/// Config and data errors before any training (see [`prepare`]); I/O errors writing the run.
+/// Config and data errors before any training (see [`prepare`]); [`Error::Diverged`] and
+/// [`Error::Interrupted`] with the epoch in progress abandoned (the run resumes from the last
+/// finished one); I/O errors writing the run.
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
-    let prep = prepare(cfg)?;
+    let prep = prepare_with(cfg, opts.nan_to)?;
     let run = cfg.training.run_dir.clone();
     let folds_to_run: Vec<usize> =
         cfg.training.folds.clone().unwrap_or_else(|| (1..=cfg.training.k_follds_number).collect());
     let mut st = if opts.resume {
-        load_state(&run)?
+        let mut st = load_state(&run)?;
+        reopen_or_refuse(&run, &mut st, &folds_to_run, cfg.training.num_epochs)?;
+        st
     } else {
         if state_path(&run).exists() {
             return Err(Error::Config {
                 msg: format!(
-                    "{} already holds a run; continue it with `--resume {}` or set another training.run_dir",
+                    "{} already holds a run; continue it with `--resume {}`, or set another training.run_dir (or --run-dir)",
                     run.display(),
                     run.display()
                 ),
@@ -551,8 +377,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
         }
         let _ = std::fs::remove_file(run.join("loss_convergence.csv"));
         let _ = std::fs::remove_file(run.join("test_results.csv"));
-        fresh_state(cfg, folds_to_run[0])?
+        checkpoint::fresh_state(cfg, folds_to_run[0])?
     };
+    let num_epochs = cfg.training.num_epochs;
     // Rows of an epoch or a test that did not finish are written again.
     logs::truncate_after(&run.join("loss_convergence.csv"), st.fold, st.epoch_done)?;
     let done_tests = st.completed_folds.iter().copied().max().unwrap_or(0);
@@ -563,13 +390,19 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
     let mut epochs_left = opts.stop_after_epochs.unwrap_or(usize::MAX);
     for &fold in &folds_to_run {
         if st.completed_folds.contains(&fold) {
+            summary.best_model = run.join(format!("fold{fold}/best.safetensors"));
             continue;
         }
         if st.fold != fold {
             // A new fold starts from scratch; the fold generator carries on.
             let (rng, base) = (st.rng.clone(), st.config_base.clone());
             let completed_folds = std::mem::take(&mut st.completed_folds);
-            st = TrainState { rng, completed_folds, config_base: base, ..fresh_state(cfg, fold)? };
+            st = TrainState {
+                rng,
+                completed_folds,
+                config_base: base,
+                ..checkpoint::fresh_state(cfg, fold)?
+            };
         }
         let test_ids = &prep.folds[fold - 1];
         let train_ids = sampling::train_ids(
@@ -587,19 +420,37 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
                 msg: format!("fold {fold}: no training or no held-out VOI"),
             });
         }
+        // Fitted once per fold, then carried by state.json and every card.
+        let norm = match &st.normalization {
+            Some(n) => n.clone(),
+            None => fit_normalization(cfg, &train_s)?,
+        };
+        st.normalization = Some(norm.clone());
         if !opts.quiet {
             eprintln!(
-                "fold {fold}/{}: train {train_ids:?}, test {test_ids:?}",
-                cfg.training.k_follds_number
+                "fold {fold}/{}: train {train_ids:?}, test {test_ids:?}; normalisation {}",
+                cfg.training.k_follds_number,
+                serde_json::to_string(&norm).unwrap_or_default()
             );
         }
+        let card_for = |dice: Option<f64>, hd95_mm: Option<f64>| {
+            checkpoint::card(
+                cfg,
+                &CardInfo {
+                    normalization: &norm,
+                    spacing_mm: prep.spacing,
+                    config_sha256: &prep.config_sha256,
+                    train_cases: &train_ids,
+                    val_cases: test_ids,
+                    dice,
+                    hd95_mm,
+                },
+            )
+        };
         let fold_dir = run.join(format!("fold{fold}"));
         std::fs::create_dir_all(&fold_dir).map_err(|e| Error::io(&fold_dir, e))?;
-        let mut net = nn::build_seeded(
-            arch_of(cfg.arch()?),
-            cfg.width(),
-            mix_seed(&[cfg.manual_seed, fold as u64]),
-        )?;
+        let mut net =
+            nn::build_seeded(cfg.arch()?, cfg.width(), mix_seed(&[cfg.manual_seed, fold as u64]))?;
         net.to_device(prep.device)?;
         let adam_cfg = AdamConfig {
             lr: st.base_lr,
@@ -617,25 +468,16 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
             _ => Adam::new(adam_cfg),
         };
         let sched = StepLR { step_size: cfg.training.step_size, gamma: cfg.training.gamma };
-        while !st.fold_trained && st.epoch_done < cfg.training.num_epochs {
+        while !st.fold_trained && st.epoch_done < num_epochs {
             if epochs_left == 0 {
                 return Ok(summary);
             }
             epochs_left -= 1;
             let epoch = st.epoch_done; // 0-based; logged 1-based like the original
             adam.set_lr(sched.lr_at(st.base_lr, epoch));
-            let (tr, va) = run_epoch(
-                cfg,
-                &prep,
-                net.as_mut(),
-                &mut adam,
-                &train_s,
-                &val_s,
-                fold,
-                epoch,
-                &mut conv,
-                opts.quiet,
-            )?;
+            let ctx = EpochCtx { cfg, prep: &prep, norm: &norm, fold, epoch, quiet: opts.quiet };
+            let (tr, va) = run_epoch(&ctx, net.as_mut(), &mut adam, &train_s, &val_s, &mut conv)
+                .map_err(|e| where_it_stands(e, &run, fold, st.epoch_done))?;
             conv.flush()?;
             st.history.push(EpochPoint {
                 epoch: epoch + 1,
@@ -654,14 +496,18 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
                 st.best_val_loss = Some(va.loss);
                 st.best_epoch = epoch + 1;
                 st.es_counter = 0;
-                net.save_safetensors(&fold_dir.join("best.safetensors"))?;
+                checkpoint::save_weights(
+                    net.as_ref(),
+                    &fold_dir.join("best.safetensors"),
+                    &card_for(Some(va.dice), None)?,
+                )?;
             } else {
                 st.es_counter += 1;
             }
             st.epoch_done = epoch + 1;
             st.scheduler.last_epoch = epoch + 1;
             let name = format!("last_e{:04}.safetensors", epoch + 1);
-            net.save_safetensors(&fold_dir.join(&name))?;
+            checkpoint::save_weights(net.as_ref(), &fold_dir.join(&name), &card_for(None, None)?)?;
             let old = st.weights.replace(format!("fold{fold}/{name}"));
             let adam_name = format!("adam_e{:04}.bin", epoch + 1);
             let a = adam.state();
@@ -676,7 +522,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
                     st.fold_trained = true;
                 }
             }
-            if st.epoch_done >= cfg.training.num_epochs {
+            if st.epoch_done >= num_epochs {
                 st.fold_trained = true;
             }
             save_state(&run, &st)?;
@@ -689,9 +535,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
             logs::progress_png(&run.join("progress.png"), &st.history)?;
             if !opts.quiet {
                 eprintln!(
-                    "fold {fold} epoch {}/{}: lr {:.2e} train loss {:.4} dice {:.3} | val loss {:.4} dice {:.3} IoU {:.3}",
+                    "fold {fold} epoch {}/{num_epochs}: lr {:.2e} train loss {:.4} dice {:.3} | val loss {:.4} dice {:.3} IoU {:.3}",
                     epoch + 1,
-                    cfg.training.num_epochs,
                     adam.lr(),
                     tr.loss,
                     tr.dice,
@@ -702,12 +547,18 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
             }
         }
         st.fold_trained = true;
-        // Test: the final weights on the held-out cases, per patient and side.
-        let res = evaluate(cfg, net.as_mut(), &val_s, prep.device, true)?;
+        // Test: the fold's best weights (the model a user gets) on its held-out joints, per
+        // patient and side; the scores go into that file's card.
+        let best_path = fold_dir.join("best.safetensors");
+        let mut best = nn::build(cfg.arch()?, cfg.width())?;
+        best.load_safetensors(&best_path)?;
+        best.to_device(prep.device)?;
+        let res = evaluate(cfg, best.as_mut(), &val_s, &norm, prep.device, true)?;
+        let first_row = summary.tests.len();
         for (s, (sc, dist)) in val_s.iter().zip(res) {
             let row = TestRow {
                 fold,
-                final_epoch: st.epoch_done,
+                final_epoch: st.best_epoch,
                 id: s.id.clone(),
                 side: s.side.clone(),
                 scores: sc,
@@ -717,48 +568,132 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
             summary.tests.push(row);
         }
         tests.flush()?;
+        let rows = &summary.tests[first_row..];
+        let card = card_for(
+            Some(mean_of(rows, |r| r.scores.dice)),
+            Some(mean_of(rows, |r| r.dist.hd95_mm)),
+        )?;
+        checkpoint::save_weights(best.as_ref(), &best_path, &card)?;
+        summary.best_model = best_path;
+        summary.best_epochs.push((fold, st.best_epoch));
         st.completed_folds.push(fold);
         save_state(&run, &st)?;
     }
     summary.finished = true;
+    summary.written = written_files(&run);
     Ok(summary)
 }
 
-/// A test row as CSV fields (`HD` in voxels as the original, then `HD_mm`, `HD95_mm`,
-/// `ASSD_mm`).
-pub fn test_fields(r: &TestRow) -> Vec<String> {
-    vec![
-        r.fold.to_string(),
-        r.final_epoch.to_string(),
-        r.id.clone(),
-        r.side.clone(),
-        fmt_f(r.scores.loss),
-        fmt_f(r.scores.ce),
-        fmt_f(r.scores.dice),
-        fmt_f(r.scores.iou),
-        fmt_f(r.dist.hd),
-        fmt_f(r.dist.hd_mm),
-        fmt_f(r.dist.hd95_mm),
-        fmt_f(r.dist.assd_mm),
-    ]
+/// `--resume` of a run whose folds are all done: reopen its last fold when `num_epochs` (from
+/// `--epochs`) asks for more epochs than it trained, else refuse, saying the run is finished.
+fn reopen_or_refuse(
+    run: &std::path::Path,
+    st: &mut TrainState,
+    folds: &[usize],
+    num_epochs: usize,
+) -> Result<()> {
+    if !folds.iter().all(|f| st.completed_folds.contains(f)) {
+        return Ok(());
+    }
+    if num_epochs > st.epoch_done {
+        st.completed_folds.retain(|f| *f != st.fold);
+        st.fold_trained = false;
+        st.es_counter = 0;
+        return Ok(());
+    }
+    Err(Error::Config {
+        msg: format!(
+            "the run in {} is finished (folds {:?}; fold {} trained {} epochs); extend it with \
+             `--resume {} --epochs N` (N > {}), or start another run",
+            run.display(),
+            st.completed_folds,
+            st.fold,
+            st.epoch_done,
+            run.display(),
+            st.epoch_done
+        ),
+    })
 }
 
-#[allow(clippy::too_many_arguments)] // one epoch needs all of them; a struct would only rename them
+/// Adds where the run stands to a divergence or an interrupt (the epoch in progress is lost).
+fn where_it_stands(e: Error, run: &std::path::Path, fold: usize, done: usize) -> Error {
+    let stands = format!(
+        "nothing of this epoch was written; the run in {} stands at fold {fold} after {done} \
+         epoch(s)",
+        run.display()
+    );
+    match e {
+        Error::Diverged(m) => Error::Diverged(format!("{m}; {stands}")),
+        Error::Interrupted(m) => Error::Interrupted(format!(
+            "{m}; {stands}; continue with `dnvs-engine train --resume {}`",
+            run.display()
+        )),
+        e => e,
+    }
+}
+
+/// The files of a run directory, relative to it, sorted (what a finished run lists).
+fn written_files(run: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![run.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(run) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What one epoch needs besides the network, the optimiser and the samples.
+struct EpochCtx<'a> {
+    cfg: &'a Config,
+    prep: &'a Prepared,
+    norm: &'a Normalization,
+    fold: usize,
+    epoch: usize,
+    quiet: bool,
+}
+
+/// The corner of a training patch: centred on a random foreground voxel with probability
+/// `fg_fraction` (no draw at all when it is 0, so older runs keep their random streams), else
+/// uniformly random.
+fn patch_corner(s: &Sample, patch: [usize; 3], fg_fraction: f64, rng: &mut Rng) -> [usize; 3] {
+    let dims = s.image.dims;
+    if fg_fraction > 0.0 && !s.foreground.is_empty() && rng.uniform() < fg_fraction {
+        let i = s.foreground[rng.below(s.foreground.len())] as usize;
+        let at = [i / (dims[1] * dims[2]), (i / dims[2]) % dims[1], i % dims[2]];
+        return [0, 1, 2].map(|a| (at[a].saturating_sub(patch[a] / 2)).min(dims[a] - patch[a]));
+    }
+    sampling::random_corner(dims, patch, rng)
+}
+
+/// Squared L2 norm of the gradients, in f64; infinite or NaN when one is.
+fn grad_norm_sq(g: &[Tensor]) -> Result<f64> {
+    let mut sum = 0.0f64;
+    for t in g {
+        sum += t.to_vec()?.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+    }
+    Ok(sum)
+}
+
 fn run_epoch(
-    cfg: &Config,
-    prep: &Prepared,
+    ctx: &EpochCtx,
     net: &mut dyn Network,
     adam: &mut Adam,
     train_s: &[&Sample],
     val_s: &[&Sample],
-    fold: usize,
-    epoch: usize,
     conv: &mut Csv,
-    quiet: bool,
 ) -> Result<(Scores, Scores)> {
+    let EpochCtx { cfg, prep, norm, fold, epoch, quiet } = *ctx;
     let dev = prep.device;
     let mut rng = Rng::new(mix_seed(&[cfg.manual_seed, fold as u64, epoch as u64, 0xE90C]));
-    let stats = stats_of(train_s.iter().copied());
     let patch = cfg.loaders.train_patch;
     let grid: Vec<(usize, [usize; 3])> = match cfg.loaders.train_stride {
         Some(stride) => train_s
@@ -775,13 +710,17 @@ fn run_epoch(
     let n_batches = n_samples.div_ceil(bs);
     let bar = progress_bar(quiet, n_batches as u64, fold, epoch);
     let mut sum = Scores::default();
+    let at = |b: usize| format!("fold {fold} epoch {} iteration {}", epoch + 1, b + 1);
     for b in 0..n_batches {
+        if interrupt::requested() {
+            return Err(Error::Interrupted(format!("{} abandoned", at(b))));
+        }
         let this = bs.min(n_samples - b * bs);
         let mut batch = Vec::with_capacity(this);
         for _ in 0..this {
             let (i, corner) = if grid.is_empty() {
                 let i = rng.below(train_s.len());
-                (i, sampling::random_corner(train_s[i].image.dims, patch, &mut rng))
+                (i, patch_corner(train_s[i], patch, cfg.loaders.fg_fraction, &mut rng))
             } else {
                 grid[rng.below(grid.len())]
             };
@@ -789,19 +728,15 @@ fn run_epoch(
             let mut img = sampling::crop(&s.image.data, s.image.dims, corner, patch);
             let mut lab = sampling::crop(&s.label.data, s.label.dims, corner, patch);
             let t = &cfg.transforms;
-            augment::apply_pair(
-                &t.train_raw,
-                &t.train_label,
-                &mut img,
-                &mut lab,
-                stats,
-                rng.fork(),
-            );
+            augment::apply_pair(&t.train_raw, &t.train_label, &mut img, &mut lab, norm, rng.fork());
             batch.push((img, lab));
         }
         let (x, y) = to_tensors(&batch, dev)?;
         let probs = net.forward(&x, Mode::Train { seed: rng.fork() })?;
         let (loss, sc) = criterion(cfg, &probs, &y)?;
+        if !sc.loss.is_finite() {
+            return Err(Error::Diverged(format!("{}: the loss is {}", at(b), sc.loss)));
+        }
         let grads = autograd::backward(&loss)?;
         let params = net.parameters();
         let g: Vec<Tensor> = params
@@ -811,7 +746,22 @@ fn run_epoch(
                 None => Tensor::zeros(p.dims().to_vec(), p.device()),
             })
             .collect::<Result<_>>()?;
+        let gn = grad_norm_sq(&g)?;
+        if !gn.is_finite() {
+            return Err(Error::Diverged(format!("{}: the gradient norm is {}", at(b), gn.sqrt())));
+        }
         let new = adam.step(&params, &g)?;
+        let bad: usize = new
+            .iter()
+            .map(|t| t.to_vec().map(|v| crate::io::count_non_finite(&v)))
+            .sum::<Result<usize>>()?;
+        if bad > 0 {
+            return Err(Error::Diverged(format!(
+                "{}: {bad} weights became non-finite (learning rate {:.2e})",
+                at(b),
+                adam.lr()
+            )));
+        }
         net.set_parameters(new)?;
         conv.row(&[
             fold.to_string(),
@@ -833,7 +783,10 @@ fn run_epoch(
         bar.finish_and_clear();
     }
     let train_mean = div_scores(sum, n_batches as f64);
-    let res = evaluate(cfg, net, val_s, dev, false)?;
+    let res = evaluate(cfg, net, val_s, norm, dev, false).map_err(|e| match e {
+        Error::Diverged(m) => Error::Diverged(format!("{} validation: {m}", at(n_batches - 1))),
+        e => e,
+    })?;
     let mut vsum = Scores::default();
     for (i, (sc, _)) in res.iter().enumerate() {
         conv.row(&[
@@ -851,17 +804,6 @@ fn run_epoch(
     Ok((train_mean, div_scores(vsum, res.len().max(1) as f64)))
 }
 
-fn add_scores(a: &mut Scores, b: &Scores) {
-    a.loss += b.loss;
-    a.ce += b.ce;
-    a.dice += b.dice;
-    a.iou += b.iou;
-}
-
-fn div_scores(a: Scores, n: f64) -> Scores {
-    Scores { loss: a.loss / n, ce: a.ce / n, dice: a.dice / n, iou: a.iou / n }
-}
-
 fn progress_bar(quiet: bool, n: u64, fold: usize, epoch: usize) -> Option<indicatif::ProgressBar> {
     if quiet || !std::io::stderr().is_terminal() {
         return None;
@@ -874,27 +816,4 @@ fn progress_bar(quiet: bool, n: u64, fold: usize, epoch: usize) -> Option<indica
     bar.set_style(style);
     bar.set_prefix(format!("fold {fold} epoch {}", epoch + 1));
     Some(bar)
-}
-
-/// Means and population standard deviations of the test rows in the shape of the paper's Table 1
-/// (Dice and IoU in percent), as Markdown.
-pub fn table_1(model: &str, loss_type: &str, target: &str, rows: &[TestRow]) -> String {
-    let col = |f: fn(&TestRow) -> f64| metrics::mean_std(&rows.iter().map(f).collect::<Vec<_>>());
-    let mut s = format!("| Obj. | Score | {model} {loss_type} |\n|---|---|---|\n");
-    type Column = fn(&TestRow) -> f64;
-    let lines: [(&str, Column, f64); 7] = [
-        ("DICE", |r| r.scores.dice, 100.0),
-        ("IoU", |r| r.scores.iou, 100.0),
-        ("CE", |r| r.scores.ce, 1.0),
-        ("HD (voxels)", |r| r.dist.hd, 1.0),
-        ("HD (mm)", |r| r.dist.hd_mm, 1.0),
-        ("HD95 (mm)", |r| r.dist.hd95_mm, 1.0),
-        ("ASSD (mm)", |r| r.dist.assd_mm, 1.0),
-    ];
-    for (name, f, k) in lines {
-        let (m, sd) = col(f);
-        s.push_str(&format!("| {target} | {name} | {:.1} ± {:.1} |\n", m * k, sd * k));
-    }
-    s.push_str(&format!("\n{} joints (patient, side).\n", rows.len()));
-    s
 }
