@@ -4,11 +4,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use dnvs_engine::io::{self, VoxelKind};
-use dnvs_engine::nn::{self, Arch};
-use dnvs_engine::pipeline::localize::{self, BareJointNet, LocalizeOptions, SideJson};
+use dnvs_engine::pipeline::localize::{self, LocalizeOptions, SideJson};
 use dnvs_engine::synth::Side;
 use dnvs_engine::Device;
 
@@ -27,16 +26,11 @@ pub struct Args {
     /// Output folder (created if missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Localisation network weights (.safetensors), or a training fold folder holding
-    /// best.safetensors (trained with `loaders.target: "joints"`, configs/localize.json).
+    /// Localisation network weights (.safetensors with a model card of target `joints`), or a
+    /// training fold folder holding best.safetensors (configs/localize.json). Card-less weights
+    /// are taken as a U-Net on the 4 mm grid with the HU window [-1000, 2000].
     #[arg(long)]
     model: PathBuf,
-    /// Architecture of the weights.
-    #[arg(long, default_value = "unet")]
-    arch: Arch,
-    /// Width of the first level; read from the weights if omitted.
-    #[arg(long)]
-    width: Option<usize>,
     /// cpu, cuda or cuda:N (default: CUDA when usable, else the CPU).
     #[arg(long)]
     device: Option<Device>,
@@ -60,30 +54,18 @@ fn parse_dims(s: &str) -> Result<[usize; 3], String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let model = if args.model.is_dir() {
-        let best = args.model.join("best.safetensors");
-        if !best.is_file() {
-            bail!("{} is a folder without best.safetensors", args.model.display());
-        }
-        best
-    } else {
-        args.model.clone()
-    };
-    let width = match args.width {
-        Some(w) => w,
-        None => nn::checkpoint_width(args.arch, &model)?,
-    };
-    let mut net = nn::build(args.arch, width)?;
-    net.load_safetensors(&model)
-        .with_context(|| format!("loading {} as {} width {width}", model.display(), args.arch))?;
     let device = args.device.unwrap_or_else(Device::auto);
-    net.to_device(device)?;
+    let mut model = localize::open_model(&args.model, device)
+        .with_context(|| format!("opening the localisation model {}", args.model.display()))?;
+    for w in model.warnings() {
+        eprintln!("localize: warning: {w}");
+    }
     let start = Instant::now();
     let ct = io::read_volume(&args.input)
         .with_context(|| format!("reading {}", args.input.display()))?;
     let read_s = start.elapsed().as_secs_f64();
     let opts = LocalizeOptions { voi_dims: args.voi_size, ..LocalizeOptions::default() };
-    let joints = localize::localize(&ct, &mut BareJointNet { net }, &opts)?;
+    let joints = localize::localize(&ct, &mut model, &opts)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut json = serde_json::Map::new();

@@ -23,11 +23,14 @@ use serde::Serialize;
 
 use crate::geometry::components::{self, Connectivity};
 use crate::io::nifti::{generated_header, DataType};
+use crate::io::normalize::Normalization;
 use crate::io::orientation::{self, Affine};
 use crate::io::Volume;
-use crate::nn::{segment, Network};
+use crate::nn::model::{LoadedModel, ModelOverrides};
+use crate::nn::Arch;
 use crate::synth::phantom::Grid;
 use crate::synth::Side;
+use crate::tensor::Device;
 use crate::{Error, Result};
 
 /// Voxel size (mm) of the grid the localisation network sees.
@@ -37,6 +40,8 @@ pub const COARSE_MM: f64 = 4.0;
 pub const CANVAS: [usize; 3] = [48, 64, 64];
 /// Coarse grid extents are multiples of this (the V-Net's size multiple; the U-Net's 8 divides it).
 const GRID_MULTIPLE: usize = 16;
+/// Bin-boundary tolerance (coarse voxels) of [`coarse_head`]'s box averaging.
+const TIE_EPS: f64 = 1e-6;
 /// HU of whatever lies outside the scanned field of view.
 pub const AIR_HU: f32 = -1024.0;
 /// The HU window the network input is scaled from: `[lo, hi]` maps to `[-1, 1]`, clipped.
@@ -156,6 +161,7 @@ impl<'a> Sampler<'a> {
 }
 
 /// Inverse of an affine (3x3 part inverted by cofactors), `None` when singular.
+#[allow(clippy::needless_range_loop)] // matrix indices read clearer than iterator chains
 pub fn invert_affine(a: &Affine) -> Option<Affine> {
     let m = |r: usize, c: usize| a[r][c];
     let det = m(0, 0) * (m(1, 1) * m(2, 2) - m(1, 2) * m(2, 1))
@@ -211,6 +217,7 @@ pub fn coarse_grid(fov: &[[f64; 2]; 3]) -> Grid {
 ///
 /// # Errors
 /// [`Error::Arg`] for an empty CT or a singular affine.
+#[allow(clippy::needless_range_loop)] // 4x4 matrix indices
 pub fn coarse_head(ct: &Volume) -> Result<Volume> {
     let sampler = Sampler::new(ct)?;
     let grid = coarse_grid(&field_of_view(ct));
@@ -236,7 +243,9 @@ pub fn coarse_head(ct: &Volume) -> Result<Volume> {
                     let src = &ct.data[(i * h + j) * w..(i * h + j + 1) * w];
                     for (k, &v) in src.iter().enumerate() {
                         let kf = k as f64;
-                        let c = [0, 1, 2].map(|a| (row[a] + step[a] * kf).round());
+                        // A voxel centre on a bin boundary goes to the lower bin whatever the
+                        // array's direction, so an LPS or flipped twin fills the same bins.
+                        let c = [0, 1, 2].map(|a| (row[a] + step[a] * kf - TIE_EPS).round());
                         if c[0] < 0.0 || c[1] < 0.0 || c[2] < 0.0 {
                             continue;
                         }
@@ -275,20 +284,18 @@ pub fn coarse_head(ct: &Volume) -> Result<Volume> {
     Ok(grid.volume(data))
 }
 
-/// The network input from coarse HU: [`HU_WINDOW`] scaled to `[-1, 1]`, clipped.
-pub fn normalize_hu(hu: &[f32]) -> Vec<f32> {
+/// The localiser's input mapping as a model card states it: [`HU_WINDOW`] clipped, then scaled
+/// to `[-1, 1]` (nnU-Net's CT form with mean and std chosen to do exactly that).
+pub fn hu_window() -> Normalization {
     let (lo, hi) = HU_WINDOW;
-    hu.iter()
-        .map(
-            |&v| {
-                if v.is_finite() {
-                    ((v - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0)
-                } else {
-                    -1.0
-                }
-            },
-        )
-        .collect()
+    Normalization::Ct { lo, hi, mean: 0.5 * (lo + hi), std: 0.5 * (hi - lo) }
+}
+
+/// The network input from coarse HU ([`hu_window`]); non-finite voxels become air (-1).
+pub fn normalize_hu(hu: &[f32]) -> Vec<f32> {
+    let mut x: Vec<f32> = hu.iter().map(|&v| if v.is_finite() { v } else { HU_WINDOW.0 }).collect();
+    hu_window().apply(&mut x);
+    x
 }
 
 /// What localisation needs from a network: the condylar-head probability of every voxel of a
@@ -299,18 +306,52 @@ pub trait JointNet {
     fn condyle_probability(&mut self, coarse_hu: &Volume) -> Result<Volume>;
 }
 
-/// A bare network trained on the `joints` target: input normalised by [`normalize_hu`], the
-/// whole coarse head in one window (its BatchNorm/GroupNorm statistics then match training).
-pub struct BareJointNet {
-    pub net: Box<dyn Network>,
+/// The card's target name of a localisation model.
+pub const TARGET: &str = "joints";
+
+/// What a localisation model without a card (trained before cards existed) is taken to be: a
+/// U-Net on the [`COARSE_MM`] grid fed through [`hu_window`], one [`CANVAS`] window.
+pub fn cardless_overrides() -> ModelOverrides {
+    ModelOverrides {
+        arch: Some(Arch::UNet),
+        normalization: Some(hu_window()),
+        window: Some(CANVAS),
+        spacing_mm: Some([COARSE_MM; 3]),
+        ..ModelOverrides::default()
+    }
 }
 
-impl JointNet for BareJointNet {
+/// Opens a localisation model (weights file or fold folder): its card when it has one (which
+/// must say target `joints`), else [`cardless_overrides`].
+///
+/// # Errors
+/// [`Error::Arg`] naming the file when its card is for another target; errors of
+/// [`LoadedModel::open`].
+pub fn open_model(path: &std::path::Path, device: Device) -> Result<LoadedModel> {
+    let probe = LoadedModel::open(path, &cardless_overrides(), device)?;
+    if !probe.has_card() {
+        return Ok(probe);
+    }
+    let model = LoadedModel::open(path, &ModelOverrides::default(), device)?;
+    if model.card().target != TARGET {
+        return Err(Error::arg(
+            "localize",
+            format!(
+                "{} is a model for target '{}', not a localisation ('{TARGET}') model",
+                model.path().display(),
+                model.card().target
+            ),
+        ));
+    }
+    Ok(model)
+}
+
+/// The card's normalisation, spacing and window; the coarse head is already on the card's
+/// [`COARSE_MM`] grid, so nothing is resampled.
+impl JointNet for LoadedModel {
     fn condyle_probability(&mut self, coarse_hu: &Volume) -> Result<Volume> {
-        let x = coarse_hu.with_data(normalize_hu(&coarse_hu.data));
-        let opt =
-            segment::Options { window: x.dims, overlap: 0.0, blend: segment::Blend::Constant };
-        segment::sliding_window_with(self.net.as_mut(), &x, &opt)
+        let mut p = self.predict(coarse_hu)?;
+        p.probs.pop().ok_or_else(|| Error::arg("localize", "the model produced no class"))
     }
 }
 
@@ -357,8 +398,9 @@ pub struct Joint {
     pub score: f64,
 }
 
-/// One side's outcome.
+/// One side's outcome. (`Found` holds the VOI by value: interface 3 of the shared contract.)
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum SideResult {
     Found(Joint),
     Missing { reason: String },
@@ -401,6 +443,7 @@ struct Candidate {
 
 /// Connected components of `prob > threshold` with their probability-weighted centroids (world
 /// mm), largest first.
+#[allow(clippy::needless_range_loop)] // per-axis accumulation
 fn candidates(prob: &Volume, threshold: f32) -> Result<Vec<Candidate>> {
     let mask: Vec<bool> = prob.data.iter().map(|&p| p > threshold).collect();
     let comps = components::label(&mask, prob.dims, Connectivity::TwentySix)?;

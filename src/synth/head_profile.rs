@@ -200,6 +200,7 @@ impl Scan {
     }
 
     /// The scan's diagonal RAS affine (voxel centres half a voxel inside the box).
+    #[allow(clippy::needless_range_loop)] // diagonal matrix entries
     pub fn affine(&self) -> Affine {
         let mut a = orientation::identity();
         for ax in 0..3 {

@@ -20,6 +20,13 @@ use crate::{Error, Result};
 /// coarse grid holds ~65 voxels of it and its centroid is stable.
 pub const LABEL_RADIUS_MM: f64 = 10.0;
 
+/// The normalisation a `joints` model's card records: the HU window the samples were mapped
+/// through ([`localize::normalize_hu`]), which inference then applies to the coarse head.
+/// (Validation must use `val_patch`, whose patches are already windowed.)
+pub fn normalization() -> crate::io::normalize::Normalization {
+    localize::hu_window()
+}
+
 /// One sample per case (both joints in one head), case ids in `ids` order.
 ///
 /// # Errors

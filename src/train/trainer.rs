@@ -423,6 +423,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
         // Fitted once per fold, then carried by state.json and every card.
         let norm = match &st.normalization {
             Some(n) => n.clone(),
+            // Joints samples enter already windowed; the card must say so for inference.
+            None if cfg.loaders.target == Target::Joints => crate::train::joints::normalization(),
             None => fit_normalization(cfg, &train_s)?,
         };
         st.normalization = Some(norm.clone());
