@@ -35,11 +35,22 @@ pub struct Args {
     #[arg(long)]
     device: Option<Device>,
     /// VOI size in voxels D,H,W (x, y, z) at 0.4 mm (synth's --voi-size).
-    #[arg(long, value_name = "D,H,W", value_parser = super::synth::parse_dims, default_value = "120,150,70")]
+    #[arg(long, value_name = "D,H,W", value_parser = parse_dims, default_value = "120,150,70")]
     voi_size: [usize; 3],
     /// Also write axial, coronal and sagittal PNGs through each found joint with its box.
     #[arg(long)]
     preview: bool,
+}
+
+fn parse_dims(s: &str) -> Result<[usize; 3], String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("'{p}': {e}")))
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        &[d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
+        _ => Err(format!("expected three positive sizes D,H,W, got '{s}'")),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -71,7 +71,7 @@ fn parse_range(s: &str) -> Result<[f64; 2], String> {
     }
 }
 
-pub(crate) fn parse_dims(s: &str) -> Result<[usize; 3], String> {
+fn parse_dims(s: &str) -> Result<[usize; 3], String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let nums: Result<Vec<usize>, _> = parts.iter().map(|p| p.parse::<usize>()).collect();
     match nums {
