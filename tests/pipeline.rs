@@ -382,3 +382,32 @@ fn a_ct_with_nan_voxels_is_refused_unless_nan_to_says_what_to_put_there() {
     run_case(&path, &out, &mut stages, &opts, &mut |_| {}).expect("--nan-to repairs the CT");
     assert!(out.join("report.json").is_file());
 }
+
+/// The localisation network as the pipeline's first stage (the model the repo ships, trained on
+/// head-profile phantoms): on the held-out head both joints are found within 3 mm of the
+/// phantom's condyle centres and the report carries the localiser's card.
+#[test]
+fn the_shipped_localisation_model_finds_both_joints_of_a_held_out_head() {
+    use dnvs_engine::pipeline::localize::{open_model, LocalizeOptions};
+    use dnvs_engine::pipeline::stages::ModelLocalizer;
+    let h = head();
+    let model_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/localize_unet8.safetensors");
+    let model = open_model(&model_path, Device::Cpu).expect("the shipped localisation model");
+    let mut stages = truth_stages(h, h.centers.map(Some));
+    stages.localizer = Box::new(ModelLocalizer { model, opts: LocalizeOptions::default() });
+    let out = h.dir.join("model_localizer");
+    let opts = CaseOptions { enhance: None, ..Default::default() };
+    let report = run_case(&h.ct, &out, &mut stages, &opts, &mut |_| {}).expect("pipeline");
+    for (i, side) in ["L", "R"].into_iter().enumerate() {
+        let s = report.sides[side].as_ref().unwrap_or_else(|| panic!("{side} found"));
+        let err = (0..3)
+            .map(|a| (s.condyle_center_ras_mm[a] - h.centers[i][a]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        eprintln!("{side}: centre {:.2?} error {err:.2} mm", s.condyle_center_ras_mm);
+        assert!(err < 3.0, "{side} centre {err:.2} mm from the truth");
+    }
+    let j = read_json(&out.join("report.json"));
+    assert_eq!(j["models"]["localize"]["target"], "joints");
+}

@@ -10,6 +10,7 @@ mod convert;
 mod eval;
 mod inflate;
 mod info;
+mod localize;
 mod mesh;
 mod metrics;
 mod models;
@@ -41,6 +42,8 @@ enum Command {
     Train(train::Args),
     /// Evaluate a checkpoint on held-out cases: Dice, IoU, CE, Hausdorff per patient and side.
     Eval(eval::Args),
+    /// Find both temporomandibular joints in a head CT and cut a VOI around each.
+    Localize(localize::Args),
     /// Segment a CT with a trained network (sliding window), writing a mask in the CT's geometry.
     Segment(segment::Args),
     /// Marching-cubes mesh of a mask or probability map (STL, PLY or OBJ, world millimetres).
@@ -85,6 +88,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Models(a) => models::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Localize(a) => localize::run(a),
         Command::Segment(a) => segment::run(a),
         Command::Mesh(a) => mesh::run(a),
         Command::Inflate(a) => inflate::run(a),

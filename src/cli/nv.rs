@@ -6,16 +6,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use dnvs_engine::geometry::NvParams;
+use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
 use dnvs_engine::nn::model::{LoadedModel, ModelOverrides};
 use dnvs_engine::pipeline::cohort::{self, CaseStatus};
 use dnvs_engine::pipeline::enhance::EnhanceParams;
+use dnvs_engine::pipeline::localize;
 use dnvs_engine::pipeline::models;
 use dnvs_engine::pipeline::report;
 use dnvs_engine::pipeline::stages::{
-    FixedCenters, LabelSegmenter, Localizer, ModelSegmenter, NegativeVolume, Segmenter,
-    ThresholdSegmenter, VoiSpec,
+    FixedCenters, LabelSegmenter, Localizer, ModelLocalizer, ModelSegmenter, NegativeVolume,
+    Segmenter, ThresholdSegmenter, VoiSpec,
 };
 use dnvs_engine::pipeline::{run_case, CaseOptions, Stages};
+use dnvs_engine::tensor::Precision;
 use dnvs_engine::Device;
 
 #[derive(clap::Args)]
@@ -39,9 +42,14 @@ pub struct Args {
     /// Folder with mc.safetensors and tb.safetensors (default: the default models in the cache).
     #[arg(long)]
     models: Option<PathBuf>,
-    /// cpu, cuda or cuda:N (default: CUDA when usable, else the CPU).
-    #[arg(long)]
-    device: Option<Device>,
+    /// Localisation model (a weights file whose card has target `joints`; default:
+    /// localize.safetensors in --models or in the model cache). Ignored with --joints.
+    #[arg(long, value_name = "MODEL")]
+    localizer: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N (auto: a GPU that is usable and passes its self-check, else
+    /// the CPU).
+    #[arg(long, value_parser = super::parse_device, default_value = "auto")]
+    device: DeviceChoice,
     /// Ground-truth labels in the CT's geometry (1 MC, 2 TB, 3 NV): Dice, IoU, HD, HD95, ASSD.
     #[arg(long)]
     gt: Option<PathBuf>,
@@ -110,15 +118,35 @@ fn parse_joints(s: &str) -> Result<Joints, String> {
     Ok(out)
 }
 
-fn localizer(args: &Args) -> anyhow::Result<Box<dyn Localizer>> {
-    match args.joints {
-        Some(centers) => Ok(Box::new(FixedCenters { centers, voi: VoiSpec::default() })),
-        // WIRING: `pipeline::localize::localize` with the default localisation model (issue 10).
-        None => bail!(
-            "automatic joint localisation needs the localisation model, which this build does not \
-             have yet; give the condyle centres with --joints 'L=x,y,z;R=x,y,z' (world RAS mm)"
-        ),
+fn localizer(args: &Args, device: Device) -> anyhow::Result<Box<dyn Localizer>> {
+    if let Some(centers) = args.joints {
+        return Ok(Box::new(FixedCenters { centers, voi: VoiSpec::default() }));
     }
+    let path = match &args.localizer {
+        Some(p) => p.clone(),
+        None => models_dir(args)?.join("localize.safetensors"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no localisation model at {}: train the defaults with `dnvs-engine models train`,              pass --localizer MODEL, or give the condyle centres with --joints              'L=x,y,z;R=x,y,z' (world RAS mm)",
+            path.display()
+        );
+    }
+    let model = localize::open_model(&path, device)
+        .with_context(|| format!("loading the localisation model {}", path.display()))?;
+    Ok(Box::new(ModelLocalizer { model, opts: localize::LocalizeOptions::default() }))
+}
+
+/// `--models`, else the default models' folder in the cache.
+fn models_dir(args: &Args) -> anyhow::Result<PathBuf> {
+    Ok(match &args.models {
+        Some(d) => d.clone(),
+        None => {
+            let configs = models::read_default_configs(Path::new("configs"))
+                .context("the default models are keyed by configs/*.json")?;
+            models::cached_models(&models::cache_root()?, &configs).0
+        }
+    })
 }
 
 /// The MC and TB models from `--models` or the cache; their cards decide how they are fed.
@@ -137,14 +165,7 @@ fn segmenter(args: &Args, device: Device) -> anyhow::Result<Box<dyn Segmenter>> 
         }
         SegChoice::Models => {}
     }
-    let dir = match &args.models {
-        Some(d) => d.clone(),
-        None => {
-            let configs = models::read_default_configs(Path::new("configs"))
-                .context("the default models are keyed by configs/*.json")?;
-            models::cached_models(&models::cache_root()?, &configs).0
-        }
-    };
+    let dir = models_dir(args)?;
     let load = |name: &str| -> anyhow::Result<LoadedModel> {
         let path = dir.join(format!("{name}.safetensors"));
         if !path.is_file() {
@@ -168,8 +189,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !(args.max_mm.is_finite() && args.max_mm > 0.0) {
         bail!("--max-mm must be > 0, got {}", args.max_mm);
     }
-    let localizer = localizer(&args)?;
-    let device = args.device.unwrap_or_else(Device::auto);
+    let device = gpu_check::resolve(args.device, Precision::default())?;
+    let localizer = localizer(&args, device)?;
     let mut stages = Stages {
         localizer,
         segmenter: segmenter(&args, device)?,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use dnvs_engine::synth::{self, SynthConfig};
+use dnvs_engine::synth::{self, HeadProfile, SynthConfig};
 
 #[derive(clap::Args)]
 #[command(
@@ -13,7 +13,9 @@ use dnvs_engine::synth::{self, SynthConfig};
 DIR/voi (per joint: CT + MC/TB/NV masks at 0.4 mm) and DIR/dataset.json (spacing, true NV mm^3 \
 and joint space per side). Identical arguments give identical bytes.\n\nExamples:\n  \
 dnvs-engine synth --out data/phantoms --cases 20 --seed 1\n  \
-dnvs-engine synth --out /tmp/ph --cases 2 --seed 7 --voi-size 64,56,40 --preview"
+dnvs-engine synth --out /tmp/ph --cases 2 --seed 7 --voi-size 64,56,40 --preview\n  \
+dnvs-engine synth --out data/heads --cases 40 --seed 21 --profile head --inplane-mm 1.5,3 \
+--slice-mm 1.5,4 --voi-size 16,16,16"
 )]
 pub struct Args {
     /// Output folder (created if missing; its imagesTr, labelsTr, voi, preview and
@@ -35,6 +37,38 @@ pub struct Args {
     /// Also write PNG slices through each joint with the labels over the CT into DIR/preview.
     #[arg(long)]
     preview: bool,
+    /// `default`: the fixed head grid of the segmentation data set. `head`: whole-head scans that
+    /// vary as real ones do (pose up to 15 deg, cropped fields of view, voxel sizes, HU offset,
+    /// noise levels, table and head rest, dental metal, sometimes one joint out of view) for
+    /// localisation; --head-spacing is then unused.
+    #[arg(long, value_enum, default_value_t = Profile::Default)]
+    profile: Profile,
+    /// With --profile head: in-plane voxel size range LO,HI (mm).
+    #[arg(long, value_name = "LO,HI", value_parser = parse_range, default_value = "0.3,1.0")]
+    inplane_mm: [f64; 2],
+    /// With --profile head: slice spacing range LO,HI (mm).
+    #[arg(long, value_name = "LO,HI", value_parser = parse_range, default_value = "0.5,3.0")]
+    slice_mm: [f64; 2],
+    /// With --profile head: probability that one joint is outside the field of view.
+    #[arg(long, default_value_t = 0.15)]
+    p_one_side_out: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Profile {
+    Default,
+    Head,
+}
+
+fn parse_range(s: &str) -> Result<[f64; 2], String> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>().map_err(|e| format!("'{p}': {e}")))
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        &[lo, hi] if lo > 0.0 && hi >= lo => Ok([lo, hi]),
+        _ => Err(format!("expected LO,HI with 0 < LO <= HI, got '{s}'")),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -42,6 +76,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         voi_dims: args.voi_size,
         head_spacing: args.head_spacing,
+        head: (args.profile == Profile::Head).then(|| HeadProfile {
+            inplane_mm: args.inplane_mm,
+            slice_mm: args.slice_mm,
+            p_one_side_out: args.p_one_side_out,
+            ..HeadProfile::default()
+        }),
         ..SynthConfig::default()
     };
     let bar = if std::io::stderr().is_terminal() {

@@ -264,6 +264,33 @@ impl Localizer for FixedCenters {
     }
 }
 
+/// The localisation network ([`super::localize`]): both condyle centres from the whole head and
+/// their VOIs on `synth`'s VOI geometry, or the reason a side was refused.
+pub struct ModelLocalizer {
+    pub model: LoadedModel,
+    pub opts: super::localize::LocalizeOptions,
+}
+
+impl Localizer for ModelLocalizer {
+    fn localize(&mut self, ct: &Volume) -> Result<[SideFound; 2]> {
+        let joints = super::localize::localize(ct, &mut self.model, &self.opts)?;
+        Ok(Side::BOTH.map(|side| match joints.side(side) {
+            super::localize::SideResult::Found(j) => SideFound::Found(Box::new(Located {
+                center_ras_mm: j.condyle_center_ras_mm,
+                voi: j.voi.clone(),
+                score: j.score,
+            })),
+            super::localize::SideResult::Missing { reason } => {
+                SideFound::Missing { reason: reason.clone() }
+            }
+        }))
+    }
+
+    fn card(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.model.card()).ok()
+    }
+}
+
 /// Segmentation by HU threshold (a stand-in for tests and a sanity baseline): bone above
 /// `bone_hu`; MC is the 6-connected bone component nearest the condyle centre, TB all other
 /// bone. Where condyle and fossa touch at this threshold, TB is empty and so is the NV.

@@ -9,6 +9,7 @@
 //! The ground-truth definitions (MC, TB, NV) are in [`phantom`]'s module docs.
 
 pub mod anatomy;
+pub mod head_profile;
 pub mod noise;
 pub mod phantom;
 pub mod preview;
@@ -19,24 +20,24 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use head_profile::HeadProfile;
 pub use phantom::{Phantom, Tissue};
 
 use crate::geometry::NvParams;
 use crate::io::nifti::{generated_header, DataType};
 use crate::io::{Volume, VoxelKind};
+use crate::pipeline::localize::voi_grid_around;
 use crate::{Error, Result};
 use anatomy::V3;
 use noise::{hash_words, Rng};
 use phantom::{add_noise, blur, render, Grid};
 
 /// Spacing of the per-joint VOIs (mm), fixed by the data set contract.
-pub const VOI_SPACING: f64 = 0.4;
+pub const VOI_SPACING: f64 = crate::pipeline::localize::VOI_SPACING_MM;
 /// Field of view of the whole-head volume (mm along x, y, z).
 pub const HEAD_EXTENT_MM: [f64; 3] = [180.0, 228.0, 252.0];
 /// Scanner-frame centre of the head field of view (mm).
 const HEAD_CENTER: V3 = [0.0, 3.0, 15.0];
-/// The VOI centre sits this far above the condylar head's centre, so the fossa roof fits.
-const VOI_RAISE_MM: f64 = 2.0;
 /// Random shift of each VOI around the joint (mm per axis), as a localiser would leave it.
 const VOI_JITTER_MM: f64 = 1.0;
 
@@ -101,6 +102,9 @@ pub struct SynthConfig {
     pub blur_sigma_vox: f64,
     /// Add the case's Gaussian noise (10-20 HU); off gives clean, blurred HU.
     pub noise: bool,
+    /// Whole-head scans that vary as real ones do (`--profile head`); `None` keeps the fixed
+    /// head grid and small pose of the default data set.
+    pub head: Option<HeadProfile>,
     /// The NV definition's parameters the truth is computed with (written to `dataset.json`).
     pub nv: NvParams,
 }
@@ -113,6 +117,7 @@ impl Default for SynthConfig {
             head_spacing: 1.5,
             blur_sigma_vox: 0.5,
             noise: true,
+            head: None,
             nv: NvParams::default(),
         }
     }
@@ -138,6 +143,9 @@ impl SynthConfig {
         }
         if !(0.0..=4.0).contains(&self.blur_sigma_vox) {
             return Err(Error::arg("synth", "blur sigma must be 0..=4 voxels"));
+        }
+        if let Some(h) = &self.head {
+            h.validate()?;
         }
         self.nv.validate()?;
         Ok(())
@@ -165,6 +173,10 @@ pub struct VoiCase {
     pub nv_mm3: f64,
     /// Designed joint space (mm).
     pub joint_space_mm: f64,
+    /// Centre of the condylar head's shape (world RAS mm), from the analytic anatomy.
+    pub condyle_center_ras_mm: [f64; 3],
+    /// Whether the whole-head scan shows this joint (`None`: the default scan always does).
+    pub in_field_of_view: Option<bool>,
 }
 
 /// A generated case, in memory.
@@ -185,15 +197,17 @@ pub fn case_id(index: usize) -> String {
     format!("case_{:04}", index + 1)
 }
 
-/// The VOI grid of `side`: centred just above the condylar head, jittered by the seed.
+/// The VOI grid of `side`: the localiser's box ([`voi_grid_around`], raised along the head's own
+/// superior axis) around the condylar head's centre, jittered by the seed as a localiser would
+/// leave it.
 pub fn voi_grid(cfg: &SynthConfig, ph: &Phantom, case: usize, side: Side) -> Grid {
     let mut rng = Rng::new(hash_words(&[cfg.seed, case as u64, side.index() as u64, 0x766f69]));
-    let c = ph.joint(side).center();
-    let mut center = ph.pose.to_world([c[0], c[1], c[2] + VOI_RAISE_MM]);
+    let mut center = ph.joint_center_world(side);
     for v in &mut center {
         *v += rng.sym(VOI_JITTER_MM);
     }
-    Grid::centered(center, cfg.voi_dims, [VOI_SPACING; 3])
+    let up = anatomy::mat_vec(&ph.pose.rot, [0.0, 0.0, 1.0]);
+    voi_grid_around(center, up, cfg.voi_dims)
 }
 
 /// Generates case `index` (0-based) in memory.
@@ -202,22 +216,44 @@ pub fn voi_grid(cfg: &SynthConfig, ph: &Phantom, case: usize, side: Side) -> Gri
 /// [`Error::Arg`] for an invalid config.
 pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
     cfg.validate()?;
-    let ph = Phantom::new(cfg.seed, index as u64);
+    let mut ph = Phantom::new(cfg.seed, index as u64);
+    let scan = cfg.head.as_ref().map(|p| head_profile::draw_scan(p, &ph, cfg.seed, index as u64));
+    if let Some(scan) = &scan {
+        ph.pose = scan.pose;
+    }
     let grids = Side::BOTH.map(|s| voi_grid(cfg, &ph, index, s));
     let truths = Side::BOTH.map(|s| ph.nv_truth(s, &grids[s.index()], cfg.nv));
-
-    let head = cfg.head_grid();
-    let (mut ct, labels) = render(&head, |w| {
-        let e = ph.eval(w);
-        let label = Side::BOTH
+    let label_at = |w: V3, e: &phantom::PointEval| {
+        Side::BOTH
             .iter()
             .find(|s| grids[s.index()].contains(w))
-            .map_or(0, |&s| ph.label(&truths[s.index()], w, &e));
-        (e.hu as f32, label)
-    });
-    finish_ct(&mut ct, head.dims, cfg, &ph, 0);
-    let head_ct = ct_volume(&head, ct);
-    let head_labels = head.volume(labels.iter().map(|&l| f32::from(l)).collect());
+            .map_or(0, |&s| ph.label(&truths[s.index()], w, e))
+    };
+
+    let (head_ct, head_labels) = match &scan {
+        None => {
+            let head = cfg.head_grid();
+            let (mut ct, labels) = render(&head, |w| {
+                let e = ph.eval(w);
+                (e.hu as f32, label_at(w, &e))
+            });
+            finish_ct(&mut ct, head.dims, cfg, &ph, 0);
+            (ct_volume(&head, ct), head.volume(labels.iter().map(|&l| f32::from(l)).collect()))
+        }
+        Some(scan) => {
+            let head = Grid {
+                dims: scan.dims(),
+                spacing: scan.spacing,
+                origin: [0, 1, 2].map(|a| scan.fov[a][0] + 0.5 * scan.spacing[a]),
+            };
+            let (mut ct, labels) = render(&head, |w| {
+                let e = ph.eval(w);
+                (head_profile::scan_hu(&ph, scan, w) as f32, label_at(w, &e))
+            });
+            head_profile::finish_scan(&mut ct, head.dims, scan, ph.noise_key(0));
+            (ct_volume(&head, ct), head.volume(labels.iter().map(|&l| f32::from(l)).collect()))
+        }
+    };
 
     let vois = Side::BOTH
         .iter()
@@ -238,6 +274,8 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
                 nv: mask(3),
                 nv_mm3: nv_count as f64 * VOI_SPACING.powi(3),
                 joint_space_mm: ph.joint(side).gap_mm,
+                condyle_center_ras_mm: ph.joint_center_world(side),
+                in_field_of_view: scan.as_ref().map(|sc| sc.in_view(side)),
             }
         })
         .collect();
@@ -296,6 +334,13 @@ pub struct ManifestSide {
     pub nv: String,
     pub nv_mm3: f64,
     pub joint_space_mm: f64,
+    /// Centre of the condylar head (world RAS mm): what localisation must find.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condyle_center_ras_mm: Option<[f64; 3]>,
+    /// `false` when the whole-head scan does not show this joint (the `head` profile's scans
+    /// cut off at one side); absent when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_field_of_view: Option<bool>,
 }
 
 fn mkdir(p: &Path) -> Result<()> {
@@ -319,6 +364,8 @@ fn write_case(root: &Path, case: &PhantomCase, preview: bool) -> Result<Manifest
             nv: name("nv"),
             nv_mm3: (v.nv_mm3 * 1000.0).round() / 1000.0,
             joint_space_mm: (v.joint_space_mm * 1000.0).round() / 1000.0,
+            condyle_center_ras_mm: Some(v.condyle_center_ras_mm.map(|x| (x * 1e4).round() / 1e4)),
+            in_field_of_view: v.in_field_of_view.filter(|in_fov| !in_fov),
         };
         crate::io::write_nifti(&root.join(&entry.image), &v.ct, VoxelKind::Image)?;
         for (path, vol) in [(&entry.mc, &v.mc), (&entry.tb, &v.tb), (&entry.nv, &v.nv)] {

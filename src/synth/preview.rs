@@ -15,22 +15,22 @@ const OVERLAY_ALPHA: f32 = 0.45;
 const COLORS: [[f32; 3]; 3] = [[255.0, 60.0, 60.0], [60.0, 220.0, 60.0], [60.0, 140.0, 255.0]];
 
 /// An RGB image.
-struct Image {
-    w: usize,
-    h: usize,
-    rgb: Vec<u8>,
+pub(crate) struct Image {
+    pub(crate) w: usize,
+    pub(crate) h: usize,
+    pub(crate) rgb: Vec<u8>,
 }
 
 /// Which plane a panel shows.
 #[derive(Clone, Copy)]
-enum Plane {
+pub(crate) enum Plane {
     Axial,
     Coronal,
     Sagittal,
 }
 
 /// One panel through voxel `at`: `label(idx)` gives 0 (none) or 1..=3 (MC, TB, NV).
-fn panel(
+pub(crate) fn panel(
     ct: &Volume,
     label: &dyn Fn(usize) -> u8,
     at: [usize; 3],
@@ -78,7 +78,7 @@ fn panel(
 }
 
 /// Panels side by side on black, 4 pixels apart.
-fn montage_row(panels: &[Image]) -> Image {
+pub(crate) fn montage_row(panels: &[Image]) -> Image {
     let gap = 4;
     let w = panels.iter().map(|p| p.w).sum::<usize>() + gap * panels.len().saturating_sub(1);
     let h = panels.iter().map(|p| p.h).max().unwrap_or(0);
@@ -108,7 +108,7 @@ fn montage(ct: &Volume, label: &dyn Fn(usize) -> u8, at: [usize; 3], zoom: usize
     Image { w: top.w, h: top.h + gap + bottom.h, rgb }
 }
 
-fn write_png(path: &Path, img: &Image) -> Result<()> {
+pub(crate) fn write_png(path: &Path, img: &Image) -> Result<()> {
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let err = |e: png::EncodingError| Error::format(path, format!("png: {e}"));
     let mut enc = png::Encoder::new(BufWriter::new(file), img.w as u32, img.h as u32);

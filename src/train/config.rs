@@ -11,7 +11,7 @@
 //! | `training` | device, trainsize, model_name, num_epochs, k_follds_number, batch_size, learning_rate, momentum, wd, patience, delta, step_size, gamma | width, precision, run_dir, early_stopping, folds |
 //! | `loss` | loss_name, loss_type (`CE`, `D`, `DCE`), dce_w, w0, w1, nll | soft_dice |
 //! | `predict` | model_path | |
-//! | `loaders` | train_patch, train_stride, val_patch, val_stride, dicom_path, mask_path, objects, voi_shape, precrop, train_patient_ids, val_patient_ids, num_workers, batch_size, train_dataset_size, transformer, train_patch_builder, val_patch_builder | dataset_dir, target (`mc`, `tb`, `nv`), sides, synth, window, overlap, fg_fraction |
+//! | `loaders` | train_patch, train_stride, val_patch, val_stride, dicom_path, mask_path, objects, voi_shape, precrop, train_patient_ids, val_patient_ids, num_workers, batch_size, train_dataset_size, transformer, train_patch_builder, val_patch_builder | dataset_dir, target (`mc`, `tb`, `nv`, `joints`), sides, synth, window, overlap, fg_fraction |
 //!
 //! Validation: with `val_patch` the original's patch grid; without it, a sliding window
 //! (`window`, `overlap`) over each whole held-out VOI, through the same code `segment` runs, so
@@ -156,15 +156,18 @@ pub enum Target {
     Tb,
     /// The negative volume itself (the paper's annotated "balls"; the phantoms carry its truth).
     Nv,
+    /// Both condylar heads in a whole head on the localiser's coarse grid (`train::joints`).
+    Joints,
 }
 
 impl Target {
-    /// The config's (and the model card's) name: `mc`, `tb`, `nv`.
+    /// The config's (and the model card's) name: `mc`, `tb`, `nv`, `joints`.
     pub fn name(self) -> &'static str {
         match self {
             Target::Mc => "mc",
             Target::Tb => "tb",
             Target::Nv => "nv",
+            Target::Joints => "joints",
         }
     }
 

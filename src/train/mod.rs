@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod eval;
 pub mod evaluate;
 pub mod interrupt;
+pub mod joints;
 pub mod logs;
 pub mod metrics;
 pub mod rng;

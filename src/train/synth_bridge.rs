@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::synth::{self, SynthConfig};
+use crate::synth::{self, HeadProfile, SynthConfig};
 use crate::Result;
 
 /// Writes `cases` phantoms with VOIs of `voi` voxels (0.4 mm) into `dir` (a `dataset.json` data
@@ -13,6 +13,29 @@ use crate::Result;
 /// Those of [`synth::write_dataset`].
 pub fn write_phantoms(dir: &Path, cases: usize, seed: u64, voi: [usize; 3]) -> Result<()> {
     let cfg = SynthConfig { seed, voi_dims: voi, ..SynthConfig::default() };
+    synth::write_dataset(dir, cases, &cfg, false, &|_| {})?;
+    Ok(())
+}
+
+/// Writes `cases` whole-head scans of the `head` profile for the `joints` target, as
+/// `dnvs-engine synth --profile head --inplane-mm 1.5,3 --slice-mm 1.5,4 --voi-size 16,16,16
+/// --p-one-side-out 0.25`
+/// writes them: voxels no finer than the localiser needs (it sees 4 mm), tiny VOIs.
+///
+/// # Errors
+/// Those of [`synth::write_dataset`].
+pub fn write_heads(dir: &Path, cases: usize, seed: u64) -> Result<()> {
+    let cfg = SynthConfig {
+        seed,
+        voi_dims: [16, 16, 16],
+        head: Some(HeadProfile {
+            inplane_mm: [1.5, 3.0],
+            slice_mm: [1.5, 4.0],
+            p_one_side_out: 0.25,
+            ..Default::default()
+        }),
+        ..SynthConfig::default()
+    };
     synth::write_dataset(dir, cases, &cfg, false, &|_| {})?;
     Ok(())
 }

@@ -143,6 +143,9 @@ fn ensure_dataset(cfg: &Config) -> Result<()> {
         });
     };
     eprintln!("dnvs-engine: writing {} phantoms to {}", s.cases, dir.display());
+    if cfg.loaders.target == Target::Joints {
+        return crate::train::synth_bridge::write_heads(dir, s.cases, s.seed);
+    }
     crate::train::synth_bridge::write_phantoms(dir, s.cases, s.seed, cfg.loaders.voi_shape)
 }
 
@@ -168,8 +171,14 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
     let voi = cfg.loaders.voi_shape;
     let mut samples = Vec::new();
     let mut spacing: Option<[f64; 3]> = None;
+    if cfg.loaders.target == Target::Joints {
+        samples = crate::train::joints::samples(cfg, &ds, &ids)?;
+        spacing = samples.first().map(|s| s.spacing);
+    }
     // Order as the original's val loader: every case's left joint, then every case's right.
-    for side_name in &cfg.loaders.sides {
+    let joint_sides =
+        if cfg.loaders.target == Target::Joints { &[][..] } else { &cfg.loaders.sides };
+    for side_name in joint_sides {
         let side = if side_name == "L" { Side::L } else { Side::R };
         for id in &ids {
             let entry = ds.cases().iter().find(|c| &c.id == id).expect("ids come from cases()");
@@ -252,6 +261,8 @@ pub fn target_mask(target: Target, v: &VoiSample) -> &Volume {
         Target::Mc => &v.mc,
         Target::Tb => &v.tb,
         Target::Nv => &v.nv,
+        // Joints samples are whole heads (`train::joints`), never per-joint VOIs.
+        Target::Joints => &v.tb,
     }
 }
 
@@ -414,6 +425,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
         // Fitted once per fold, then carried by state.json and every card.
         let norm = match &st.normalization {
             Some(n) => n.clone(),
+            // Joints samples enter already windowed; the card must say so for inference.
+            None if cfg.loaders.target == Target::Joints => crate::train::joints::normalization(),
             None => fit_normalization(cfg, &train_s)?,
         };
         st.normalization = Some(norm.clone());

@@ -1,0 +1,117 @@
+//! `dnvs-engine localize`: finds both temporomandibular joints in a head CT and writes a VOI per
+//! found side, resampled exactly as `synth` samples its VOIs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use dnvs_engine::io::{self, VoxelKind};
+use dnvs_engine::pipeline::localize::{self, LocalizeOptions, SideJson};
+use dnvs_engine::synth::Side;
+use dnvs_engine::Device;
+
+#[derive(clap::Args)]
+#[command(after_help = "Writes DIR/joints.json ({\"L\": {\"condyle_center_ras_mm\": [x, y, z], \
+\"voi\": {\"shape\", \"spacing_mm\", \"affine\"}, \"score\": p}, \"R\": ...}; a side not found \
+has a \"reason\" instead) and DIR/voi_L_ct.nii.gz, DIR/voi_R_ct.nii.gz per found side.
+
+Examples:
+  dnvs-engine localize --input head.nii.gz --out loc/ --model localize.safetensors --preview
+  dnvs-engine localize --input dicom/series --out loc/ --model runs/localize/fold1 --device cpu")]
+pub struct Args {
+    /// Head CT: .nii / .nii.gz file or DICOM series folder, any orientation.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Localisation network weights (.safetensors with a model card of target `joints`), or a
+    /// training fold folder holding best.safetensors (configs/localize.json). Card-less weights
+    /// are taken as a U-Net on the 4 mm grid with the HU window [-1000, 2000].
+    #[arg(long)]
+    model: PathBuf,
+    /// cpu, cuda or cuda:N (default: CUDA when usable, else the CPU).
+    #[arg(long)]
+    device: Option<Device>,
+    /// VOI size in voxels D,H,W (x, y, z) at 0.4 mm (synth's --voi-size).
+    #[arg(long, value_name = "D,H,W", value_parser = parse_dims, default_value = "120,150,70")]
+    voi_size: [usize; 3],
+    /// Also write axial, coronal and sagittal PNGs through each found joint with its box.
+    #[arg(long)]
+    preview: bool,
+}
+
+fn parse_dims(s: &str) -> Result<[usize; 3], String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("'{p}': {e}")))
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        &[d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
+        _ => Err(format!("expected three positive sizes D,H,W, got '{s}'")),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = args.device.unwrap_or_else(Device::auto);
+    let mut model = localize::open_model(&args.model, device)
+        .with_context(|| format!("opening the localisation model {}", args.model.display()))?;
+    for w in model.warnings() {
+        eprintln!("localize: warning: {w}");
+    }
+    let start = Instant::now();
+    let ct = io::read_volume(&args.input)
+        .with_context(|| format!("reading {}", args.input.display()))?;
+    let read_s = start.elapsed().as_secs_f64();
+    let opts = LocalizeOptions { voi_dims: args.voi_size, ..LocalizeOptions::default() };
+    let joints = localize::localize(&ct, &mut model, &opts)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut json = serde_json::Map::new();
+    for side in Side::BOTH {
+        let result = joints.side(side);
+        let entry = SideJson::from(result);
+        json.insert(side.name().into(), serde_json::to_value(&entry)?);
+        match result.found() {
+            Some(j) => {
+                let path = args.out.join(format!("voi_{side}_ct.nii.gz"));
+                io::write_nifti(&path, &j.voi, VoxelKind::Image)?;
+                let c = j.condyle_center_ras_mm;
+                eprintln!(
+                    "localize: {side} condyle at ({:.1}, {:.1}, {:.1}) mm, score {:.2} -> {}",
+                    c[0],
+                    c[1],
+                    c[2],
+                    j.score,
+                    path.display()
+                );
+            }
+            None => {
+                let stale = args.out.join(format!("voi_{side}_ct.nii.gz"));
+                let _ = std::fs::remove_file(&stale);
+                if let localize::SideResult::Missing { reason } = result {
+                    eprintln!("localize: {side} missing: {reason}");
+                }
+            }
+        }
+    }
+    let text = serde_json::to_string_pretty(&serde_json::Value::Object(json))? + "\n";
+    let json_path = args.out.join("joints.json");
+    let tmp = args.out.join("joints.json.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &json_path)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    if args.preview {
+        for p in localize::write_preview(&args.out, &ct, &joints)? {
+            eprintln!("localize: preview {}", p.display());
+        }
+    }
+    eprintln!(
+        "localize: {:?} CT on {device}: read {read_s:.1} s, total {:.1} s -> {}",
+        ct.dims,
+        start.elapsed().as_secs_f64(),
+        json_path.display()
+    );
+    Ok(())
+}

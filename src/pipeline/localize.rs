@@ -1,0 +1,731 @@
+//! Localisation: from a whole-head CT to the two temporomandibular joints and a volume of
+//! interest (VOI) around each.
+//!
+//! Three parts, each usable alone:
+//! 1. **The coarse head** ([`coarse_head`]): the CT, in any orientation, averaged onto an
+//!    axis-aligned RAS grid of [`COARSE_MM`] voxels covering its field of view (at least
+//!    [`CANVAS`] voxels, padded with air). Box averaging (not point sampling) keeps a 0.4 mm scan
+//!    from aliasing into noise; a CT coarser than the grid is sampled trilinearly instead.
+//! 2. **Joints from a probability map** ([`joints_from_probs`]): a pure function of the network's
+//!    condylar-head probability on that grid and the CT. Components above the threshold, the two
+//!    largest that pass the checks, probability-weighted centroids in world millimetres, sides
+//!    named from world x (RAS: the patient's left has the lower x). A component that cannot be a
+//!    condyle (too small, both candidates on one side, too far apart in height, centre at the
+//!    edge of the field of view) is reported with its reason instead of being boxed.
+//! 3. **The VOI** ([`voi_grid_around`], [`cut_voi`]): the same box `synth` renders its VOIs on
+//!    (size, 0.4 mm spacing, raised [`VOI_RAISE_MM`] above the condyle centre), resampled from
+//!    the CT. `synth` calls [`voi_grid_around`] itself, so there is one definition.
+//!
+//! [`localize`] runs a network ([`JointNet`]) between 1 and 2, then cuts the VOIs.
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::geometry::components::{self, Connectivity};
+use crate::io::nifti::{generated_header, DataType};
+use crate::io::normalize::Normalization;
+use crate::io::orientation::{self, Affine};
+use crate::io::Volume;
+use crate::nn::model::{LoadedModel, ModelOverrides};
+use crate::nn::Arch;
+use crate::synth::phantom::Grid;
+use crate::synth::Side;
+use crate::tensor::Device;
+use crate::{Error, Result};
+
+/// Voxel size (mm) of the grid the localisation network sees.
+pub const COARSE_MM: f64 = 4.0;
+/// Smallest coarse grid (voxels along x, y, z): 192 x 256 x 256 mm, a whole head. The network is
+/// trained on exactly this shape; larger fields of view get a larger grid.
+pub const CANVAS: [usize; 3] = [48, 64, 64];
+/// Coarse grid extents are multiples of this (the V-Net's size multiple; the U-Net's 8 divides it).
+const GRID_MULTIPLE: usize = 16;
+/// Bin-boundary tolerance (coarse voxels) of [`coarse_head`]'s box averaging.
+const TIE_EPS: f64 = 1e-6;
+/// HU of whatever lies outside the scanned field of view.
+pub const AIR_HU: f32 = -1024.0;
+/// The HU window the network input is scaled from: `[lo, hi]` maps to `[-1, 1]`, clipped.
+pub const HU_WINDOW: (f32, f32) = (-1000.0, 2000.0);
+/// Spacing of the per-joint VOIs (mm): the data set contract of `synth`.
+pub const VOI_SPACING_MM: f64 = 0.4;
+/// Default VOI size in voxels along x, y, z (`synth`'s default).
+pub const VOI_DIMS: [usize; 3] = [120, 150, 70];
+/// The VOI centre sits this far above the condylar head's centre, so the fossa roof fits.
+pub const VOI_RAISE_MM: f64 = 2.0;
+
+/// The box a VOI is sampled on: `dims` voxels of [`VOI_SPACING_MM`], centred
+/// [`VOI_RAISE_MM`] along `up` (a unit vector, the patient's superior direction; world +z for a
+/// scan whose pose is unknown) above `center_ras_mm`.
+pub fn voi_grid_around(center_ras_mm: [f64; 3], up: [f64; 3], dims: [usize; 3]) -> Grid {
+    let c = [0, 1, 2].map(|a| center_ras_mm[a] + VOI_RAISE_MM * up[a]);
+    Grid::centered(c, dims, [VOI_SPACING_MM; 3])
+}
+
+/// The default-size VOI around the condyle centre `center_ras_mm`, resampled (trilinear) from
+/// `ct`; voxels outside the scan are air ([`AIR_HU`]). See [`cut_voi_with`].
+///
+/// # Errors
+/// As [`cut_voi_with`].
+pub fn cut_voi(ct: &Volume, center_ras_mm: [f64; 3]) -> Result<Volume> {
+    cut_voi_with(ct, center_ras_mm, VOI_DIMS)
+}
+
+/// The VOI of `dims` voxels around `center_ras_mm` ([`voi_grid_around`] with world +z up),
+/// resampled trilinearly from `ct` whatever its orientation, rounded to whole HU in
+/// [-1024, 3071]. The result has a diagonal RAS affine and an int16 header, like `synth`'s VOIs.
+///
+/// # Errors
+/// [`Error::Arg`] for an empty CT, a singular affine or a non-finite centre.
+pub fn cut_voi_with(ct: &Volume, center_ras_mm: [f64; 3], dims: [usize; 3]) -> Result<Volume> {
+    if center_ras_mm.iter().any(|v| !v.is_finite()) {
+        return Err(Error::arg("cut_voi", format!("centre {center_ras_mm:?} is not finite")));
+    }
+    let grid = voi_grid_around(center_ras_mm, [0.0, 0.0, 1.0], dims);
+    let sampler = Sampler::new(ct)?;
+    let mut data = vec![0f32; grid.len()];
+    let [_, h, w] = grid.dims;
+    data.par_chunks_mut(h * w).enumerate().for_each(|(i, slab)| {
+        for j in 0..h {
+            for k in 0..w {
+                let v = sampler.at_world(grid.world(i, j, k)).unwrap_or(AIR_HU);
+                slab[j * w + k] = v.round().clamp(-1024.0, 3071.0);
+            }
+        }
+    });
+    // Whole HU written as int16, as `synth` writes its VOIs.
+    let mut v = grid.volume(data);
+    v.header = Some(generated_header(&v, DataType::I16, "dnvs-engine localize VOI"));
+    Ok(v)
+}
+
+/// Trilinear sampling of a volume at world points, whatever its affine.
+struct Sampler<'a> {
+    vol: &'a Volume,
+    /// World -> continuous voxel index.
+    inv: Affine,
+}
+
+impl<'a> Sampler<'a> {
+    fn new(vol: &'a Volume) -> Result<Self> {
+        if vol.is_empty() || vol.data.len() != vol.dims.iter().product::<usize>() {
+            return Err(Error::arg("localize", format!("empty or inconsistent CT {:?}", vol.dims)));
+        }
+        let inv = invert_affine(&vol.affine).ok_or_else(|| {
+            Error::arg("localize", format!("the CT's affine {:?} is singular", vol.affine))
+        })?;
+        Ok(Sampler { vol, inv })
+    }
+
+    /// Continuous voxel index of world point `p`.
+    fn index_of(&self, p: [f64; 3]) -> [f64; 3] {
+        orientation::apply(&self.inv, p)
+    }
+
+    /// Whether continuous index `x` lies within the voxels' footprint.
+    fn inside(&self, x: [f64; 3]) -> bool {
+        (0..3).all(|a| x[a] >= -0.5 && x[a] <= self.vol.dims[a] as f64 - 0.5)
+    }
+
+    /// The trilinear value at world `p`, `None` outside the field of view (edges clamp inside
+    /// the half-voxel border).
+    fn at_world(&self, p: [f64; 3]) -> Option<f32> {
+        let x = self.index_of(p);
+        self.inside(x).then(|| self.at_index(x))
+    }
+
+    fn at_index(&self, x: [f64; 3]) -> f32 {
+        let d = self.vol.dims;
+        let mut i0 = [0usize; 3];
+        let mut t = [0f32; 3];
+        for a in 0..3 {
+            let c = x[a].clamp(0.0, (d[a] - 1) as f64);
+            i0[a] = (c.floor() as usize).min(d[a].saturating_sub(2));
+            t[a] = (c - i0[a] as f64) as f32;
+        }
+        let at = |di: usize, dj: usize, dk: usize| {
+            let i = (i0[0] + di).min(d[0] - 1);
+            let j = (i0[1] + dj).min(d[1] - 1);
+            let k = (i0[2] + dk).min(d[2] - 1);
+            self.vol.data[(i * d[1] + j) * d[2] + k]
+        };
+        let lerp = |a: f32, b: f32, w: f32| a + (b - a) * w;
+        let plane = |di| {
+            lerp(
+                lerp(at(di, 0, 0), at(di, 0, 1), t[2]),
+                lerp(at(di, 1, 0), at(di, 1, 1), t[2]),
+                t[1],
+            )
+        };
+        lerp(plane(0), plane(1), t[0])
+    }
+}
+
+/// Inverse of an affine (3x3 part inverted by cofactors), `None` when singular.
+#[allow(clippy::needless_range_loop)] // matrix indices read clearer than iterator chains
+pub fn invert_affine(a: &Affine) -> Option<Affine> {
+    let m = |r: usize, c: usize| a[r][c];
+    let det = m(0, 0) * (m(1, 1) * m(2, 2) - m(1, 2) * m(2, 1))
+        - m(0, 1) * (m(1, 0) * m(2, 2) - m(1, 2) * m(2, 0))
+        + m(0, 2) * (m(1, 0) * m(2, 1) - m(1, 1) * m(2, 0));
+    if !det.is_finite() || det.abs() < 1e-12 {
+        return None;
+    }
+    let mut inv = orientation::identity();
+    for r in 0..3 {
+        for c in 0..3 {
+            // Cofactor of (c, r), i.e. the adjugate's (r, c).
+            let (r0, r1) = ((c + 1) % 3, (c + 2) % 3);
+            let (c0, c1) = ((r + 1) % 3, (r + 2) % 3);
+            inv[r][c] = (m(r0, c0) * m(r1, c1) - m(r0, c1) * m(r1, c0)) / det;
+        }
+    }
+    for r in 0..3 {
+        inv[r][3] = -(0..3).map(|c| inv[r][c] * a[c][3]).sum::<f64>();
+    }
+    Some(inv)
+}
+
+/// The world box (mm, per axis `[lo, hi]`) covered by the voxels of `vol` (footprints included).
+pub fn field_of_view(vol: &Volume) -> [[f64; 2]; 3] {
+    let mut b = [[f64::INFINITY, f64::NEG_INFINITY]; 3];
+    for corner in 0..8 {
+        let ijk =
+            [0, 1, 2].map(|a| if corner >> a & 1 == 1 { vol.dims[a] as f64 - 0.5 } else { -0.5 });
+        let p = orientation::apply(&vol.affine, ijk);
+        for a in 0..3 {
+            b[a][0] = b[a][0].min(p[a]);
+            b[a][1] = b[a][1].max(p[a]);
+        }
+    }
+    b
+}
+
+/// The coarse RAS grid for a field of view: [`COARSE_MM`] voxels, at least [`CANVAS`], extents
+/// rounded up to a multiple of 16, centred on the field of view.
+pub fn coarse_grid(fov: &[[f64; 2]; 3]) -> Grid {
+    let dims = [0, 1, 2].map(|a| {
+        let need = ((fov[a][1] - fov[a][0]) / COARSE_MM).ceil().max(1.0) as usize;
+        need.max(CANVAS[a]).div_ceil(GRID_MULTIPLE) * GRID_MULTIPLE
+    });
+    let center = [0, 1, 2].map(|a| 0.5 * (fov[a][0] + fov[a][1]));
+    Grid::centered(center, dims, [COARSE_MM; 3])
+}
+
+/// The CT averaged onto its coarse grid ([`coarse_grid`] of its field of view), in HU. Each
+/// coarse voxel is the mean of the CT voxels whose centres fall in it; one that catches none (a
+/// CT coarser than the grid) takes the trilinear value at its centre, or air outside the scan.
+///
+/// # Errors
+/// [`Error::Arg`] for an empty CT or a singular affine.
+#[allow(clippy::needless_range_loop)] // 4x4 matrix indices
+pub fn coarse_head(ct: &Volume) -> Result<Volume> {
+    let sampler = Sampler::new(ct)?;
+    let grid = coarse_grid(&field_of_view(ct));
+    let n = grid.len();
+    let [gd, gh, gw] = grid.dims;
+    // CT index -> coarse continuous index is affine: one matrix, stepped along each row.
+    let mut to_grid = orientation::identity();
+    for a in 0..3 {
+        for c in 0..4 {
+            to_grid[a][c] = ct.affine[a][c] / COARSE_MM;
+        }
+        to_grid[a][3] -= grid.origin[a] / COARSE_MM;
+    }
+    let [d, h, w] = ct.dims;
+    let (sum, count) = (0..d)
+        .into_par_iter()
+        .fold(
+            || (vec![0f32; n], vec![0u32; n]),
+            |(mut sum, mut count), i| {
+                for j in 0..h {
+                    let row = orientation::apply(&to_grid, [i as f64, j as f64, 0.0]);
+                    let step = [to_grid[0][2], to_grid[1][2], to_grid[2][2]];
+                    let src = &ct.data[(i * h + j) * w..(i * h + j + 1) * w];
+                    for (k, &v) in src.iter().enumerate() {
+                        let kf = k as f64;
+                        // A voxel centre on a bin boundary goes to the lower bin whatever the
+                        // array's direction, so an LPS or flipped twin fills the same bins.
+                        let c = [0, 1, 2].map(|a| (row[a] + step[a] * kf - TIE_EPS).round());
+                        if c[0] < 0.0 || c[1] < 0.0 || c[2] < 0.0 {
+                            continue;
+                        }
+                        let (ci, cj, ck) = (c[0] as usize, c[1] as usize, c[2] as usize);
+                        if ci < gd && cj < gh && ck < gw {
+                            let q = (ci * gh + cj) * gw + ck;
+                            sum[q] += v;
+                            count[q] += 1;
+                        }
+                    }
+                }
+                (sum, count)
+            },
+        )
+        .reduce(
+            || (vec![0f32; n], vec![0u32; n]),
+            |(mut s, mut c), (s2, c2)| {
+                s.iter_mut().zip(&s2).for_each(|(a, b)| *a += b);
+                c.iter_mut().zip(&c2).for_each(|(a, b)| *a += b);
+                (s, c)
+            },
+        );
+    let mut data = vec![0f32; n];
+    data.par_chunks_mut(gh * gw).enumerate().for_each(|(i, slab)| {
+        for j in 0..gh {
+            for k in 0..gw {
+                let q = (i * gh + j) * gw + k;
+                slab[j * gw + k] = if count[q] > 0 {
+                    sum[q] / count[q] as f32
+                } else {
+                    sampler.at_world(grid.world(i, j, k)).unwrap_or(AIR_HU)
+                };
+            }
+        }
+    });
+    Ok(grid.volume(data))
+}
+
+/// The localiser's input mapping as a model card states it: [`HU_WINDOW`] clipped, then scaled
+/// to `[-1, 1]` (nnU-Net's CT form with mean and std chosen to do exactly that).
+pub fn hu_window() -> Normalization {
+    let (lo, hi) = HU_WINDOW;
+    Normalization::Ct { lo, hi, mean: 0.5 * (lo + hi), std: 0.5 * (hi - lo) }
+}
+
+/// The network input from coarse HU ([`hu_window`]); non-finite voxels become air (-1).
+pub fn normalize_hu(hu: &[f32]) -> Vec<f32> {
+    let mut x: Vec<f32> = hu.iter().map(|&v| if v.is_finite() { v } else { HU_WINDOW.0 }).collect();
+    hu_window().apply(&mut x);
+    x
+}
+
+/// What localisation needs from a network: the condylar-head probability of every voxel of a
+/// coarse head (HU, [`coarse_head`]'s grid), in that grid.
+pub trait JointNet {
+    /// # Errors
+    /// Any error of the network.
+    fn condyle_probability(&mut self, coarse_hu: &Volume) -> Result<Volume>;
+}
+
+/// The card's target name of a localisation model.
+pub const TARGET: &str = "joints";
+
+/// What a localisation model without a card (trained before cards existed) is taken to be: a
+/// U-Net on the [`COARSE_MM`] grid fed through [`hu_window`], one [`CANVAS`] window.
+pub fn cardless_overrides() -> ModelOverrides {
+    ModelOverrides {
+        arch: Some(Arch::UNet),
+        normalization: Some(hu_window()),
+        window: Some(CANVAS),
+        spacing_mm: Some([COARSE_MM; 3]),
+        ..ModelOverrides::default()
+    }
+}
+
+/// Opens a localisation model (weights file or fold folder): its card when it has one (which
+/// must say target `joints`), else [`cardless_overrides`].
+///
+/// # Errors
+/// [`Error::Arg`] naming the file when its card is for another target; errors of
+/// [`LoadedModel::open`].
+pub fn open_model(path: &std::path::Path, device: Device) -> Result<LoadedModel> {
+    let probe = LoadedModel::open(path, &cardless_overrides(), device)?;
+    if !probe.has_card() {
+        return Ok(probe);
+    }
+    let model = LoadedModel::open(path, &ModelOverrides::default(), device)?;
+    if model.card().target != TARGET {
+        return Err(Error::arg(
+            "localize",
+            format!(
+                "{} is a model for target '{}', not a localisation ('{TARGET}') model",
+                model.path().display(),
+                model.card().target
+            ),
+        ));
+    }
+    Ok(model)
+}
+
+/// The card's normalisation, spacing and window; the coarse head is already on the card's
+/// [`COARSE_MM`] grid, so nothing is resampled.
+impl JointNet for LoadedModel {
+    fn condyle_probability(&mut self, coarse_hu: &Volume) -> Result<Volume> {
+        let mut p = self.predict(coarse_hu)?;
+        p.probs.pop().ok_or_else(|| Error::arg("localize", "the model produced no class"))
+    }
+}
+
+/// Thresholds of [`joints_from_probs`]. The defaults are anatomical (adult condyles lie 80-125 mm
+/// apart, at nearly the same height), not fitted to any scan.
+#[derive(Clone, Debug)]
+pub struct LocalizeOptions {
+    /// Probability above which a coarse voxel is condyle.
+    pub threshold: f32,
+    /// Smallest component kept (mm^3); the training label is a 10 mm ball (4189 mm^3).
+    pub min_component_mm3: f64,
+    /// Left-right distance between the two condyle centres (mm): `[min, max]`.
+    pub separation_mm: [f64; 2],
+    /// Largest difference in height (world z) between the two centres (mm).
+    pub max_height_diff_mm: f64,
+    /// A centre closer than this to the edge of the scanned field of view is not boxed: the
+    /// condyle is (partly) outside the scan.
+    pub edge_margin_mm: f64,
+    /// VOI size in voxels of [`VOI_SPACING_MM`].
+    pub voi_dims: [usize; 3],
+}
+
+impl Default for LocalizeOptions {
+    fn default() -> Self {
+        LocalizeOptions {
+            threshold: 0.5,
+            min_component_mm3: 600.0,
+            separation_mm: [60.0, 150.0],
+            max_height_diff_mm: 30.0,
+            edge_margin_mm: 6.0,
+            voi_dims: VOI_DIMS,
+        }
+    }
+}
+
+/// A found joint.
+#[derive(Clone, Debug)]
+pub struct Joint {
+    /// Centre of the condylar head, world RAS mm.
+    pub condyle_center_ras_mm: [f64; 3],
+    /// The CT resampled on the VOI grid ([`voi_grid_around`]).
+    pub voi: Volume,
+    /// Mean network probability over the component.
+    pub score: f64,
+}
+
+/// One side's outcome. (`Found` holds the VOI by value: interface 3 of the shared contract.)
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum SideResult {
+    Found(Joint),
+    Missing { reason: String },
+}
+
+impl SideResult {
+    /// The joint when found.
+    pub fn found(&self) -> Option<&Joint> {
+        match self {
+            SideResult::Found(j) => Some(j),
+            SideResult::Missing { .. } => None,
+        }
+    }
+}
+
+/// Both sides (the patient's left and right).
+#[derive(Clone, Debug)]
+pub struct Joints {
+    pub left: SideResult,
+    pub right: SideResult,
+}
+
+impl Joints {
+    /// The result of `side`.
+    pub fn side(&self, side: Side) -> &SideResult {
+        match side {
+            Side::L => &self.left,
+            Side::R => &self.right,
+        }
+    }
+}
+
+/// A condyle candidate on the coarse grid.
+#[derive(Clone, Debug)]
+struct Candidate {
+    center: [f64; 3],
+    volume_mm3: f64,
+    score: f64,
+}
+
+/// Connected components of `prob > threshold` with their probability-weighted centroids (world
+/// mm), largest first.
+#[allow(clippy::needless_range_loop)] // per-axis accumulation
+fn candidates(prob: &Volume, threshold: f32) -> Result<Vec<Candidate>> {
+    let mask: Vec<bool> = prob.data.iter().map(|&p| p > threshold).collect();
+    let comps = components::label(&mask, prob.dims, Connectivity::TwentySix)?;
+    let n = comps.sizes.len();
+    let mut acc = vec![([0f64; 3], 0f64); n];
+    let [_, h, w] = prob.dims;
+    for (q, &l) in comps.labels.iter().enumerate() {
+        if l == 0 {
+            continue;
+        }
+        let (i, j, k) = (q / (h * w), (q / w) % h, q % w);
+        let p = orientation::apply(&prob.affine, [i as f64, j as f64, k as f64]);
+        let wgt = f64::from(prob.data[q]);
+        let a = &mut acc[l as usize - 1];
+        for ax in 0..3 {
+            a.0[ax] += wgt * p[ax];
+        }
+        a.1 += wgt;
+    }
+    let voxel_mm3: f64 = prob.spacing.iter().product();
+    let mut out: Vec<Candidate> = acc
+        .iter()
+        .zip(&comps.sizes)
+        .map(|((s, wsum), &size)| Candidate {
+            center: s.map(|v| v / wsum),
+            volume_mm3: size as f64 * voxel_mm3,
+            score: wsum / size as f64,
+        })
+        .collect();
+    out.sort_by(|a, b| b.volume_mm3.total_cmp(&a.volume_mm3));
+    Ok(out)
+}
+
+/// How far world point `p` lies inside the CT's field of view along the CT's own array axes
+/// (mm; negative outside).
+fn depth_inside(s: &Sampler, p: [f64; 3]) -> f64 {
+    let x = s.index_of(p);
+    (0..3)
+        .map(|a| {
+            let sp = s.vol.spacing[a];
+            let lo = (x[a] + 0.5) * sp;
+            let hi = (s.vol.dims[a] as f64 - 0.5 - x[a]) * sp;
+            lo.min(hi)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Joints from the condylar-head probability on a coarse grid and the CT it came from.
+///
+/// The two largest components of at least `min_component_mm3` are the candidates. Two that lie
+/// `separation_mm` apart in x at similar height are named by x (lower x = the patient's left).
+/// Otherwise the larger one alone is kept and named by the side of the head's midline (the x
+/// centre of the coarse grid's tissue) it lies on. A candidate whose centre is within
+/// `edge_margin_mm` of the edge of the scan is refused. Every side without a joint says why.
+///
+/// # Errors
+/// [`Error::Arg`] for an empty or inconsistent CT or probability map; errors of [`cut_voi_with`].
+pub fn joints_from_probs(prob: &Volume, ct: &Volume, opts: &LocalizeOptions) -> Result<Joints> {
+    if prob.data.len() != prob.dims.iter().product::<usize>() || prob.is_empty() {
+        return Err(Error::arg("localize", format!("empty probability map {:?}", prob.dims)));
+    }
+    let sampler = Sampler::new(ct)?;
+    let all = candidates(prob, opts.threshold)?;
+    let mut notes: Vec<String> = Vec::new();
+    let mut kept: Vec<Candidate> = Vec::new();
+    for c in all {
+        if c.volume_mm3 < opts.min_component_mm3 {
+            notes.push(format!(
+                "a {:.0} mm^3 candidate at {} is too small (< {:.0} mm^3)",
+                c.volume_mm3,
+                fmt_mm(c.center),
+                opts.min_component_mm3
+            ));
+            continue;
+        }
+        let depth = depth_inside(&sampler, c.center);
+        if depth < opts.edge_margin_mm {
+            notes.push(format!(
+                "the candidate at {} lies {depth:.1} mm from the edge of the scan (condyle cut off)",
+                fmt_mm(c.center)
+            ));
+            continue;
+        }
+        kept.push(c);
+        if kept.len() == 2 {
+            break;
+        }
+    }
+    let mut sides: [Option<Candidate>; 2] = [None, None];
+    match kept.as_slice() {
+        [a, b] => {
+            let (lo, hi) = if a.center[0] <= b.center[0] { (a, b) } else { (b, a) };
+            let dx = hi.center[0] - lo.center[0];
+            let dz = (hi.center[2] - lo.center[2]).abs();
+            if dx < opts.separation_mm[0] {
+                notes.push(format!(
+                    "the two candidates are only {dx:.0} mm apart left to right (both on one side)"
+                ));
+                sides = place_single(a.clone(), prob, &mut notes);
+            } else if dx > opts.separation_mm[1] {
+                notes.push(format!("the two candidates are {dx:.0} mm apart (too far for a pair)"));
+                sides = place_single(a.clone(), prob, &mut notes);
+            } else if dz > opts.max_height_diff_mm {
+                notes.push(format!(
+                    "the two candidates differ by {dz:.0} mm in height (> {:.0} mm)",
+                    opts.max_height_diff_mm
+                ));
+                sides = place_single(a.clone(), prob, &mut notes);
+            } else {
+                sides = [Some(lo.clone()), Some(hi.clone())];
+            }
+        }
+        [a] => sides = place_single(a.clone(), prob, &mut notes),
+        _ => {}
+    }
+    let why = |side: Side| {
+        let base = format!("no condyle found on the patient's {}", side_word(side));
+        if notes.is_empty() {
+            format!("{base} (no component above p = {})", opts.threshold)
+        } else {
+            format!("{base}: {}", notes.join("; "))
+        }
+    };
+    let mut result = |side: Side| -> Result<SideResult> {
+        Ok(match sides[side.index()].take() {
+            Some(c) => SideResult::Found(Joint {
+                condyle_center_ras_mm: c.center,
+                voi: cut_voi_with(ct, c.center, opts.voi_dims)?,
+                score: c.score,
+            }),
+            None => SideResult::Missing { reason: why(side) },
+        })
+    };
+    Ok(Joints { left: result(Side::L)?, right: result(Side::R)? })
+}
+
+/// A lone candidate's side: which side of the head's midline it lies on.
+fn place_single(c: Candidate, prob: &Volume, notes: &mut Vec<String>) -> [Option<Candidate>; 2] {
+    let mid = prob_grid_center_x(prob);
+    let side = if c.center[0] < mid { Side::L } else { Side::R };
+    notes.push(format!(
+        "one condyle kept at {} ({} of the midline x = {mid:.0} mm)",
+        fmt_mm(c.center),
+        side_word(side)
+    ));
+    let mut s = [None, None];
+    s[side.index()] = Some(c);
+    s
+}
+
+/// The x centre of the coarse grid (centred on the scan): the head's midline when the scan is
+/// centred on the head, as head CTs are.
+fn prob_grid_center_x(prob: &Volume) -> f64 {
+    let last = orientation::apply(&prob.affine, [(prob.dims[0] - 1) as f64, 0.0, 0.0]);
+    0.5 * (prob.affine[0][3] + last[0])
+}
+
+fn side_word(s: Side) -> &'static str {
+    match s {
+        Side::L => "left",
+        Side::R => "right",
+    }
+}
+
+fn fmt_mm(p: [f64; 3]) -> String {
+    format!("({:.1}, {:.1}, {:.1}) mm", p[0], p[1], p[2])
+}
+
+/// Localises both joints in `ct`: coarse head, network, [`joints_from_probs`].
+///
+/// # Errors
+/// As [`coarse_head`], the network's, and [`joints_from_probs`].
+pub fn localize(ct: &Volume, model: &mut dyn JointNet, opts: &LocalizeOptions) -> Result<Joints> {
+    let coarse = coarse_head(ct)?;
+    let prob = model.condyle_probability(&coarse)?;
+    joints_from_probs(&prob, ct, opts)
+}
+
+/// `joints.json` geometry of one VOI.
+#[derive(Clone, Debug, Serialize)]
+pub struct VoiInfo {
+    pub shape: [usize; 3],
+    pub spacing_mm: [f64; 3],
+    pub affine: [[f64; 4]; 4],
+}
+
+/// One side of `joints.json`: the joint, or `null` fields with a reason.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum SideJson {
+    Found { condyle_center_ras_mm: [f64; 3], voi: VoiInfo, score: f64 },
+    Missing { reason: String },
+}
+
+impl From<&SideResult> for SideJson {
+    fn from(s: &SideResult) -> Self {
+        match s {
+            SideResult::Found(j) => SideJson::Found {
+                condyle_center_ras_mm: j
+                    .condyle_center_ras_mm
+                    .map(|v| (v * 1000.0).round() / 1000.0),
+                voi: VoiInfo { shape: j.voi.dims, spacing_mm: j.voi.spacing, affine: j.voi.affine },
+                score: (j.score * 1e4).round() / 1e4,
+            },
+            SideResult::Missing { reason } => SideJson::Missing { reason: reason.clone() },
+        }
+    }
+}
+
+/// Writes `preview_{L,R}_{axial,coronal,sagittal}.png` into `dir`: slices of the CT (1 mm,
+/// closest canonical orientation, radiological view: the patient's right on the image's left)
+/// through each found condyle centre, with its VOI box drawn in red. Returns the files written.
+///
+/// # Errors
+/// [`Error::Io`] when a file cannot be written; resampling errors.
+pub fn write_preview(
+    dir: &std::path::Path,
+    ct: &Volume,
+    joints: &Joints,
+) -> Result<Vec<std::path::PathBuf>> {
+    use crate::synth::preview::{panel, write_png, Plane};
+    let canon = crate::io::as_closest_canonical(ct);
+    let view = crate::io::resample::resample_to_spacing(
+        &canon,
+        [1.0; 3],
+        crate::io::resample::Interp::Linear,
+    )?;
+    let inv = invert_affine(&view.affine)
+        .ok_or_else(|| Error::arg("localize", "the CT's affine is singular"))?;
+    let mut written = Vec::new();
+    for side in Side::BOTH {
+        let Some(j) = joints.side(side).found() else { continue };
+        let lo = orientation::apply(&j.voi.affine, [-0.5; 3]);
+        let hi = orientation::apply(&j.voi.affine, j.voi.dims.map(|d| d as f64 - 0.5));
+        let at =
+            orientation::apply(&inv, j.condyle_center_ras_mm).map(|x| x.round().max(0.0) as usize);
+        let at = [0, 1, 2].map(|a| at[a].min(view.dims[a] - 1));
+        let [_, h, w] = view.dims;
+        // 1 on the box's outline: inside it and within a voxel of a face.
+        let outline = |q: usize| -> u8 {
+            let p = orientation::apply(
+                &view.affine,
+                [(q / (h * w)) as f64, ((q / w) % h) as f64, (q % w) as f64],
+            );
+            let inside = (0..3).all(|a| p[a] >= lo[a] - 0.7 && p[a] <= hi[a] + 0.7);
+            let near = (0..3).any(|a| (p[a] - lo[a]).abs() < 0.7 || (p[a] - hi[a]).abs() < 0.7);
+            u8::from(inside && near)
+        };
+        for (plane, name) in
+            [(Plane::Axial, "axial"), (Plane::Coronal, "coronal"), (Plane::Sagittal, "sagittal")]
+        {
+            let img = panel(&view, &outline, at, plane, 2);
+            let path = dir.join(format!("preview_{side}_{name}.png"));
+            write_png(&path, &img)?;
+            written.push(path);
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affine_inverse_round_trips() {
+        let mut a = orientation::identity();
+        a[0] = [0.0, -0.8, 0.1, 12.0];
+        a[1] = [0.9, 0.0, 0.0, -5.0];
+        a[2] = [0.0, 0.2, 2.5, 30.0];
+        let inv = invert_affine(&a).unwrap();
+        let p = orientation::apply(&a, [3.0, 4.0, 5.0]);
+        let back = orientation::apply(&inv, p);
+        for (x, y) in back.iter().zip([3.0, 4.0, 5.0]) {
+            assert!((x - y).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn coarse_grid_covers_the_field_of_view() {
+        let g = coarse_grid(&[[-100.0, 100.0], [-50.0, 50.0], [0.0, 300.0]]);
+        assert_eq!(g.dims, [64, 64, 80]);
+        assert!((g.origin[0] + g.world(63, 0, 0)[0]).abs() < 1e-9);
+    }
+}
