@@ -7,9 +7,10 @@ use std::time::Instant;
 use anyhow::Context;
 
 use dnvs_engine::io::{self, VoxelKind};
+use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
 use dnvs_engine::pipeline::localize::{self, LocalizeOptions, SideJson};
 use dnvs_engine::synth::Side;
-use dnvs_engine::Device;
+use dnvs_engine::tensor::Precision;
 
 #[derive(clap::Args)]
 #[command(after_help = "Writes DIR/joints.json ({\"L\": {\"condyle_center_ras_mm\": [x, y, z], \
@@ -31,30 +32,20 @@ pub struct Args {
     /// are taken as a U-Net on the 4 mm grid with the HU window [-1000, 2000].
     #[arg(long)]
     model: PathBuf,
-    /// cpu, cuda or cuda:N (default: CUDA when usable, else the CPU).
-    #[arg(long)]
-    device: Option<Device>,
+    /// auto, cpu, cuda or cuda:N (auto: a GPU that is usable and passes its self-check, else
+    /// the CPU).
+    #[arg(long, value_parser = super::parse_device, default_value = "auto")]
+    device: DeviceChoice,
     /// VOI size in voxels D,H,W (x, y, z) at 0.4 mm (synth's --voi-size).
-    #[arg(long, value_name = "D,H,W", value_parser = parse_dims, default_value = "120,150,70")]
+    #[arg(long, value_name = "D,H,W", value_parser = super::parse_dhw, default_value = "120,150,70")]
     voi_size: [usize; 3],
     /// Also write axial, coronal and sagittal PNGs through each found joint with its box.
     #[arg(long)]
     preview: bool,
 }
 
-fn parse_dims(s: &str) -> Result<[usize; 3], String> {
-    let v: Vec<usize> = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("'{p}': {e}")))
-        .collect::<Result<_, _>>()?;
-    match v.as_slice() {
-        &[d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
-        _ => Err(format!("expected three positive sizes D,H,W, got '{s}'")),
-    }
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = args.device.unwrap_or_else(Device::auto);
+    let device = gpu_check::resolve(args.device, Precision::default())?;
     let mut model = localize::open_model(&args.model, device)
         .with_context(|| format!("opening the localisation model {}", args.model.display()))?;
     for w in model.warnings() {
