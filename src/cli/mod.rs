@@ -68,12 +68,18 @@ pub(crate) fn parse_device(s: &str) -> Result<DeviceChoice, String> {
     s.parse().map_err(|e: dnvs_engine::Error| e.to_string())
 }
 
+/// Comma-separated numbers (`1,2,3`), each named in the error when it does not parse; the
+/// callers check the count and the values.
+pub(crate) fn parse_numbers<T: std::str::FromStr>(s: &str) -> Result<Vec<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    s.split(',').map(|p| p.trim().parse::<T>().map_err(|e| format!("'{p}': {e}"))).collect()
+}
+
 /// The one `D,H,W` parser (`--window`, `--patch`, `--voi-size`): three positive sizes.
 pub(crate) fn parse_dhw(s: &str) -> Result<[usize; 3], String> {
-    let v: Vec<usize> = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("'{p}': {e}")))
-        .collect::<Result<_, _>>()?;
+    let v: Vec<usize> = parse_numbers(s)?;
     match v[..] {
         [d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
         _ => Err(format!("'{s}' is not three positive sizes D,H,W (e.g. 120,150,70)")),

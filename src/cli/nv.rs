@@ -103,10 +103,7 @@ fn parse_joints(s: &str) -> Result<Joints, String> {
             "R" | "r" => 1,
             other => return Err(format!("'{other}' is not L or R")),
         };
-        let v: Vec<f64> = xyz
-            .split(',')
-            .map(|x| x.trim().parse::<f64>().map_err(|e| format!("'{x}': {e}")))
-            .collect::<Result<_, _>>()?;
+        let v: Vec<f64> = super::parse_numbers(xyz)?;
         match v.as_slice() {
             &[x, y, z] if v.iter().all(|c| c.is_finite()) => out[idx] = Some([x, y, z]),
             _ => return Err(format!("'{xyz}': expected three numbers x,y,z")),

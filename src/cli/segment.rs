@@ -81,10 +81,7 @@ enum Normalize {
 }
 
 fn parse_range(s: &str) -> Result<[f32; 2], String> {
-    let v: Vec<f32> = s
-        .split(',')
-        .map(|p| p.trim().parse::<f32>().map_err(|e| format!("'{p}': {e}")))
-        .collect::<Result<_, _>>()?;
+    let v: Vec<f32> = super::parse_numbers(s)?;
     match v.as_slice() {
         &[lo, hi] if hi > lo => Ok([lo, hi]),
         _ => Err(format!("expected LO,HI with LO < HI, got '{s}'")),

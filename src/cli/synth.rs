@@ -61,10 +61,7 @@ enum Profile {
 }
 
 fn parse_range(s: &str) -> Result<[f64; 2], String> {
-    let v: Vec<f64> = s
-        .split(',')
-        .map(|p| p.trim().parse::<f64>().map_err(|e| format!("'{p}': {e}")))
-        .collect::<Result<_, _>>()?;
+    let v: Vec<f64> = super::parse_numbers(s)?;
     match v.as_slice() {
         &[lo, hi] if lo > 0.0 && hi >= lo => Ok([lo, hi]),
         _ => Err(format!("expected LO,HI with 0 < LO <= HI, got '{s}'")),

@@ -21,6 +21,7 @@ pub mod mesh;
 pub mod nifti;
 pub mod normalize;
 pub mod orientation;
+pub mod png;
 pub mod resample;
 pub mod volume;
 pub mod weights;

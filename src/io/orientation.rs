@@ -147,6 +147,23 @@ fn inverse3(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
     Some(inv)
 }
 
+/// The inverse of a voxel-to-world affine (world mm -> voxel index), `None` when its 3x3 part is
+/// singular or not finite (determinant below 1e-12 mm^3: no real scan has such voxels).
+pub fn invert_affine(a: &Affine) -> Option<Affine> {
+    let m = [0, 1, 2].map(|r| [a[r][0], a[r][1], a[r][2]]);
+    let det = det3(&m);
+    if !det.is_finite() || det.abs() < 1e-12 {
+        return None;
+    }
+    let m_inv = inverse3(&m)?;
+    let mut inv = identity();
+    for r in 0..3 {
+        inv[r][..3].copy_from_slice(&m_inv[r]);
+        inv[r][3] = -(0..3).map(|c| m_inv[r][c] * a[c][3]).sum::<f64>();
+    }
+    Some(inv)
+}
+
 /// The two indices of {0, 1, 2} other than `i`, in order.
 fn others(i: usize) -> (usize, usize) {
     match i {

@@ -110,7 +110,7 @@ impl<'a> Sampler<'a> {
         if vol.is_empty() || vol.data.len() != vol.dims.iter().product::<usize>() {
             return Err(Error::arg("localize", format!("empty or inconsistent CT {:?}", vol.dims)));
         }
-        let inv = invert_affine(&vol.affine).ok_or_else(|| {
+        let inv = orientation::invert_affine(&vol.affine).ok_or_else(|| {
             Error::arg("localize", format!("the CT's affine {:?} is singular", vol.affine))
         })?;
         Ok(Sampler { vol, inv })
@@ -158,31 +158,6 @@ impl<'a> Sampler<'a> {
         };
         lerp(plane(0), plane(1), t[0])
     }
-}
-
-/// Inverse of an affine (3x3 part inverted by cofactors), `None` when singular.
-#[allow(clippy::needless_range_loop)] // matrix indices read clearer than iterator chains
-pub fn invert_affine(a: &Affine) -> Option<Affine> {
-    let m = |r: usize, c: usize| a[r][c];
-    let det = m(0, 0) * (m(1, 1) * m(2, 2) - m(1, 2) * m(2, 1))
-        - m(0, 1) * (m(1, 0) * m(2, 2) - m(1, 2) * m(2, 0))
-        + m(0, 2) * (m(1, 0) * m(2, 1) - m(1, 1) * m(2, 0));
-    if !det.is_finite() || det.abs() < 1e-12 {
-        return None;
-    }
-    let mut inv = orientation::identity();
-    for r in 0..3 {
-        for c in 0..3 {
-            // Cofactor of (c, r), i.e. the adjugate's (r, c).
-            let (r0, r1) = ((c + 1) % 3, (c + 2) % 3);
-            let (c0, c1) = ((r + 1) % 3, (r + 2) % 3);
-            inv[r][c] = (m(r0, c0) * m(r1, c1) - m(r0, c1) * m(r1, c0)) / det;
-        }
-    }
-    for r in 0..3 {
-        inv[r][3] = -(0..3).map(|c| inv[r][c] * a[c][3]).sum::<f64>();
-    }
-    Some(inv)
 }
 
 /// The world box (mm, per axis `[lo, hi]`) covered by the voxels of `vol` (footprints included).
@@ -671,7 +646,7 @@ pub fn write_preview(
         [1.0; 3],
         crate::io::resample::Interp::Linear,
     )?;
-    let inv = invert_affine(&view.affine)
+    let inv = orientation::invert_affine(&view.affine)
         .ok_or_else(|| Error::arg("localize", "the CT's affine is singular"))?;
     let mut written = Vec::new();
     for side in Side::BOTH {
@@ -714,7 +689,7 @@ mod tests {
         a[0] = [0.0, -0.8, 0.1, 12.0];
         a[1] = [0.9, 0.0, 0.0, -5.0];
         a[2] = [0.0, 0.2, 2.5, 30.0];
-        let inv = invert_affine(&a).unwrap();
+        let inv = orientation::invert_affine(&a).unwrap();
         let p = orientation::apply(&a, [3.0, 4.0, 5.0]);
         let back = orientation::apply(&inv, p);
         for (x, y) in back.iter().zip([3.0, 4.0, 5.0]) {

@@ -8,7 +8,6 @@
 //! Under the rows a bar of NV left against right with the asymmetry index. Text is a built-in
 //! 5x7 bitmap font, so the PNG reads without anything else.
 
-use std::io::BufWriter;
 use std::path::Path;
 
 use super::nv::Report;
@@ -16,7 +15,7 @@ use crate::geometry::Mesh;
 use crate::io::orientation;
 use crate::io::Volume;
 use crate::synth::Side;
-use crate::{Error, Result};
+use crate::Result;
 
 /// What the picture shows of one side.
 pub struct SidePicture<'a> {
@@ -92,18 +91,7 @@ impl Canvas {
     /// # Errors
     /// [`Error::Io`] / [`Error::Format`] naming the file.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let mut bytes = Vec::new();
-        {
-            let err = |e: png::EncodingError| Error::format(path, format!("png: {e}"));
-            let mut enc =
-                png::Encoder::new(BufWriter::new(&mut bytes), self.w as u32, self.h as u32);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            let mut writer = enc.write_header().map_err(err)?;
-            writer.write_image_data(&self.rgb).map_err(err)?;
-            writer.finish().map_err(err)?;
-        }
-        crate::train::logs::write_atomic(path, &bytes)
+        crate::io::png::write_rgb(path, self.w, self.h, &self.rgb)
     }
 }
 

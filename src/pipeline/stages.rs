@@ -136,24 +136,8 @@ impl VoiSpec {
 /// # Errors
 /// [`Error::Arg`] for a singular affine.
 pub fn invert(a: &Affine) -> Result<Affine> {
-    let m = |r: usize, c: usize| a[r][c];
-    let det = m(0, 0) * (m(1, 1) * m(2, 2) - m(1, 2) * m(2, 1))
-        - m(0, 1) * (m(1, 0) * m(2, 2) - m(1, 2) * m(2, 0))
-        + m(0, 2) * (m(1, 0) * m(2, 1) - m(1, 1) * m(2, 0));
-    if !det.is_finite() || det.abs() < 1e-12 {
-        return Err(Error::arg("invert affine", format!("singular affine {a:?}")));
-    }
-    let mut inv = orientation::identity();
-    for (r, row) in inv.iter_mut().take(3).enumerate() {
-        for (c, x) in row.iter_mut().take(3).enumerate() {
-            // Cofactor of (c, r) over the determinant: the adjugate's transpose.
-            let (r1, r2) = ((c + 1) % 3, (c + 2) % 3);
-            let (c1, c2) = ((r + 1) % 3, (r + 2) % 3);
-            *x = (m(r1, c1) * m(r2, c2) - m(r1, c2) * m(r2, c1)) / det;
-        }
-        row[3] = -(0..3).map(|c| row[c] * a[c][3]).sum::<f64>();
-    }
-    Ok(inv)
+    orientation::invert_affine(a)
+        .ok_or_else(|| Error::arg("invert affine", format!("singular affine {a:?}")))
 }
 
 /// Whether world point `p` lies inside `vol`'s voxel footprint.

@@ -2,12 +2,11 @@
 //! window on the top row and with the labels over it below (MC red, TB green, NV blue). Radiological convention: the
 //! patient's right (+x) on the image's left, anterior up in axial, superior up otherwise.
 
-use std::io::BufWriter;
 use std::path::Path;
 
 use super::{PhantomCase, VoiCase};
 use crate::io::Volume;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Grey window (HU) wide enough for soft tissue and cortical bone.
 const WINDOW: (f32, f32) = (-600.0, 1600.0);
@@ -109,14 +108,7 @@ fn montage(ct: &Volume, label: &dyn Fn(usize) -> u8, at: [usize; 3], zoom: usize
 }
 
 pub(crate) fn write_png(path: &Path, img: &Image) -> Result<()> {
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let err = |e: png::EncodingError| Error::format(path, format!("png: {e}"));
-    let mut enc = png::Encoder::new(BufWriter::new(file), img.w as u32, img.h as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(err)?;
-    writer.write_image_data(&img.rgb).map_err(err)?;
-    writer.finish().map_err(err)
+    crate::io::png::write_rgb(path, img.w, img.h, &img.rgb)
 }
 
 /// Voxel index nearest to world point `p` in `vol` (diagonal affine), clamped into the volume.

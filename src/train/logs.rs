@@ -177,13 +177,5 @@ pub fn progress_png(path: &Path, points: &[EpochPoint]) -> Result<()> {
             }
         }
     }
-    let mut buf = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut buf, W as u32, H as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header().map_err(|e| Error::format(path, e.to_string()))?;
-        w.write_image_data(&cv.px).map_err(|e| Error::format(path, e.to_string()))?;
-    }
-    write_atomic(path, &buf)
+    crate::io::png::write_rgb(path, W, H, &cv.px)
 }
