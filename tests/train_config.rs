@@ -100,6 +100,23 @@ fn a_patch_larger_than_the_voi_is_an_error() {
 }
 
 #[test]
+fn a_training_grid_must_be_positive_and_moves_the_patch_check_to_the_data() {
+    let e = err_of(&ORIGINAL.replace(
+        "\"voi_shape\": [120, 150, 70],",
+        "\"voi_shape\": [120, 150, 70], \"spacing_mm\": [0.8, 0, 0.8],",
+    ));
+    assert!(e.contains("spacing_mm") && e.contains("> 0"), "{e}");
+    // On a coarser grid the VOI has fewer voxels than voi_shape: the patch is checked against
+    // the resampled VOI once the data set's spacing is read (`prepare`), not here.
+    let cfg = Config::parse(&ORIGINAL.replace(
+        "\"voi_shape\": [120, 150, 70],",
+        "\"voi_shape\": [120, 150, 70], \"spacing_mm\": [0.8, 0.8, 0.8],",
+    ))
+    .unwrap();
+    assert_eq!(cfg.loaders.spacing_mm, Some([0.8, 0.8, 0.8]));
+}
+
+#[test]
 fn raw_and_label_must_transform_alike() {
     // The label's flip on another axis would break image/mask alignment.
     let text = ORIGINAL.replacen(

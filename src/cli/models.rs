@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use dnvs_engine::nn::model::read_card;
 use dnvs_engine::pipeline::models::{self, CachedModel};
-use dnvs_engine::train::config::Config;
+use dnvs_engine::train::config::{Config, Target};
 use dnvs_engine::train::trainer::{self, TrainOptions};
 
 #[derive(clap::Args)]
@@ -39,6 +39,68 @@ enum Action {
     },
 }
 
+/// Trains (or installs, for shipped ones) the default models named in `wanted` (all when empty)
+/// that are missing from the cache of `configs`, saying first what and how long; returns the
+/// cache folder. Used by `models train` and by `nv` on first use.
+pub fn ensure_defaults(
+    configs: &Path,
+    cache: Option<&Path>,
+    device: Option<&str>,
+    wanted: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let texts = models::read_default_configs(configs)
+        .with_context(|| format!("reading the default configs in {}", configs.display()))?;
+    let root = match cache {
+        Some(c) => c.to_path_buf(),
+        None => models::cache_root()?,
+    };
+    let (dir, list) = models::cached_models(&root, &texts);
+    let (list, texts): (Vec<_>, Vec<_>) = list
+        .into_iter()
+        .zip(texts)
+        .filter(|(m, _)| wanted.is_empty() || wanted.contains(&m.name.as_str()))
+        .unzip();
+    let n = models::train_missing(
+        &dir,
+        &list,
+        &texts,
+        &mut |m, secs| match models::shipped_model(configs, &m.name) {
+            Some(p) if p.is_file() => {
+                eprintln!("models: installing the shipped {} model {}", m.name, p.display())
+            }
+            _ => eprintln!(
+                "models: training the default {} model from phantoms ({}); about {:.0} min on \
+                 two CPU cores, less on a GPU",
+                m.name,
+                m.config,
+                (secs / 60.0).ceil()
+            ),
+        },
+        &mut |m, tmp| install_one(configs, m, tmp, device),
+    )?;
+    if n > 0 {
+        eprintln!("models: {n} installed or trained in {}", dir.display());
+    }
+    Ok(dir)
+}
+
+/// The shipped file of `m` copied into `tmp`, else `m` trained there.
+fn install_one(
+    configs: &Path,
+    m: &CachedModel,
+    tmp: &Path,
+    device: Option<&str>,
+) -> dnvs_engine::Result<PathBuf> {
+    match models::shipped_model(configs, &m.name).filter(|p| p.is_file()) {
+        Some(src) => {
+            let dst = tmp.join(format!("{}.safetensors", m.name));
+            std::fs::copy(&src, &dst).map_err(|e| dnvs_engine::Error::io(&src, e))?;
+            Ok(dst)
+        }
+        None => train_one(configs, m, tmp, device),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let configs = models::read_default_configs(&args.configs)
         .with_context(|| format!("reading the default configs in {}", args.configs.display()))?;
@@ -56,22 +118,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Action::Train { device }) => {
-            let n = models::train_missing(
-                &dir,
-                &list,
-                &configs,
-                &mut |m, secs| {
-                    eprintln!(
-                        "models: training the default {} model from phantoms ({}); about {:.0} \
-                         min on two CPU cores, less on a GPU",
-                        m.name,
-                        m.config,
-                        (secs / 60.0).ceil()
-                    )
-                },
-                &mut |m, tmp| train_one(&args.configs, m, tmp, device.as_deref()),
-            )?;
-            println!("models: {n} trained, all present in {}", dir.display());
+            let dir = ensure_defaults(&args.configs, args.cache.as_deref(), device.as_deref(), &[])?;
+            println!("models: all present in {}", dir.display());
             Ok(())
         }
     }
@@ -99,7 +147,16 @@ fn train_one(
 ) -> dnvs_engine::Result<PathBuf> {
     let mut cfg = Config::load(&configs.join(&m.config))?;
     cfg.training.run_dir = tmp.join("run");
-    cfg.loaders.dataset_dir = tmp.join("phantoms");
+    // The phantoms are a function of `loaders.synth` alone, so models with the same settings
+    // share one folder beside the models (synth writes it atomically).
+    cfg.loaders.dataset_dir = match &cfg.loaders.synth {
+        Some(s) => {
+            let [x, y, z] = cfg.loaders.voi_shape;
+            let kind = if cfg.loaders.target == Target::Joints { "heads" } else { "vois" };
+            tmp.with_file_name(format!(".phantoms-{kind}-{}-{}-{x}x{y}x{z}", s.cases, s.seed))
+        }
+        None => tmp.join("phantoms"),
+    };
     if let Some(d) = device {
         cfg.training.device = d.to_string();
     }

@@ -11,7 +11,6 @@ use dnvs_engine::nn::model::{LoadedModel, ModelOverrides};
 use dnvs_engine::pipeline::cohort::{self, CaseStatus};
 use dnvs_engine::pipeline::enhance::EnhanceParams;
 use dnvs_engine::pipeline::localize;
-use dnvs_engine::pipeline::models;
 use dnvs_engine::pipeline::report;
 use dnvs_engine::pipeline::stages::{
     FixedCenters, LabelSegmenter, Localizer, ModelLocalizer, ModelSegmenter, NegativeVolume,
@@ -121,11 +120,13 @@ fn localizer(args: &Args, device: Device) -> anyhow::Result<Box<dyn Localizer>> 
     }
     let path = match &args.localizer {
         Some(p) => p.clone(),
-        None => models_dir(args)?.join("localize.safetensors"),
+        None => models_dir(args, &["localize"])?.join("localize.safetensors"),
     };
     if !path.is_file() {
         bail!(
-            "no localisation model at {}: train the defaults with `dnvs-engine models train`,              pass --localizer MODEL, or give the condyle centres with --joints              'L=x,y,z;R=x,y,z' (world RAS mm)",
+            "no localisation model at {}: train the defaults with `dnvs-engine models train`, \
+             pass --localizer MODEL, or give the condyle centres with --joints \
+             'L=x,y,z;R=x,y,z' (world RAS mm)",
             path.display()
         );
     }
@@ -134,16 +135,14 @@ fn localizer(args: &Args, device: Device) -> anyhow::Result<Box<dyn Localizer>> 
     Ok(Box::new(ModelLocalizer { model, opts: localize::LocalizeOptions::default() }))
 }
 
-/// `--models`, else the default models' folder in the cache.
-fn models_dir(args: &Args) -> anyhow::Result<PathBuf> {
-    Ok(match &args.models {
-        Some(d) => d.clone(),
-        None => {
-            let configs = models::read_default_configs(Path::new("configs"))
-                .context("the default models are keyed by configs/*.json")?;
-            models::cached_models(&models::cache_root()?, &configs).0
-        }
-    })
+/// `--models`, else the default models' folder in the cache, where the `wanted` default models
+/// are installed or trained first when missing (saying so, with an estimate).
+fn models_dir(args: &Args, wanted: &[&str]) -> anyhow::Result<PathBuf> {
+    match &args.models {
+        Some(d) => Ok(d.clone()),
+        None => super::models::ensure_defaults(Path::new("configs"), None, None, wanted)
+            .context("the default models (keyed by configs/*.json; run from the repository)"),
+    }
 }
 
 /// The MC and TB models from `--models` or the cache; their cards decide how they are fed.
@@ -162,7 +161,7 @@ fn segmenter(args: &Args, device: Device) -> anyhow::Result<Box<dyn Segmenter>> 
         }
         SegChoice::Models => {}
     }
-    let dir = models_dir(args)?;
+    let dir = models_dir(args, &["mc", "tb"])?;
     let load = |name: &str| -> anyhow::Result<LoadedModel> {
         let path = dir.join(format!("{name}.safetensors"));
         if !path.is_file() {

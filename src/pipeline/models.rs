@@ -16,6 +16,18 @@ use crate::{Error, Result};
 pub const DEFAULT_MODELS: [(&str, &str); 3] =
     [("localize", "localize.json"), ("mc", "mc.json"), ("tb", "tb.json")];
 
+/// Default models the repository ships trained (path relative to the configs folder's parent,
+/// the repository root): installed into the cache by copying instead of training, because
+/// training them takes far longer than a first run should (the localiser: ~30 min on two CPU
+/// cores; its recipe is beside the file).
+pub const SHIPPED_MODELS: [(&str, &str); 1] = [("localize", "models/localize_unet8.safetensors")];
+
+/// The shipped file of model `name` for the configs folder `configs`, if there is one.
+pub fn shipped_model(configs: &Path, name: &str) -> Option<PathBuf> {
+    let root = configs.parent().unwrap_or(Path::new("."));
+    SHIPPED_MODELS.iter().find(|(n, _)| *n == name).map(|(_, p)| root.join(p))
+}
+
 /// `$XDG_CACHE_HOME/dnvs-engine/models`, else `$HOME/.cache/dnvs-engine/models`.
 ///
 /// # Errors
@@ -59,12 +71,18 @@ pub fn cache_key(configs: &[(String, String)]) -> String {
 ///
 /// # Errors
 /// [`Error::Io`] naming a missing config.
+/// A shipped model's SHA-256 is appended to its config's text, so the cache key changes when
+/// the shipped file does.
 pub fn read_default_configs(dir: &Path) -> Result<Vec<(String, String)>> {
     DEFAULT_MODELS
         .iter()
-        .map(|(_, file)| {
+        .map(|(name, file)| {
             let p = dir.join(file);
-            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            let mut text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            if let Some(shipped) = shipped_model(dir, name).filter(|p| p.is_file()) {
+                let bytes = std::fs::read(&shipped).map_err(|e| Error::io(&shipped, e))?;
+                text.push_str(&format!("\nshipped {}", crate::nn::model::sha256_hex(&bytes)));
+            }
             Ok((file.to_string(), text))
         })
         .collect()
