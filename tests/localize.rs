@@ -210,6 +210,7 @@ fn a_head_with_one_joint_cut_off_reports_that_side_missing() {
         eprintln!("case {case}: {out} missing: {reason}");
         let other = if out == Side::L { Side::R } else { Side::L };
         let d = distance(found(j.side(other)), head_profile::joint_center(&ph, &scan, other));
+        eprintln!("case {case}: {other} {d:.2} mm from the truth");
         assert!(d < CUT_OFF_TOL_MM, "case {case}: the shown side is {d:.2} mm off");
     }
 }
@@ -270,7 +271,12 @@ fn lps_and_oblique_twins_give_the_ras_centres() {
         let j = run(&mut net, &twin);
         for side in Side::BOTH {
             let d = distance(found(j.side(side)), found(base.side(side)));
-            eprintln!("{name} {side}: {d:.2} mm from the RAS twin");
+            let truth = head_profile::joint_center(&ph, &scan, side);
+            eprintln!(
+                "{name} {side}: {d:.2} mm from the RAS twin (truth: RAS {:.2} mm, {name} {:.2} mm)",
+                distance(found(base.side(side)), truth),
+                distance(found(j.side(side)), truth)
+            );
             let tol = if name == "LPS" { TWIN_TOL_MM } else { OBLIQUE_TOL_MM };
             assert!(d < tol, "{name} {side}: {d:.2} mm from the RAS twin");
         }
