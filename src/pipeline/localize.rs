@@ -238,7 +238,11 @@ impl<'a> CoarseHeads<'a> {
                 for k in 0..gw {
                     let (mut s, mut c) = (0f32, 0u32);
                     for q in 0..8 {
-                        let (a, b, e) = (2 * i + p[0] + (q & 1), 2 * j + p[1] + (q >> 1 & 1), 2 * k + p[2] + (q >> 2));
+                        let (a, b, e) = (
+                            2 * i + p[0] + (q & 1),
+                            2 * j + p[1] + (q >> 1 & 1),
+                            2 * k + p[2] + (q >> 2),
+                        );
                         let f = (a * fh + b) * fw + e;
                         s += self.sum[f];
                         c += self.count[f];
