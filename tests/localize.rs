@@ -31,9 +31,10 @@ fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
     (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt()
 }
 
-/// A 2 mm CT of air, 100 x 100 x 60 voxels centred on the origin.
+/// A 2 mm CT of air, 90 x 100 x 60 voxels centred on the origin (inside the 192 x 256 x 256 mm
+/// canvas the network sees).
 fn air_ct() -> Volume {
-    let mut v = Volume::zeros([100, 100, 60], [2.0; 3]);
+    let mut v = Volume::zeros([90, 100, 60], [2.0; 3]);
     for a in 0..3 {
         v.affine[a][3] = -(v.dims[a] as f64 - 1.0);
     }
@@ -100,9 +101,9 @@ fn probability_map_to_joints_names_sides_and_refuses_with_reasons() {
     assert!(missing(&j.left).contains("too small"));
     assert!(missing(&j.right).contains("too small"));
 
-    // At the edge of the scan (x = 99 mm is 2 mm inside): cut off, not boxed.
+    // At the edge of the scan (x = 90 mm is its edge): cut off, not boxed.
     let j =
-        localize::joints_from_probs(&ball_map(&ct, &[l, [97.0, 0.0, 8.0]]), &ct, &opts).unwrap();
+        localize::joints_from_probs(&ball_map(&ct, &[l, [87.0, 0.0, 8.0]]), &ct, &opts).unwrap();
     assert!(missing(&j.right).contains("edge"), "{}", missing(&j.right));
     assert!(distance(found(&j.left), l) < 1.0);
 }

@@ -2,21 +2,26 @@
 //! interest (VOI) around each.
 //!
 //! Three parts, each usable alone:
-//! 1. **The coarse head** ([`coarse_head`]): the CT, in any orientation, averaged onto an
-//!    axis-aligned RAS grid of [`COARSE_MM`] voxels covering its field of view (at least
-//!    [`CANVAS`] voxels, padded with air). Box averaging (not point sampling) keeps a 0.4 mm scan
-//!    from aliasing into noise; a CT coarser than the grid is sampled trilinearly instead.
+//! 1. **The coarse head** ([`coarse_head`], [`CoarseHeads`]): the CT, in any orientation,
+//!    box-averaged onto an axis-aligned RAS canvas of [`CANVAS`] voxels of [`COARSE_MM`] centred
+//!    on the field of view (as in training; a larger field of view is cropped to it, air fills
+//!    what lies outside the scan). Box averaging (not point sampling)
+//!    keeps a 0.4 mm scan from aliasing into noise; a CT coarser than the grid is sampled
+//!    trilinearly instead.
 //! 2. **Joints from a probability map** ([`joints_from_probs`]): a pure function of the network's
-//!    condylar-head probability on that grid and the CT. Components above the threshold, the two
-//!    largest that pass the checks, probability-weighted centroids in world millimetres, sides
-//!    named from world x (RAS: the patient's left has the lower x). A component that cannot be a
-//!    condyle (too small, both candidates on one side, too far apart in height, centre at the
-//!    edge of the field of view) is reported with its reason instead of being boxed.
+//!    condylar-head probability on that grid and the CT. The components above the threshold are
+//!    candidates; the left-right pair of greatest probability mass (60-150 mm apart, joined by a
+//!    line near world x) wins over any single stronger blob (the network's false hits sit on the
+//!    teeth and mandibular body, near the midline); a lone candidate is kept only well to one
+//!    side of the head's midline. Sides are named from world x (RAS: the patient's left has the
+//!    lower x). Each centre is refined by mean shift over the map ([`refine_centre`]). Whatever
+//!    is refused (too small, at the edge of the scan, no pair, near the midline) is reported.
 //! 3. **The VOI** ([`voi_grid_around`], [`cut_voi`]): the same box `synth` renders its VOIs on
 //!    (size, 0.4 mm spacing, raised [`VOI_RAISE_MM`] above the condyle centre), resampled from
 //!    the CT. `synth` calls [`voi_grid_around`] itself, so there is one definition.
 //!
-//! [`localize`] runs a network ([`JointNet`]) between 1 and 2, then cuts the VOIs.
+//! [`localize`] runs a network ([`JointNet`]) between 1 and 2, and again on the seven canvases
+//! shifted by half a coarse voxel, averaging the refined centres; then it cuts the VOIs.
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -175,8 +180,9 @@ pub fn field_of_view(vol: &Volume) -> [[f64; 2]; 3] {
     b
 }
 
-/// The coarse RAS grid for a field of view: [`COARSE_MM`] voxels, at least [`CANVAS`], extents
-/// rounded up to a multiple of 16, centred on the field of view.
+/// The coarse RAS grid covering a field of view: [`COARSE_MM`] voxels, at least [`CANVAS`],
+/// extents rounded up to a multiple of 16, centred on the field of view. ([`CoarseHeads`] bins
+/// the CT over it and cuts the network's canvas out of it.)
 pub fn coarse_grid(fov: &[[f64; 2]; 3]) -> Grid {
     let dims = [0, 1, 2].map(|a| {
         let need = ((fov[a][1] - fov[a][0]) / COARSE_MM).ceil().max(1.0) as usize;
@@ -186,52 +192,68 @@ pub fn coarse_grid(fov: &[[f64; 2]; 3]) -> Grid {
     Grid::centered(center, dims, [COARSE_MM; 3])
 }
 
-/// The CT box-averaged onto a grid of half-[`COARSE_MM`] bins, from which [`coarse_head`]'s grid
-/// and its copies shifted by half a coarse voxel ([`CoarseHeads::shifted`]) are all exact
-/// 2x2x2 sums: one pass over the CT serves the eight shifted inputs that
-/// [`localize`] feeds the network to refine a centre below the coarse voxel size.
+/// The CT box-averaged onto half-[`COARSE_MM`] bins over its whole field of view, from which
+/// the network's input ([`coarse_head`]: one [`CANVAS`] of [`COARSE_MM`] voxels) and its copies
+/// shifted by half a coarse voxel ([`CoarseHeads::shifted`]) are exact 2x2x2 sums: one pass
+/// over the CT serves the eight shifted inputs [`localize`] feeds the network.
+///
+/// The canvas is what the network was trained on, centred on the field of view's centre (as
+/// every training head was; scanners centre the head). A field of view larger than the canvas
+/// is cropped to it rather than slid over: sliding windows would show the joints to the
+/// network at other places in its window, and a rotated (oblique) twin of a scan, whose
+/// axis-aligned bounding box is larger, would then not get the same canvas on the head.
 pub struct CoarseHeads<'a> {
     sampler: Sampler<'a>,
-    /// The unshifted coarse grid ([`coarse_grid`] of the field of view).
+    /// The unshifted canvas grid.
     grid: Grid,
-    /// Half-voxel bins: `2 * grid.dims + 1` per axis, bin `m` centred at
-    /// `grid.origin - COARSE_MM / 4 + m * COARSE_MM / 2`.
+    /// Half-voxel bins over [`coarse_grid`] of the field of view (`2 * dims + 1` per axis).
     fine_dims: [usize; 3],
+    /// Index of the canvas's first bin pair in the fine bins.
+    fine_offset: [usize; 3],
     sum: Vec<f32>,
     count: Vec<u32>,
 }
 
 impl<'a> CoarseHeads<'a> {
-    /// Bins `ct` once.
+    /// Bins `ct` once and places the canvas.
     ///
     /// # Errors
     /// [`Error::Arg`] for an empty CT or a singular affine.
     pub fn new(ct: &'a Volume) -> Result<Self> {
         let sampler = Sampler::new(ct)?;
-        let grid = coarse_grid(&field_of_view(ct));
+        let cover = coarse_grid(&field_of_view(ct));
         let half = COARSE_MM / 2.0;
         let fine = Grid {
-            dims: grid.dims.map(|d| 2 * d + 1),
+            dims: cover.dims.map(|d| 2 * d + 1),
             spacing: [half; 3],
-            origin: grid.origin.map(|o| o - half / 2.0),
+            origin: cover.origin.map(|o| o - half / 2.0),
         };
         let (sum, count) = box_sums(ct, &fine);
-        Ok(CoarseHeads { sampler, grid, fine_dims: fine.dims, sum, count })
+        // The canvas is centred on the field of view's centre (the cover grid's): a rotated
+        // twin of a scan has the same centre, so it gets the same canvas.
+        let fine_offset = [0, 1, 2].map(|a| cover.dims[a] - CANVAS[a].min(cover.dims[a]));
+        let grid = Grid {
+            dims: [0, 1, 2].map(|a| CANVAS[a].min(cover.dims[a])),
+            spacing: [COARSE_MM; 3],
+            origin: [0, 1, 2].map(|a| cover.origin[a] + half * fine_offset[a] as f64),
+        };
+        Ok(CoarseHeads { sampler, grid, fine_dims: fine.dims, fine_offset, sum, count })
     }
 
-    /// The coarse head on the grid shifted by `parity[a]` half coarse voxels (0 or 1) along
+    /// The coarse head on the canvas shifted by `parity[a]` half coarse voxels (0 or 1) along
     /// each world axis, in HU. Each coarse voxel is the mean of the CT voxels whose centres fall
     /// in it; one that catches none (a CT coarser than the grid) takes the trilinear value at its
     /// centre, or air outside the scan.
     pub fn shifted(&self, parity: [usize; 3]) -> Volume {
         let half = COARSE_MM / 2.0;
+        let p = parity.map(|x| x.min(1));
         let grid = Grid {
-            origin: [0, 1, 2].map(|a| self.grid.origin[a] + half * parity[a].min(1) as f64),
+            origin: [0, 1, 2].map(|a| self.grid.origin[a] + half * p[a] as f64),
             ..self.grid
         };
-        let [gd, gh, gw] = grid.dims;
+        let [_, gh, gw] = grid.dims;
         let [_, fh, fw] = self.fine_dims;
-        let p = parity.map(|x| x.min(1));
+        let o = [0, 1, 2].map(|a| self.fine_offset[a] + p[a]);
         let mut data = vec![0f32; grid.len()];
         data.par_chunks_mut(gh * gw).enumerate().for_each(|(i, slab)| {
             for j in 0..gh {
@@ -239,9 +261,9 @@ impl<'a> CoarseHeads<'a> {
                     let (mut s, mut c) = (0f32, 0u32);
                     for q in 0..8 {
                         let (a, b, e) = (
-                            2 * i + p[0] + (q & 1),
-                            2 * j + p[1] + (q >> 1 & 1),
-                            2 * k + p[2] + (q >> 2),
+                            o[0] + 2 * i + (q & 1),
+                            o[1] + 2 * j + (q >> 1 & 1),
+                            o[2] + 2 * k + (q >> 2),
                         );
                         let f = (a * fh + b) * fw + e;
                         s += self.sum[f];
@@ -255,7 +277,6 @@ impl<'a> CoarseHeads<'a> {
                 }
             }
         });
-        debug_assert_eq!(gd * gh * gw, data.len());
         grid.volume(data)
     }
 }
@@ -314,8 +335,8 @@ fn box_sums(ct: &Volume, grid: &Grid) -> (Vec<f32>, Vec<u32>) {
         )
 }
 
-/// The CT averaged onto its coarse grid ([`coarse_grid`] of its field of view), in HU: the
-/// unshifted [`CoarseHeads::shifted`].
+/// The CT averaged onto the network's canvas of [`COARSE_MM`] voxels ([`CoarseHeads`]), in HU:
+/// the unshifted [`CoarseHeads::shifted`].
 ///
 /// # Errors
 /// [`Error::Arg`] for an empty CT or a singular affine.
