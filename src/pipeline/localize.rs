@@ -996,6 +996,37 @@ mod tests {
         }
     }
 
+    /// A 300 mm cube (larger than the canvas on every axis) whose HU is its world x: the canvas
+    /// is [`CANVAS`] centred on the field of view, each coarse voxel the mean of the CT voxels in
+    /// it (a linear ramp's mean is its value at the bin's centre), and the shifted canvases move
+    /// by exactly half a coarse voxel.
+    #[test]
+    fn the_canvas_is_centred_on_the_field_of_view_and_shifts_by_half_voxels() {
+        let mut ct = Volume::zeros([150, 150, 150], [2.0; 3]);
+        for a in 0..3 {
+            ct.affine[a][3] = 10.0 - 149.0;
+        }
+        let [_, h, w] = ct.dims;
+        for (q, v) in ct.data.iter_mut().enumerate() {
+            *v = orientation::apply(&ct.affine, [(q / (h * w)) as f64, 0.0, 0.0])[0] as f32;
+        }
+        let heads = CoarseHeads::new(&ct).unwrap();
+        for parity in [[0, 0, 0], [1, 0, 0], [1, 1, 1]] {
+            let v = heads.shifted(parity);
+            assert_eq!(v.dims, CANVAS);
+            let mid = orientation::apply(&v.affine, CANVAS.map(|d| (d as f64 - 1.0) / 2.0));
+            for (a, m) in mid.iter().enumerate() {
+                let want = 10.0 + COARSE_MM / 2.0 * parity[a] as f64;
+                assert!((m - want).abs() < 1e-9, "parity {parity:?} axis {a}: centre {m}");
+            }
+            for i in [0, 17, CANVAS[0] - 1] {
+                let x = orientation::apply(&v.affine, [i as f64, 3.0, 5.0])[0];
+                let got = v.data[v.index(i, 3, 5)] as f64;
+                assert!((got - x).abs() < 1e-3, "parity {parity:?} i {i}: {got} vs x {x}");
+            }
+        }
+    }
+
     #[test]
     fn coarse_grid_covers_the_field_of_view() {
         let g = coarse_grid(&[[-100.0, 100.0], [-50.0, 50.0], [0.0, 300.0]]);
