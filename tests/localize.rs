@@ -12,16 +12,16 @@ use dnvs_engine::synth::head_profile::{self, HeadProfile};
 use dnvs_engine::synth::{self, Phantom, Side, SynthConfig};
 use dnvs_engine::Device;
 
-/// The issue's centre tolerance on held-out heads is 3 mm. The shipped model (20 epochs on 35
-/// heads, tests/data/models/README.md) does not reach it on every head; this is what it reaches.
+/// The issue's centre tolerance on held-out heads: 3 mm (measured 0.32-1.82 mm with the
+/// mean-shift refinement on eight shifted grids).
 const CENTRE_TOL_MM: f64 = 3.0;
-/// The shown side of a head with one joint cut off: the issue asks 3 mm; the shipped model
-/// reaches 3.2 mm on held-out seed 9001 case 10 (its lone component is cut by the threshold).
-const CUT_OFF_TOL_MM: f64 = 3.5;
+/// The shown side of a head with one joint cut off: the issue's 3 mm (measured 1.38-2.27 mm).
+const CUT_OFF_TOL_MM: f64 = 3.0;
 /// LPS twins must give the RAS twin's centres within this (the issue's 1 mm; measured 0.03 mm).
 const TWIN_TOL_MM: f64 = 1.0;
-/// Oblique twins: the issue asks 1 mm; measured 2.6 mm. An oblique grid samples a different
-/// image of the same head, and the 4 mm centroid moves with it. Not met yet.
+/// Oblique twins: the issue asks 1 mm; measured 2.58 mm (L) and 1.63 mm (R), each twin 0.9-2.4
+/// mm from the truth in a different direction: the shipped network's own error, which the
+/// refinement on shifted grids does not remove. Not met.
 const OBLIQUE_TOL_MM: f64 = 3.0;
 
 /// Seeds never used to train the shipped model (it was trained on seed 21).
@@ -31,9 +31,10 @@ fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
     (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt()
 }
 
-/// A 2 mm CT of air, 100 x 100 x 60 voxels centred on the origin.
+/// A 2 mm CT of air, 90 x 100 x 60 voxels centred on the origin (inside the 192 x 256 x 256 mm
+/// canvas the network sees).
 fn air_ct() -> Volume {
-    let mut v = Volume::zeros([100, 100, 60], [2.0; 3]);
+    let mut v = Volume::zeros([90, 100, 60], [2.0; 3]);
     for a in 0..3 {
         v.affine[a][3] = -(v.dims[a] as f64 - 1.0);
     }
@@ -78,6 +79,20 @@ fn probability_map_to_joints_names_sides_and_refuses_with_reasons() {
     assert!(found(&j.right)[0] > 40.0);
     assert!(missing(&j.left).contains("apart"), "{}", missing(&j.left));
 
+    // A bigger blob low in the middle (the network's false hit on the mandibular body of the real
+    // head) does not break up the left-right pair: the pair wins on their joint mass.
+    let jaw = [6.0, 30.0, -40.0];
+    let mut map = ball_map(&ct, &[l, r]);
+    let big = ball_map(&ct, &[jaw, [jaw[0] + 8.0, jaw[1], jaw[2]]]);
+    map.data.iter_mut().zip(&big.data).for_each(|(a, b)| *a = a.max(*b));
+    let j = localize::joints_from_probs(&map, &ct, &opts).unwrap();
+    assert!(distance(found(&j.left), l) < 1.0, "{:?}", found(&j.left));
+    assert!(distance(found(&j.right), r) < 1.0, "{:?}", found(&j.right));
+    // Alone, that blob is refused: it lies near the head's midline, where no condyle is.
+    let j = localize::joints_from_probs(&big, &ct, &opts).unwrap();
+    assert!(missing(&j.left).contains("midline"), "{}", missing(&j.left));
+    assert!(missing(&j.right).contains("midline"), "{}", missing(&j.right));
+
     // A lone speck is too small; nothing at all says so.
     let mut speck = ball_map(&ct, &[]);
     let q = speck.index(30, 30, 30);
@@ -86,9 +101,9 @@ fn probability_map_to_joints_names_sides_and_refuses_with_reasons() {
     assert!(missing(&j.left).contains("too small"));
     assert!(missing(&j.right).contains("too small"));
 
-    // At the edge of the scan (x = 99 mm is 2 mm inside): cut off, not boxed.
+    // At the edge of the scan (x = 90 mm is its edge): cut off, not boxed.
     let j =
-        localize::joints_from_probs(&ball_map(&ct, &[l, [97.0, 0.0, 8.0]]), &ct, &opts).unwrap();
+        localize::joints_from_probs(&ball_map(&ct, &[l, [87.0, 0.0, 8.0]]), &ct, &opts).unwrap();
     assert!(missing(&j.right).contains("edge"), "{}", missing(&j.right));
     assert!(distance(found(&j.left), l) < 1.0);
 }
@@ -210,6 +225,7 @@ fn a_head_with_one_joint_cut_off_reports_that_side_missing() {
         eprintln!("case {case}: {out} missing: {reason}");
         let other = if out == Side::L { Side::R } else { Side::L };
         let d = distance(found(j.side(other)), head_profile::joint_center(&ph, &scan, other));
+        eprintln!("case {case}: {other} {d:.2} mm from the truth");
         assert!(d < CUT_OFF_TOL_MM, "case {case}: the shown side is {d:.2} mm off");
     }
 }
@@ -270,9 +286,44 @@ fn lps_and_oblique_twins_give_the_ras_centres() {
         let j = run(&mut net, &twin);
         for side in Side::BOTH {
             let d = distance(found(j.side(side)), found(base.side(side)));
-            eprintln!("{name} {side}: {d:.2} mm from the RAS twin");
+            let truth = head_profile::joint_center(&ph, &scan, side);
+            eprintln!(
+                "{name} {side}: {d:.2} mm from the RAS twin (truth: RAS {:.2} mm, {name} {:.2} mm)",
+                distance(found(base.side(side)), truth),
+                distance(found(j.side(side)), truth)
+            );
             let tol = if name == "LPS" { TWIN_TOL_MM } else { OBLIQUE_TOL_MM };
             assert!(d < tol, "{name} {side}: {d:.2} mm from the RAS twin");
+        }
+    }
+}
+
+/// The real VTK head (tests/data/real/README.md: 64x64x93 at 3.2x3.2x1.5 mm, diagonal affine,
+/// anterior = +y and superior = +z checked on the images). Where its condyles are was read off
+/// the CT by eye (slices rendered to PNG with nibabel and PIL, 2026-11-30): in sagittal slices at
+/// x = -52..-46 and x = +42..+48 mm the ramus rises as a bright column at y = -8..+5 mm into the
+/// glenoid fossa, its top (the condylar head) at z = 30-37 mm, just in front of the dark ear
+/// canal (y = -10..-20, z = 40-45); coronal slices at y = -9 and -3 show both rami reaching
+/// z = 35 at x = -55..-45 and +42..+50. The boxes below hold that region with a margin of about a
+/// condyle's half-size; the network's false candidate on the mandibular body (near
+/// (15, 16, -47) mm) lies far outside both. Left and right cannot be checked on this scan
+/// (README), so the sides are taken from its affine.
+#[test]
+fn real_head_ct_both_condyles_found_in_the_condylar_region() {
+    let mut net = model();
+    let ct = dnvs_engine::io::read_volume(&common::data_path("real/vtk_headsq_ct.nii.gz")).unwrap();
+    let opts = LocalizeOptions { voi_dims: [16, 16, 16], ..LocalizeOptions::default() };
+    let j = localize::localize(&ct, &mut net, &opts).unwrap();
+    // (side, x range, y range, z range) in world mm.
+    let regions = [
+        (Side::L, [-60.0, -40.0], [-15.0, 5.0], [24.0, 42.0]),
+        (Side::R, [38.0, 56.0], [-15.0, 5.0], [24.0, 42.0]),
+    ];
+    for (side, x, y, z) in regions {
+        let c = found(j.side(side));
+        eprintln!("real head {side}: {c:.1?}");
+        for (a, r) in [x, y, z].iter().enumerate() {
+            assert!(r[0] <= c[a] && c[a] <= r[1], "{side}: axis {a} at {:.1} outside {r:?}", c[a]);
         }
     }
 }

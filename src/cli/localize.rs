@@ -42,6 +42,16 @@ pub struct Args {
     /// Also write axial, coronal and sagittal PNGs through each found joint with its box.
     #[arg(long)]
     preview: bool,
+    /// Run the network once, on the canvas only, instead of eight times (the canvas and its
+    /// seven half-voxel shifts, whose refined centres are averaged): faster, and the centre
+    /// then depends more on how the 4 mm grid samples the head.
+    #[arg(long)]
+    single_pass: bool,
+    /// Also write the network's condylar-head probability on the coarse grid
+    /// (DIR/joint_probability.nii.gz) and the coarse head it saw (DIR/coarse_head_ct.nii.gz),
+    /// to see whether the network or the choice among its candidates went wrong.
+    #[arg(long)]
+    probs: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -55,10 +65,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ct = io::read_volume(&args.input)
         .with_context(|| format!("reading {}", args.input.display()))?;
     let read_s = start.elapsed().as_secs_f64();
-    let opts = LocalizeOptions { voi_dims: args.voi_size, ..LocalizeOptions::default() };
-    let joints = localize::localize(&ct, &mut model, &opts)?;
+    let opts = LocalizeOptions {
+        voi_dims: args.voi_size,
+        shifted_passes: !args.single_pass,
+        ..LocalizeOptions::default()
+    };
+    let found = localize::localize_with_maps(&ct, &mut model, &opts)?;
+    let joints = &found.joints;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    if args.probs {
+        let (prob, coarse) = (&found.probability, &found.coarse_hu);
+        io::write_nifti(&args.out.join("joint_probability.nii.gz"), prob, VoxelKind::Probability)?;
+        io::write_nifti(&args.out.join("coarse_head_ct.nii.gz"), coarse, VoxelKind::Image)?;
+    }
     let mut json = serde_json::Map::new();
     for side in Side::BOTH {
         let result = joints.side(side);
@@ -94,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::rename(&tmp, &json_path)
         .with_context(|| format!("writing {}", json_path.display()))?;
     if args.preview {
-        for p in localize::write_preview(&args.out, &ct, &joints)? {
+        for p in localize::write_preview(&args.out, &ct, joints)? {
             eprintln!("localize: preview {}", p.display());
         }
     }

@@ -2,21 +2,26 @@
 //! interest (VOI) around each.
 //!
 //! Three parts, each usable alone:
-//! 1. **The coarse head** ([`coarse_head`]): the CT, in any orientation, averaged onto an
-//!    axis-aligned RAS grid of [`COARSE_MM`] voxels covering its field of view (at least
-//!    [`CANVAS`] voxels, padded with air). Box averaging (not point sampling) keeps a 0.4 mm scan
-//!    from aliasing into noise; a CT coarser than the grid is sampled trilinearly instead.
+//! 1. **The coarse head** ([`coarse_head`], [`CoarseHeads`]): the CT, in any orientation,
+//!    box-averaged onto an axis-aligned RAS canvas of [`CANVAS`] voxels of [`COARSE_MM`] centred
+//!    on the field of view (as in training; a larger field of view is cropped to it, air fills
+//!    what lies outside the scan). Box averaging (not point sampling)
+//!    keeps a 0.4 mm scan from aliasing into noise; a CT coarser than the grid is sampled
+//!    trilinearly instead.
 //! 2. **Joints from a probability map** ([`joints_from_probs`]): a pure function of the network's
-//!    condylar-head probability on that grid and the CT. Components above the threshold, the two
-//!    largest that pass the checks, probability-weighted centroids in world millimetres, sides
-//!    named from world x (RAS: the patient's left has the lower x). A component that cannot be a
-//!    condyle (too small, both candidates on one side, too far apart in height, centre at the
-//!    edge of the field of view) is reported with its reason instead of being boxed.
+//!    condylar-head probability on that grid and the CT. The components above the threshold are
+//!    candidates; the left-right pair of greatest probability mass (60-150 mm apart, joined by a
+//!    line near world x) wins over any single stronger blob (the network's false hits sit on the
+//!    teeth and mandibular body, near the midline); a lone candidate is kept only well to one
+//!    side of the head's midline. Sides are named from world x (RAS: the patient's left has the
+//!    lower x). Each centre is refined by mean shift over the map ([`refine_centre`]). Whatever
+//!    is refused (too small, at the edge of the scan, no pair, near the midline) is reported.
 //! 3. **The VOI** ([`voi_grid_around`], [`cut_voi`]): the same box `synth` renders its VOIs on
 //!    (size, 0.4 mm spacing, raised [`VOI_RAISE_MM`] above the condyle centre), resampled from
 //!    the CT. `synth` calls [`voi_grid_around`] itself, so there is one definition.
 //!
-//! [`localize`] runs a network ([`JointNet`]) between 1 and 2, then cuts the VOIs.
+//! [`localize`] runs a network ([`JointNet`]) between 1 and 2, and again on the seven canvases
+//! shifted by half a coarse voxel, averaging the refined centres; then it cuts the VOIs.
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -175,8 +180,9 @@ pub fn field_of_view(vol: &Volume) -> [[f64; 2]; 3] {
     b
 }
 
-/// The coarse RAS grid for a field of view: [`COARSE_MM`] voxels, at least [`CANVAS`], extents
-/// rounded up to a multiple of 16, centred on the field of view.
+/// The coarse RAS grid covering a field of view: [`COARSE_MM`] voxels, at least [`CANVAS`],
+/// extents rounded up to a multiple of 16, centred on the field of view. ([`CoarseHeads`] bins
+/// the CT over it and cuts the network's canvas out of it.)
 pub fn coarse_grid(fov: &[[f64; 2]; 3]) -> Grid {
     let dims = [0, 1, 2].map(|a| {
         let need = ((fov[a][1] - fov[a][0]) / COARSE_MM).ceil().max(1.0) as usize;
@@ -186,55 +192,139 @@ pub fn coarse_grid(fov: &[[f64; 2]; 3]) -> Grid {
     Grid::centered(center, dims, [COARSE_MM; 3])
 }
 
-/// The CT averaged onto its coarse grid ([`coarse_grid`] of its field of view), in HU. Each
-/// coarse voxel is the mean of the CT voxels whose centres fall in it; one that catches none (a
-/// CT coarser than the grid) takes the trilinear value at its centre, or air outside the scan.
+/// The CT box-averaged onto half-[`COARSE_MM`] bins over its whole field of view, from which
+/// the network's input ([`coarse_head`]: one [`CANVAS`] of [`COARSE_MM`] voxels) and its copies
+/// shifted by half a coarse voxel ([`CoarseHeads::shifted`]) are exact 2x2x2 sums: one pass
+/// over the CT serves the eight shifted inputs [`localize`] feeds the network.
 ///
-/// # Errors
-/// [`Error::Arg`] for an empty CT or a singular affine.
+/// The canvas is what the network was trained on, centred on the field of view's centre (as
+/// every training head was; scanners centre the head). A field of view larger than the canvas
+/// is cropped to it rather than slid over: sliding windows would show the joints to the
+/// network at other places in its window, and a rotated (oblique) twin of a scan, whose
+/// axis-aligned bounding box is larger, would then not get the same canvas on the head.
+pub struct CoarseHeads<'a> {
+    sampler: Sampler<'a>,
+    /// The unshifted canvas grid.
+    grid: Grid,
+    /// Half-voxel bins over [`coarse_grid`] of the field of view (`2 * dims + 1` per axis).
+    fine_dims: [usize; 3],
+    /// Index of the canvas's first bin pair in the fine bins.
+    fine_offset: [usize; 3],
+    sum: Vec<f32>,
+    count: Vec<u32>,
+}
+
+impl<'a> CoarseHeads<'a> {
+    /// Bins `ct` once and places the canvas.
+    ///
+    /// # Errors
+    /// [`Error::Arg`] for an empty CT or a singular affine.
+    pub fn new(ct: &'a Volume) -> Result<Self> {
+        let sampler = Sampler::new(ct)?;
+        let cover = coarse_grid(&field_of_view(ct));
+        let half = COARSE_MM / 2.0;
+        let fine = Grid {
+            dims: cover.dims.map(|d| 2 * d + 1),
+            spacing: [half; 3],
+            origin: cover.origin.map(|o| o - half / 2.0),
+        };
+        let (sum, count) = box_sums(ct, &fine);
+        // The canvas is centred on the field of view's centre (the cover grid's): a rotated
+        // twin of a scan has the same centre, so it gets the same canvas.
+        let fine_offset = [0, 1, 2].map(|a| cover.dims[a] - CANVAS[a].min(cover.dims[a]));
+        let grid = Grid {
+            dims: [0, 1, 2].map(|a| CANVAS[a].min(cover.dims[a])),
+            spacing: [COARSE_MM; 3],
+            origin: [0, 1, 2].map(|a| cover.origin[a] + half * fine_offset[a] as f64),
+        };
+        Ok(CoarseHeads { sampler, grid, fine_dims: fine.dims, fine_offset, sum, count })
+    }
+
+    /// The coarse head on the canvas shifted by `parity[a]` half coarse voxels (0 or 1) along
+    /// each world axis, in HU. Each coarse voxel is the mean of the CT voxels whose centres fall
+    /// in it; one that catches none (a CT coarser than the grid) takes the trilinear value at its
+    /// centre, or air outside the scan.
+    pub fn shifted(&self, parity: [usize; 3]) -> Volume {
+        let half = COARSE_MM / 2.0;
+        let p = parity.map(|x| x.min(1));
+        let grid = Grid {
+            origin: [0, 1, 2].map(|a| self.grid.origin[a] + half * p[a] as f64),
+            ..self.grid
+        };
+        let [_, gh, gw] = grid.dims;
+        let [_, fh, fw] = self.fine_dims;
+        let o = [0, 1, 2].map(|a| self.fine_offset[a] + p[a]);
+        let mut data = vec![0f32; grid.len()];
+        data.par_chunks_mut(gh * gw).enumerate().for_each(|(i, slab)| {
+            for j in 0..gh {
+                for k in 0..gw {
+                    let (mut s, mut c) = (0f32, 0u32);
+                    for q in 0..8 {
+                        let (a, b, e) = (
+                            o[0] + 2 * i + (q & 1),
+                            o[1] + 2 * j + (q >> 1 & 1),
+                            o[2] + 2 * k + (q >> 2),
+                        );
+                        let f = (a * fh + b) * fw + e;
+                        s += self.sum[f];
+                        c += self.count[f];
+                    }
+                    slab[j * gw + k] = if c > 0 {
+                        s / c as f32
+                    } else {
+                        self.sampler.at_world(grid.world(i, j, k)).unwrap_or(AIR_HU)
+                    };
+                }
+            }
+        });
+        grid.volume(data)
+    }
+}
+
+/// Per-bin sums and counts of the CT voxels whose centres fall in each voxel of `grid` (a
+/// centre on a bin boundary goes to the lower bin whatever the array's direction, so an LPS or
+/// flipped twin fills the same bins).
 #[allow(clippy::needless_range_loop)] // 4x4 matrix indices
-pub fn coarse_head(ct: &Volume) -> Result<Volume> {
-    let sampler = Sampler::new(ct)?;
-    let grid = coarse_grid(&field_of_view(ct));
+fn box_sums(ct: &Volume, grid: &Grid) -> (Vec<f32>, Vec<u32>) {
     let n = grid.len();
     let [gd, gh, gw] = grid.dims;
-    // CT index -> coarse continuous index is affine: one matrix, stepped along each row.
+    // CT index -> grid continuous index is affine: one matrix, stepped along each row.
     let mut to_grid = orientation::identity();
     for a in 0..3 {
         for c in 0..4 {
-            to_grid[a][c] = ct.affine[a][c] / COARSE_MM;
+            to_grid[a][c] = ct.affine[a][c] / grid.spacing[a];
         }
-        to_grid[a][3] -= grid.origin[a] / COARSE_MM;
+        to_grid[a][3] -= grid.origin[a] / grid.spacing[a];
     }
+    let step = [to_grid[0][2], to_grid[1][2], to_grid[2][2]];
     let [d, h, w] = ct.dims;
-    let (sum, count) = (0..d)
+    // One accumulator per thread, not per rayon split: the bins can hold millions of voxels.
+    let chunks = rayon::current_num_threads().clamp(1, d.max(1));
+    (0..chunks)
         .into_par_iter()
-        .fold(
-            || (vec![0f32; n], vec![0u32; n]),
-            |(mut sum, mut count), i| {
+        .map(|c| {
+            let (mut sum, mut count) = (vec![0f32; n], vec![0u32; n]);
+            for i in (c * d / chunks)..((c + 1) * d / chunks) {
                 for j in 0..h {
                     let row = orientation::apply(&to_grid, [i as f64, j as f64, 0.0]);
-                    let step = [to_grid[0][2], to_grid[1][2], to_grid[2][2]];
                     let src = &ct.data[(i * h + j) * w..(i * h + j + 1) * w];
                     for (k, &v) in src.iter().enumerate() {
                         let kf = k as f64;
-                        // A voxel centre on a bin boundary goes to the lower bin whatever the
-                        // array's direction, so an LPS or flipped twin fills the same bins.
-                        let c = [0, 1, 2].map(|a| (row[a] + step[a] * kf - TIE_EPS).round());
-                        if c[0] < 0.0 || c[1] < 0.0 || c[2] < 0.0 {
+                        let g = [0, 1, 2].map(|a| (row[a] + step[a] * kf - TIE_EPS).round());
+                        if g[0] < 0.0 || g[1] < 0.0 || g[2] < 0.0 {
                             continue;
                         }
-                        let (ci, cj, ck) = (c[0] as usize, c[1] as usize, c[2] as usize);
-                        if ci < gd && cj < gh && ck < gw {
-                            let q = (ci * gh + cj) * gw + ck;
+                        let (gi, gj, gk) = (g[0] as usize, g[1] as usize, g[2] as usize);
+                        if gi < gd && gj < gh && gk < gw {
+                            let q = (gi * gh + gj) * gw + gk;
                             sum[q] += v;
                             count[q] += 1;
                         }
                     }
                 }
-                (sum, count)
-            },
-        )
+            }
+            (sum, count)
+        })
         .reduce(
             || (vec![0f32; n], vec![0u32; n]),
             |(mut s, mut c), (s2, c2)| {
@@ -242,21 +332,16 @@ pub fn coarse_head(ct: &Volume) -> Result<Volume> {
                 c.iter_mut().zip(&c2).for_each(|(a, b)| *a += b);
                 (s, c)
             },
-        );
-    let mut data = vec![0f32; n];
-    data.par_chunks_mut(gh * gw).enumerate().for_each(|(i, slab)| {
-        for j in 0..gh {
-            for k in 0..gw {
-                let q = (i * gh + j) * gw + k;
-                slab[j * gw + k] = if count[q] > 0 {
-                    sum[q] / count[q] as f32
-                } else {
-                    sampler.at_world(grid.world(i, j, k)).unwrap_or(AIR_HU)
-                };
-            }
-        }
-    });
-    Ok(grid.volume(data))
+        )
+}
+
+/// The CT averaged onto the network's canvas of [`COARSE_MM`] voxels ([`CoarseHeads`]), in HU:
+/// the unshifted [`CoarseHeads::shifted`].
+///
+/// # Errors
+/// [`Error::Arg`] for an empty CT or a singular affine.
+pub fn coarse_head(ct: &Volume) -> Result<Volume> {
+    Ok(CoarseHeads::new(ct)?.shifted([0; 3]))
 }
 
 /// The localiser's input mapping as a model card states it: [`HU_WINDOW`] clipped, then scaled
@@ -331,20 +416,34 @@ impl JointNet for LoadedModel {
 }
 
 /// Thresholds of [`joints_from_probs`]. The defaults are anatomical (adult condyles lie 80-125 mm
-/// apart, at nearly the same height), not fitted to any scan.
+/// apart, a mirror pair at nearly the same height and depth), not fitted to any scan.
 #[derive(Clone, Debug)]
 pub struct LocalizeOptions {
     /// Probability above which a coarse voxel is condyle.
     pub threshold: f32,
-    /// Smallest component kept (mm^3); the training label is a 10 mm ball (4189 mm^3).
+    /// Smallest component kept as one of a pair (mm^3): a pair is strong evidence, so a weak
+    /// partner (a condyle seen at 3 mm in-plane fills few coarse voxels) is enough.
+    pub min_pair_member_mm3: f64,
+    /// Smallest component kept alone (mm^3); the training label is a 10 mm ball (4189 mm^3).
     pub min_component_mm3: f64,
-    /// Left-right distance between the two condyle centres (mm): `[min, max]`.
+    /// Distance between the two condyle centres (mm): `[min, max]`.
     pub separation_mm: [f64; 2],
-    /// Largest difference in height (world z) between the two centres (mm).
-    pub max_height_diff_mm: f64,
+    /// Largest angle (degrees) between the line joining a pair and world x: head roll and yaw
+    /// (up to ~15 degrees on a scanner table) tilt it, a pair of unrelated blobs rarely lines up.
+    pub max_pair_tilt_deg: f64,
+    /// A lone candidate must lie at least this far (mm) left or right of the head's midline (the
+    /// x centre of its tissue at the candidate's height): condyles sit at the sides of the head,
+    /// not near the middle where the teeth, spine and skull-base midline structures are.
+    pub min_lateral_mm: f64,
     /// A centre closer than this to the edge of the scanned field of view is not boxed: the
     /// condyle is (partly) outside the scan.
     pub edge_margin_mm: f64,
+    /// Radius (mm) of the window the centre is refined in ([`refine_centre`]): the training
+    /// label's 10 mm ball plus half a coarse voxel.
+    pub refine_radius_mm: f64,
+    /// Refine each centre on the eight half-voxel-shifted coarse grids too ([`localize`]):
+    /// eight network passes, the centre then no longer snaps to one sampling of the head.
+    pub shifted_passes: bool,
     /// VOI size in voxels of [`VOI_SPACING_MM`].
     pub voi_dims: [usize; 3],
 }
@@ -353,10 +452,14 @@ impl Default for LocalizeOptions {
     fn default() -> Self {
         LocalizeOptions {
             threshold: 0.5,
+            min_pair_member_mm3: 250.0,
             min_component_mm3: 600.0,
             separation_mm: [60.0, 150.0],
-            max_height_diff_mm: 30.0,
+            max_pair_tilt_deg: 30.0,
+            min_lateral_mm: 30.0,
             edge_margin_mm: 6.0,
+            refine_radius_mm: 12.0,
+            shifted_passes: true,
             voi_dims: VOI_DIMS,
         }
     }
@@ -413,11 +516,14 @@ impl Joints {
 struct Candidate {
     center: [f64; 3],
     volume_mm3: f64,
+    /// Sum of the probabilities over the component.
+    mass: f64,
+    /// Mean probability over the component.
     score: f64,
 }
 
 /// Connected components of `prob > threshold` with their probability-weighted centroids (world
-/// mm), largest first.
+/// mm), largest mass first.
 #[allow(clippy::needless_range_loop)] // per-axis accumulation
 fn candidates(prob: &Volume, threshold: f32) -> Result<Vec<Candidate>> {
     let mask: Vec<bool> = prob.data.iter().map(|&p| p > threshold).collect();
@@ -445,10 +551,11 @@ fn candidates(prob: &Volume, threshold: f32) -> Result<Vec<Candidate>> {
         .map(|((s, wsum), &size)| Candidate {
             center: s.map(|v| v / wsum),
             volume_mm3: size as f64 * voxel_mm3,
+            mass: *wsum,
             score: wsum / size as f64,
         })
         .collect();
-    out.sort_by(|a, b| b.volume_mm3.total_cmp(&a.volume_mm3));
+    out.sort_by(|a, b| b.mass.total_cmp(&a.mass));
     Ok(out)
 }
 
@@ -466,114 +573,265 @@ fn depth_inside(s: &Sampler, p: [f64; 3]) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Joints from the condylar-head probability on a coarse grid and the CT it came from.
-///
-/// The two largest components of at least `min_component_mm3` are the candidates. Two that lie
-/// `separation_mm` apart in x at similar height are named by x (lower x = the patient's left).
-/// Otherwise the larger one alone is kept and named by the side of the head's midline (the x
-/// centre of the coarse grid's tissue) it lies on. A candidate whose centre is within
-/// `edge_margin_mm` of the edge of the scan is refused. Every side without a joint says why.
-///
-/// # Errors
-/// [`Error::Arg`] for an empty or inconsistent CT or probability map; errors of [`cut_voi_with`].
-pub fn joints_from_probs(prob: &Volume, ct: &Volume, opts: &LocalizeOptions) -> Result<Joints> {
-    if prob.data.len() != prob.dims.iter().product::<usize>() || prob.is_empty() {
-        return Err(Error::arg("localize", format!("empty probability map {:?}", prob.dims)));
+/// The chosen candidate per side ([`Side::index`]) and, for a side without one, why.
+struct Selection {
+    sides: [Option<Candidate>; 2],
+    notes: Vec<String>,
+}
+
+/// Why `a` and `b` cannot be the two condyles, `None` when they can: their distance within
+/// `separation_mm` and the line joining them within `max_pair_tilt_deg` of world x.
+fn pair_flaw(a: &Candidate, b: &Candidate, opts: &LocalizeOptions) -> Option<String> {
+    let d = [0, 1, 2].map(|i| b.center[i] - a.center[i]);
+    let dist = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let tilt = (d[0].abs() / dist.max(1e-9)).clamp(0.0, 1.0).acos().to_degrees();
+    if dist < opts.separation_mm[0] {
+        Some(format!("only {dist:.0} mm apart (both on one side)"))
+    } else if dist > opts.separation_mm[1] {
+        Some(format!("{dist:.0} mm apart (too far for a pair)"))
+    } else if tilt > opts.max_pair_tilt_deg {
+        Some(format!(
+            "joined by a line {tilt:.0} degrees off left-right (> {:.0}: not a mirror pair)",
+            opts.max_pair_tilt_deg
+        ))
+    } else {
+        None
     }
-    let sampler = Sampler::new(ct)?;
-    let all = candidates(prob, opts.threshold)?;
+}
+
+/// Chooses the condyles among the components of `prob`: the pair of greatest probability mass
+/// that can be a left-right pair ([`pair_flaw`]); without one, the component of greatest mass
+/// alone when it lies where a condyle can ([`lone_flaw`]). Components too small or at the edge
+/// of the scan are never chosen.
+fn select(prob: &Volume, sampler: &Sampler, opts: &LocalizeOptions) -> Result<Selection> {
     let mut notes: Vec<String> = Vec::new();
-    let mut kept: Vec<Candidate> = Vec::new();
-    for c in all {
-        if c.volume_mm3 < opts.min_component_mm3 {
+    let mut ok: Vec<Candidate> = Vec::new();
+    for c in candidates(prob, opts.threshold)? {
+        let depth = depth_inside(sampler, c.center);
+        if c.volume_mm3 < opts.min_pair_member_mm3 {
             notes.push(format!(
                 "a {:.0} mm^3 candidate at {} is too small (< {:.0} mm^3)",
                 c.volume_mm3,
                 fmt_mm(c.center),
-                opts.min_component_mm3
+                opts.min_pair_member_mm3
             ));
-            continue;
-        }
-        let depth = depth_inside(&sampler, c.center);
-        if depth < opts.edge_margin_mm {
+        } else if depth < opts.edge_margin_mm {
             notes.push(format!(
                 "the candidate at {} lies {depth:.1} mm from the edge of the scan (condyle cut off)",
                 fmt_mm(c.center)
             ));
-            continue;
+        } else {
+            ok.push(c);
         }
-        kept.push(c);
-        if kept.len() == 2 {
+    }
+    let mut best: Option<(f64, usize, usize)> = None;
+    for i in 0..ok.len() {
+        for j in i + 1..ok.len() {
+            let mass = ok[i].mass + ok[j].mass;
+            if pair_flaw(&ok[i], &ok[j], opts).is_none() && best.is_none_or(|b| mass > b.0) {
+                best = Some((mass, i, j));
+            }
+        }
+    }
+    if let Some((_, i, j)) = best {
+        let (a, b) = (ok[i].clone(), ok[j].clone());
+        let (lo, hi) = if a.center[0] <= b.center[0] { (a, b) } else { (b, a) };
+        return Ok(Selection { sides: [Some(lo), Some(hi)], notes });
+    }
+    if let [a, b, ..] = ok.as_slice() {
+        let flaw = pair_flaw(a, b, opts).unwrap_or_default();
+        notes.push(format!(
+            "the two strongest candidates, {} and {}, are {flaw}",
+            fmt_mm(a.center),
+            fmt_mm(b.center)
+        ));
+    }
+    let mut sides = [None, None];
+    let lone = ok.into_iter().find(|c| {
+        let big = c.volume_mm3 >= opts.min_component_mm3;
+        if !big {
+            notes.push(format!(
+                "the lone candidate at {} is too small to stand alone ({:.0} < {:.0} mm^3)",
+                fmt_mm(c.center),
+                c.volume_mm3,
+                opts.min_component_mm3
+            ));
+        }
+        big
+    });
+    if let Some(c) = lone {
+        let (mid, how) = head_midline_x(prob, sampler, c.center);
+        let off = c.center[0] - mid;
+        if off.abs() < opts.min_lateral_mm {
+            notes.push(format!(
+                "the lone candidate at {} lies {:.0} mm from the head's midline (x = {mid:.0} mm, \
+                 {how}; a condyle lies at least {:.0} mm to the side)",
+                fmt_mm(c.center),
+                off.abs(),
+                opts.min_lateral_mm
+            ));
+        } else {
+            let side = if off < 0.0 { Side::L } else { Side::R };
+            notes.push(format!(
+                "one condyle kept at {} ({} of the head's midline x = {mid:.0} mm, {how})",
+                fmt_mm(c.center),
+                side_word(side)
+            ));
+            sides[side.index()] = Some(c);
+        }
+    }
+    Ok(Selection { sides, notes })
+}
+
+/// Half the height and depth (mm) of the bar of head tissue [`head_midline_x`] looks at.
+const MIDLINE_SLAB_MM: f64 = 16.0;
+/// HU above which a voxel is head (skin, fat, muscle, bone), not air.
+const TISSUE_HU: f32 = -400.0;
+/// Half the breadth of an adult head at the level of the joints (mm; bizygomatic breadth is
+/// 120-150 mm): where the midline lies from the one side of a head the scan cut off.
+const HALF_HEAD_MM: f64 = 68.0;
+
+/// The head's midline x near `at` (tissue within [`MIDLINE_SLAB_MM`] of it in height and depth,
+/// which leaves out a table under the head; sampled on the probability map's grid points) and
+/// how it was found. With the head whole in the scan's
+/// left-right extent, the x centre of its tissue. A head cut off on one side (tissue running
+/// into the edge of the scan) has its tissue centre pulled to the side still shown, so the
+/// midline is taken [`HALF_HEAD_MM`] in from the skin of that side. With no tissue, or the head
+/// cut on both sides, the grid's own x centre (scans are centred on the head).
+fn head_midline_x(prob: &Volume, sampler: &Sampler, at: [f64; 3]) -> (f64, &'static str) {
+    let [d, h, w] = prob.dims;
+    let (mut sx, mut n) = (0f64, 0usize);
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut cut_lo, mut cut_hi) = (false, false);
+    let tissue = |p: [f64; 3]| sampler.at_world(p).is_some_and(|v| v > TISSUE_HU);
+    for i in 0..d {
+        for j in 0..h {
+            for k in 0..w {
+                let p = orientation::apply(&prob.affine, [i as f64, j as f64, k as f64]);
+                let near = (1..3).all(|a| (p[a] - at[a]).abs() <= MIDLINE_SLAB_MM);
+                if !near || !tissue(p) {
+                    continue;
+                }
+                sx += p[0];
+                n += 1;
+                lo = lo.min(p[0]);
+                hi = hi.max(p[0]);
+                // Tissue whose neighbour along x is outside the scan: the head is cut there.
+                let beside = |dx: f64| sampler.at_world([p[0] + dx, p[1], p[2]]).is_none();
+                cut_lo |= beside(-prob.spacing[0]);
+                cut_hi |= beside(prob.spacing[0]);
+            }
+        }
+    }
+    match (n > 0, cut_lo, cut_hi) {
+        (true, false, false) => (sx / n as f64, "centre of the head's tissue"),
+        (true, true, false) => (hi - HALF_HEAD_MM, "half a head in from the skin, head cut off"),
+        (true, false, true) => (lo + HALF_HEAD_MM, "half a head in from the skin, head cut off"),
+        _ => {
+            let last = orientation::apply(&prob.affine, [(d - 1) as f64, 0.0, 0.0]);
+            (0.5 * (prob.affine[0][3] + last[0]), "centre of the scan")
+        }
+    }
+}
+
+/// Refines a condyle centre on a probability map: the probability-weighted mean of the grid
+/// points within `radius_mm` of the centre, iterated (mean shift). The network was trained to
+/// paint a ball around the centre, so the mean over a window that holds the whole ball is its
+/// centre, free of the cut a threshold makes through the ball's soft rim.
+pub fn refine_centre(prob: &Volume, start: [f64; 3], radius_mm: f64) -> [f64; 3] {
+    let Some(inv) = orientation::invert_affine(&prob.affine) else { return start };
+    let mut c = start;
+    for _ in 0..20 {
+        let x = orientation::apply(&inv, c);
+        let mut lo = [0usize; 3];
+        let mut hi = [0usize; 3];
+        for a in 0..3 {
+            let r = radius_mm / prob.spacing[a];
+            lo[a] = (x[a] - r).floor().max(0.0) as usize;
+            hi[a] = ((x[a] + r).ceil().max(0.0) as usize).min(prob.dims[a].saturating_sub(1));
+        }
+        let (mut acc, mut wsum) = ([0f64; 3], 0f64);
+        let [_, h, w] = prob.dims;
+        for i in lo[0]..=hi[0] {
+            for j in lo[1]..=hi[1] {
+                for k in lo[2]..=hi[2] {
+                    let p = orientation::apply(&prob.affine, [i as f64, j as f64, k as f64]);
+                    let d2: f64 = (0..3).map(|a| (p[a] - c[a]).powi(2)).sum();
+                    let wgt = f64::from(prob.data[(i * h + j) * w + k]);
+                    if d2 <= radius_mm * radius_mm && wgt > 0.0 {
+                        (0..3).for_each(|a| acc[a] += wgt * p[a]);
+                        wsum += wgt;
+                    }
+                }
+            }
+        }
+        if wsum <= 0.0 {
+            return c;
+        }
+        let next = acc.map(|v| v / wsum);
+        let moved: f64 = (0..3).map(|a| (next[a] - c[a]).powi(2)).sum::<f64>().sqrt();
+        c = next;
+        if moved < 0.01 {
             break;
         }
     }
-    let mut sides: [Option<Candidate>; 2] = [None, None];
-    match kept.as_slice() {
-        [a, b] => {
-            let (lo, hi) = if a.center[0] <= b.center[0] { (a, b) } else { (b, a) };
-            let dx = hi.center[0] - lo.center[0];
-            let dz = (hi.center[2] - lo.center[2]).abs();
-            if dx < opts.separation_mm[0] {
-                notes.push(format!(
-                    "the two candidates are only {dx:.0} mm apart left to right (both on one side)"
-                ));
-                sides = place_single(a.clone(), prob, &mut notes);
-            } else if dx > opts.separation_mm[1] {
-                notes.push(format!("the two candidates are {dx:.0} mm apart (too far for a pair)"));
-                sides = place_single(a.clone(), prob, &mut notes);
-            } else if dz > opts.max_height_diff_mm {
-                notes.push(format!(
-                    "the two candidates differ by {dz:.0} mm in height (> {:.0} mm)",
-                    opts.max_height_diff_mm
-                ));
-                sides = place_single(a.clone(), prob, &mut notes);
-            } else {
-                sides = [Some(lo.clone()), Some(hi.clone())];
-            }
-        }
-        [a] => sides = place_single(a.clone(), prob, &mut notes),
-        _ => {}
+    c
+}
+
+/// Joints from the condylar-head probability on a coarse grid and the CT it came from.
+///
+/// The components above the threshold are the candidates. The pair of greatest probability
+/// mass that can be the two condyles (`separation_mm` apart, joined by a line within
+/// `max_pair_tilt_deg` of left-right) is named by x (lower x = the patient's left). Without
+/// such a pair, the strongest candidate alone is kept when it is large enough and lies at least
+/// `min_lateral_mm` to one side of the head's midline, and named by that side. A candidate
+/// whose centre is within `edge_margin_mm` of the edge of the scan is refused. Each centre is
+/// then refined on the map ([`refine_centre`]). Every side without a joint says why.
+///
+/// # Errors
+/// [`Error::Arg`] for an empty or inconsistent CT or probability map; errors of [`cut_voi_with`].
+pub fn joints_from_probs(prob: &Volume, ct: &Volume, opts: &LocalizeOptions) -> Result<Joints> {
+    check_map(prob)?;
+    let sampler = Sampler::new(ct)?;
+    let sel = select(prob, &sampler, opts)?;
+    let centres =
+        sel.sides.clone().map(|c| c.map(|c| refine_centre(prob, c.center, opts.refine_radius_mm)));
+    finish(sel, centres, ct, opts)
+}
+
+fn check_map(prob: &Volume) -> Result<()> {
+    if prob.data.len() != prob.dims.iter().product::<usize>() || prob.is_empty() {
+        return Err(Error::arg("localize", format!("empty probability map {:?}", prob.dims)));
     }
+    Ok(())
+}
+
+/// The joints of a selection with its refined centres: VOIs cut, reasons for missing sides.
+fn finish(
+    sel: Selection,
+    centres: [Option<[f64; 3]>; 2],
+    ct: &Volume,
+    opts: &LocalizeOptions,
+) -> Result<Joints> {
     let why = |side: Side| {
         let base = format!("no condyle found on the patient's {}", side_word(side));
-        if notes.is_empty() {
+        if sel.notes.is_empty() {
             format!("{base} (no component above p = {})", opts.threshold)
         } else {
-            format!("{base}: {}", notes.join("; "))
+            format!("{base}: {}", sel.notes.join("; "))
         }
     };
-    let mut result = |side: Side| -> Result<SideResult> {
-        Ok(match sides[side.index()].take() {
-            Some(c) => SideResult::Found(Joint {
-                condyle_center_ras_mm: c.center,
-                voi: cut_voi_with(ct, c.center, opts.voi_dims)?,
+    let result = |side: Side| -> Result<SideResult> {
+        Ok(match (&sel.sides[side.index()], centres[side.index()]) {
+            (Some(c), Some(centre)) => SideResult::Found(Joint {
+                condyle_center_ras_mm: centre,
+                voi: cut_voi_with(ct, centre, opts.voi_dims)?,
                 score: c.score,
             }),
-            None => SideResult::Missing { reason: why(side) },
+            _ => SideResult::Missing { reason: why(side) },
         })
     };
     Ok(Joints { left: result(Side::L)?, right: result(Side::R)? })
-}
-
-/// A lone candidate's side: which side of the head's midline it lies on.
-fn place_single(c: Candidate, prob: &Volume, notes: &mut Vec<String>) -> [Option<Candidate>; 2] {
-    let mid = prob_grid_center_x(prob);
-    let side = if c.center[0] < mid { Side::L } else { Side::R };
-    notes.push(format!(
-        "one condyle kept at {} ({} of the midline x = {mid:.0} mm)",
-        fmt_mm(c.center),
-        side_word(side)
-    ));
-    let mut s = [None, None];
-    s[side.index()] = Some(c);
-    s
-}
-
-/// The x centre of the coarse grid (centred on the scan): the head's midline when the scan is
-/// centred on the head, as head CTs are.
-fn prob_grid_center_x(prob: &Volume) -> f64 {
-    let last = orientation::apply(&prob.affine, [(prob.dims[0] - 1) as f64, 0.0, 0.0]);
-    0.5 * (prob.affine[0][3] + last[0])
 }
 
 fn side_word(s: Side) -> &'static str {
@@ -587,14 +845,55 @@ fn fmt_mm(p: [f64; 3]) -> String {
     format!("({:.1}, {:.1}, {:.1}) mm", p[0], p[1], p[2])
 }
 
-/// Localises both joints in `ct`: coarse head, network, [`joints_from_probs`].
+/// What [`localize_with_maps`] saw: the coarse head the network read and its probability map
+/// (the unshifted grid), for inspection (`localize --probs`).
+pub struct Localized {
+    pub joints: Joints,
+    pub coarse_hu: Volume,
+    pub probability: Volume,
+}
+
+/// Localises both joints in `ct`: coarse head, network, [`joints_from_probs`]'s choice, then
+/// (with `shifted_passes`) each centre refined on all eight half-voxel-shifted coarse grids and
+/// averaged, so it does not hang on how one 4 mm grid happens to sample the condyle.
 ///
 /// # Errors
 /// As [`coarse_head`], the network's, and [`joints_from_probs`].
 pub fn localize(ct: &Volume, model: &mut dyn JointNet, opts: &LocalizeOptions) -> Result<Joints> {
-    let coarse = coarse_head(ct)?;
-    let prob = model.condyle_probability(&coarse)?;
-    joints_from_probs(&prob, ct, opts)
+    Ok(localize_with_maps(ct, model, opts)?.joints)
+}
+
+/// [`localize`], also returning the coarse head and its probability map.
+///
+/// # Errors
+/// As [`localize`].
+pub fn localize_with_maps(
+    ct: &Volume,
+    model: &mut dyn JointNet,
+    opts: &LocalizeOptions,
+) -> Result<Localized> {
+    let heads = CoarseHeads::new(ct)?;
+    let coarse_hu = heads.shifted([0; 3]);
+    let probability = model.condyle_probability(&coarse_hu)?;
+    check_map(&probability)?;
+    let sel = select(&probability, &heads.sampler, opts)?;
+    let starts = sel.sides.clone().map(|c| c.map(|c| c.center));
+    let refine = |p: &Volume| starts.map(|s| s.map(|s| refine_centre(p, s, opts.refine_radius_mm)));
+    let mut sum = refine(&probability);
+    if opts.shifted_passes && starts.iter().any(Option::is_some) {
+        for q in 1..8 {
+            let prob = model.condyle_probability(&heads.shifted([q & 1, q >> 1 & 1, q >> 2]))?;
+            check_map(&prob)?;
+            for (acc, c) in sum.iter_mut().zip(refine(&prob)) {
+                if let (Some(acc), Some(c)) = (acc.as_mut(), c) {
+                    (0..3).for_each(|a| acc[a] += c[a]);
+                }
+            }
+        }
+        sum = sum.map(|c| c.map(|c| c.map(|v| v / 8.0)));
+    }
+    let joints = finish(sel, sum, ct, opts)?;
+    Ok(Localized { joints, coarse_hu, probability })
 }
 
 /// `joints.json` geometry of one VOI.
@@ -694,6 +993,37 @@ mod tests {
         let back = orientation::apply(&inv, p);
         for (x, y) in back.iter().zip([3.0, 4.0, 5.0]) {
             assert!((x - y).abs() < 1e-9);
+        }
+    }
+
+    /// A 300 mm cube (larger than the canvas on every axis) whose HU is its world x: the canvas
+    /// is [`CANVAS`] centred on the field of view, each coarse voxel the mean of the CT voxels in
+    /// it (a linear ramp's mean is its value at the bin's centre), and the shifted canvases move
+    /// by exactly half a coarse voxel.
+    #[test]
+    fn the_canvas_is_centred_on_the_field_of_view_and_shifts_by_half_voxels() {
+        let mut ct = Volume::zeros([150, 150, 150], [2.0; 3]);
+        for a in 0..3 {
+            ct.affine[a][3] = 10.0 - 149.0;
+        }
+        let [_, h, w] = ct.dims;
+        for (q, v) in ct.data.iter_mut().enumerate() {
+            *v = orientation::apply(&ct.affine, [(q / (h * w)) as f64, 0.0, 0.0])[0] as f32;
+        }
+        let heads = CoarseHeads::new(&ct).unwrap();
+        for parity in [[0, 0, 0], [1, 0, 0], [1, 1, 1]] {
+            let v = heads.shifted(parity);
+            assert_eq!(v.dims, CANVAS);
+            let mid = orientation::apply(&v.affine, CANVAS.map(|d| (d as f64 - 1.0) / 2.0));
+            for (a, m) in mid.iter().enumerate() {
+                let want = 10.0 + COARSE_MM / 2.0 * parity[a] as f64;
+                assert!((m - want).abs() < 1e-9, "parity {parity:?} axis {a}: centre {m}");
+            }
+            for i in [0, 17, CANVAS[0] - 1] {
+                let x = orientation::apply(&v.affine, [i as f64, 3.0, 5.0])[0];
+                let got = v.data[v.index(i, 3, 5)] as f64;
+                assert!((got - x).abs() < 1e-3, "parity {parity:?} i {i}: {got} vs x {x}");
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! The `joints` training target: the localisation network's data (issue 10).
 //!
 //! A sample is one whole-head CT of a `synth --profile head` data set on the localiser's coarse
-//! grid ([`localize::coarse_head`], [`localize::COARSE_MM`] voxels, exactly `loaders.voi_shape`),
+//! canvas ([`localize::coarse_head`], [`localize::COARSE_MM`] voxels, exactly `loaders.voi_shape`),
 //! normalised as inference normalises it ([`localize::normalize_hu`]), so the trainer's transform
 //! lists should not normalise again. The label is a ball of [`LABEL_RADIUS_MM`] around each
 //! condylar head centre of `dataset.json` that the scan shows; a joint outside the field of view
@@ -44,10 +44,10 @@ pub fn samples(cfg: &Config, ds: &Dataset, ids: &[String]) -> Result<Vec<Sample>
             if coarse.dims != shape {
                 return Err(Error::Config {
                     msg: format!(
-                        "case {id}: its coarse head grid is {:?}, not loaders.voi_shape {shape:?} \
-                         (the field of view is larger than {:?} mm)",
+                        "case {id}: the localisation network's canvas is {:?} voxels of {} mm \
+                         (pipeline::localize::CANVAS); loaders.voi_shape {shape:?} must equal it",
                         coarse.dims,
-                        shape.map(|d| d as f64 * localize::COARSE_MM)
+                        localize::COARSE_MM
                     ),
                 });
             }
