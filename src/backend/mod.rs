@@ -37,6 +37,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     match (a.storage(), b.storage()) {
         (Storage::Cpu(x), Storage::Cpu(y)) => {
+            let _t = cpu::profile::scope(|| format!("add {:?}", a.dims()));
             Tensor::from_vec(cpu::elementwise::map2(x, y, |p, q| p + q), a.shape())
         }
         (Storage::Cuda(_), Storage::Cuda(_)) => cuda::elementwise::add(a, b),

@@ -63,7 +63,8 @@ pub struct Args {
     #[arg(long, value_name = "D,H,W", value_parser = super::parse_dhw)]
     window_over: Option<[usize; 3]>,
     /// Print where the CPU training step's time goes: forward, backward and Adam per step, and
-    /// every convolution pass by shape (total over the timed steps).
+    /// every kernel by op, shape and pass (per step, over the timed steps). With `--forward
+    /// --no-step`, the same table for the tape-free forward instead.
     #[arg(long)]
     profile: bool,
     /// Timed repetitions of the step / forward (median reported); default 5 on the CPU.
@@ -322,37 +323,57 @@ fn profile_step(width: usize, patch: [usize; 3], reps: usize) -> anyhow::Result<
     for (i, n) in names.iter().enumerate() {
         println!("  {n:<22} {:>9.1} ms", median(i) * 1e3);
     }
-    let conv_total: f64 = rows.iter().map(|(_, e)| e.secs).sum::<f64>() / reps as f64;
+    let (conv_total, ops) = print_ops(&rows, reps, "step");
+    Ok(json!({ "steps": reps, "forward_ms": median(0) * 1e3, "backward_ms": median(1) * 1e3,
+               "adam_ms": median(2) * 1e3, "conv_ms": conv_total, "ops": ops }))
+}
+
+/// Prints the per-op table of [`profile`] (ms per `unit` over `reps` runs, slowest first) and
+/// returns the convolutions' ms per unit and the table as JSON.
+fn print_ops(rows: &[(String, profile::Entry)], reps: usize, unit: &str) -> (f64, Vec<Value>) {
+    let per = |e: &profile::Entry| e.secs / reps as f64 * 1e3;
+    let is_conv = |n: &str| n.starts_with("conv");
+    let conv_ms: f64 = rows.iter().filter(|(n, _)| is_conv(n)).map(|(_, e)| per(e)).sum();
+    let all_ms: f64 = rows.iter().map(|(_, e)| per(e)).sum();
     println!(
-        "  convolutions (all passes) {:>9.1} ms per step; by shape and pass:",
-        conv_total * 1e3
+        "  profiled ops {all_ms:>9.1} ms per {unit}, convolutions (all passes) {conv_ms:>9.1}; \
+         by op, shape and pass:"
     );
-    for (name, e) in &rows {
-        let per_step = e.secs / reps as f64 * 1e3;
-        println!("  {name:<52} {per_step:>9.2} ms/step  {:>4} calls", e.calls / reps as u64);
+    for (name, e) in rows {
+        let calls = e.calls / reps as u64;
+        println!("  {name:<52} {:>9.2} ms/{unit}  {calls:>4} calls", per(e));
     }
-    let ops: Vec<Value> = rows
+    let ops = rows
         .iter()
         .map(|(n, e)| {
-            json!({ "op": n, "ms_per_step": e.secs / reps as f64 * 1e3,
-                              "calls_per_step": e.calls as f64 / reps as f64 })
+            json!({ "op": n, "ms_per_run": per(e), "calls_per_run": e.calls as f64 / reps as f64 })
         })
         .collect();
-    Ok(json!({ "steps": reps, "forward_ms": median(0) * 1e3, "backward_ms": median(1) * 1e3,
-               "adam_ms": median(2) * 1e3, "conv_ms": conv_total * 1e3, "ops": ops }))
+    (conv_ms, ops)
 }
 
 /// Median seconds of a tape-free eval forward of a fresh V-Net at `patch` (CPU).
-fn bench_forward(width: usize, patch: [usize; 3], reps: usize) -> anyhow::Result<Value> {
+/// With `profiled`, also prints (and returns) the per-op table of the timed runs.
+fn bench_forward(
+    width: usize,
+    patch: [usize; 3],
+    reps: usize,
+    profiled: bool,
+) -> anyhow::Result<Value> {
     let mut net = nn::build(Arch::VNet, width)?;
     let [d, h, w] = patch;
     let x = Tensor::from_vec(random(d * h * w, 11), [1, d, h, w, 1])?;
-    let f = || autograd::no_grad(|| net.forward(&x, Mode::Eval)).map(|_| ());
-    let mut f = f;
-    let secs = time(1, reps, &mut f, &|| Ok(()))?;
+    let mut f = || autograd::no_grad(|| net.forward(&x, Mode::Eval)).map(|_| ());
+    f()?; // warm-up outside the profile
+    profile::enable(profiled);
+    let secs = time(0, reps, &mut f, &|| Ok(()));
+    profile::enable(false);
+    let secs = secs?;
     let name = format!("cpu/vnet_forward_f32/w{width}/{d}x{h}x{w}");
     println!("{name:<48} {:>9.1} ms  (no tape, eval, median of {reps})", secs * 1e3);
-    Ok(json!({ "name": name, "width": width, "patch": patch, "ms": secs * 1e3, "reps": reps }))
+    let ops = if profiled { print_ops(&profile::take(), reps, "forward").1 } else { Vec::new() };
+    Ok(json!({ "name": name, "width": width, "patch": patch, "ms": secs * 1e3, "reps": reps,
+               "ops": ops }))
 }
 
 /// Seconds of one sliding-window inference (window `patch`, overlap 0.5, Gaussian) over a
@@ -470,8 +491,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let patch = args.patch.unwrap_or(CPU_PATCH);
     let reps = args.reps.unwrap_or(if args.quick { 3 } else { 5 }).max(1);
-    let profiled = if args.profile { profile_step(args.width, patch, reps)? } else { Value::Null };
-    let forward = if args.forward { bench_forward(args.width, patch, reps)? } else { Value::Null };
+    // With --forward and --no-step, --profile profiles the forward instead of a step.
+    let step_profile = args.profile && !(args.forward && args.no_step);
+    let profiled = if step_profile { profile_step(args.width, patch, reps)? } else { Value::Null };
+    let forward = match args.forward {
+        true => bench_forward(args.width, patch, reps, args.profile && !step_profile)?,
+        false => Value::Null,
+    };
     let window = match args.window_over {
         Some(dims) => bench_window(args.width, patch, dims, reps.min(3))?,
         None => Value::Null,

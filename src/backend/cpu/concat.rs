@@ -7,6 +7,7 @@ use super::elementwise::for_rows_mut;
 /// Interleaves `xs[i]: (rows, cs[i])` into `(rows, sum cs)`.
 pub fn concat_fwd(xs: &[&[f32]], cs: &[usize], rows: usize) -> Vec<f32> {
     let total: usize = cs.iter().sum();
+    let _t = super::profile::scope(|| format!("concat {rows}x{cs:?}"));
     let mut out = vec![0.0f32; rows * total];
     for_rows_mut(&mut out, total, |r0, block| {
         for (r, orow) in block.chunks_exact_mut(total).enumerate() {

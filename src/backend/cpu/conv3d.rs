@@ -307,6 +307,8 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
     let _t = profile::scope(|| format!("conv3d_fwd {}", g.label()));
     if direct_fwd_pays(g) {
         direct::fwd(x, w, bias, g)
+    } else if !is_pointwise(g) && direct::few_available(g) {
+        direct::fwd_few(x, w, bias, g)
     } else {
         fwd_gemm(x, w, bias, g)
     }

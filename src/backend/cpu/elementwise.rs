@@ -97,6 +97,7 @@ fn slopes(w: &[f32], c: usize) -> Vec<f32> {
 
 /// PReLU with slope `w[ch]`: `w` has `c` entries (per channel) or one (shared).
 pub fn prelu_fwd(x: &[f32], w: &[f32], c: usize) -> Vec<f32> {
+    let _t = super::profile::scope(|| format!("prelu_fwd {}x{c}", x.len() / c.max(1)));
     let w = slopes(w, c);
     let mut out = vec![0.0; x.len()];
     for_rows_mut(&mut out, c, |r0, rows| {

@@ -33,6 +33,7 @@ fn reduce_rows(
 /// Per-channel mean and biased variance of `x: (rows, c)`, in two passes for accuracy.
 pub fn channel_mean_var(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / c;
+    let _t = super::profile::scope(|| format!("norm_stats {rows}x{c}"));
     let sums = reduce_rows(rows, c, c, |r| {
         let mut acc = vec![0.0f64; c];
         for row in x[r.start * c..r.end * c].chunks_exact(c) {
@@ -59,6 +60,7 @@ pub fn channel_mean_var(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
 
 /// `out[r, ch] = (x[r, ch] - shift[ch]) * a[ch] + b[ch]`.
 pub fn channel_affine(x: &[f32], c: usize, shift: &[f32], a: &[f32], b: &[f32]) -> Vec<f32> {
+    let _t = super::profile::scope(|| format!("norm_affine {}x{c}", x.len() / c.max(1)));
     let mut out = vec![0.0; x.len()];
     for_rows_mut(&mut out, c, |r0, rows| {
         let xs = &x[r0 * c..r0 * c + rows.len()];

@@ -5,6 +5,7 @@ use super::elementwise::for_rows_mut;
 
 /// Softmax of every row of `c` values (max subtracted first, so large logits do not overflow).
 pub fn softmax_fwd(x: &[f32], c: usize) -> Vec<f32> {
+    let _t = super::profile::scope(|| format!("softmax_fwd {}x{c}", x.len() / c.max(1)));
     let mut out = vec![0.0; x.len()];
     for_rows_mut(&mut out, c, |r0, rows| {
         for (r, o) in rows.chunks_mut(c).enumerate() {

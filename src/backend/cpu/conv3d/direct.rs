@@ -3,8 +3,8 @@
 //!
 //! The im2col path spends as long copying patches (and `gemm` packing them again) as it does
 //! multiplying when the channel count is small: a 16-channel 5x5x5 patch element feeds only 32
-//! FLOPs. Here a register-blocked microkernel (`nj` rows x 16 output channels: 6 rows with
-//! AVX2, 16, 8 or 4 with AVX-512) reads the zero-padded input in place instead:
+//! FLOPs. Here a register-blocked microkernel (`nj` rows x 16 output channels: 6 or 4 rows
+//! with AVX2, 16, 8 or 4 with AVX-512) reads the zero-padded input in place instead:
 //!
 //! - forward: `nj` consecutive output voxels x 16 output channels; the reduction walks the
 //!   `kd*kh` window rows, each a contiguous `kw*C` run of the padded input (channels-last);
@@ -74,6 +74,36 @@ impl Isa {
             Isa::Avx512 => 8,
             _ => 6,
         }
+    }
+
+    /// `(start, rows)` tiles covering an axis of `extent` rows (the last may hang over it). With
+    /// AVX2, 6- and 4-row tiles are mixed so the V-Net's row lengths (4, 8, 16, 32, 64) waste
+    /// no rows: 6-row tiles alone fill only 2/3 of the tiles of an 8- or 4-voxel row (the deep
+    /// levels). A 4-row tile is counted 10 % dearer per row (fewer FMAs per load).
+    fn tiles(self, extent: usize) -> Vec<(usize, usize)> {
+        let sizes: Vec<usize> = match self {
+            Isa::Avx2 => {
+                let plan = |fours: usize| {
+                    let sixes = extent.saturating_sub(4 * fours).div_ceil(6);
+                    (60 * sixes + 44 * fours, sixes, fours)
+                };
+                let (_, sixes, fours) = (0..=2).map(plan).min().expect("three plans");
+                std::iter::repeat_n(6, sixes).chain(std::iter::repeat_n(4, fours)).collect()
+            }
+            _ => {
+                let nj = self.nj(extent);
+                vec![nj; extent.div_ceil(nj)]
+            }
+        };
+        let mut at = 0;
+        sizes
+            .into_iter()
+            .filter_map(|nj| {
+                let tile = (at < extent).then_some((at, nj));
+                at += nj;
+                tile
+            })
+            .collect()
     }
 }
 
@@ -339,8 +369,7 @@ fn fwd_row(
             runs.push((a, (ta * kh + tb) * run * NK));
         }
     }
-    let nj_tile = Isa::detect().nj(ow);
-    for x0 in (0..ow).step_by(nj_tile) {
+    for (x0, nj_tile) in Isa::detect().tiles(ow) {
         let x1 = (x0 + nj_tile).min(ow);
         acc.fill(0.0);
         let (e_lo, e_hi) = live_taps(x0 * s, (x1 - 1) * s, kw, pad, w);
@@ -366,6 +395,142 @@ fn unblock(blocked: &[f32], k: usize, voxels: usize) -> Vec<f32> {
         }
     });
     out
+}
+
+// ---- forward with few output channels ---------------------------------------------------------
+
+/// Voxels of one output row per few-channel tile (they share each weight load).
+const FEW_NV: usize = 4;
+/// Most output channels the few-channel forward takes (`FEW_NV * K` accumulators + `K` weight
+/// vectors + one input vector fit the sixteen ymm registers up to 3).
+pub const FEW_MAX_K: usize = 3;
+
+/// Whether [`fwd_few`] serves `g`: 1 to [`FEW_MAX_K`] output channels (the V-Net's two-class
+/// output convolution), input channels a multiple of 8 (whole ymm vectors), AVX2 + FMA.
+pub fn few_available(g: &ConvGeom) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let isa = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let isa = false;
+    isa && (1..=FEW_MAX_K).contains(&g.k) && g.c.is_multiple_of(8)
+}
+
+/// Forward convolution for few output channels (see [`few_available`]). The 16-channel
+/// microkernel would multiply 14 of 16 lanes by padding at K = 2, and im2col copies every
+/// receptive field (4000 floats per voxel for 5x5x5 x 32 channels) to use each once or twice.
+/// Here each window row of a voxel is a contiguous `kw*C` run of the padded input, dotted with
+/// the matching contiguous run of each output channel's weight: `FEW_NV` voxels x K channels of
+/// 8-lane partial sums, reduced once per voxel at the end.
+pub fn fwd_few(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    let (k, c, s, pad, p) = (g.k, g.c, g.stride, g.padding, g.patch_len());
+    let [kd, kh, kw] = g.kernel;
+    let [d, h, wi] = g.input;
+    let [od, oh, ow] = g.output;
+    let mut out = vec![0.0; g.out_voxels() * k];
+    if out.is_empty() || p == 0 {
+        return out;
+    }
+    let xp = pad_input(x, g);
+    let [dp, hp, wp] = xp.dims;
+    out.par_chunks_mut(ow * k).enumerate().for_each(|(row, orow)| {
+        let (b, z, y) = (row / (od * oh), (row / oh) % od, row % oh);
+        let (a_lo, a_hi) = live_taps(z * s, z * s, kd, pad, d);
+        let (b_lo, b_hi) = live_taps(y * s, y * s, kh, pad, h);
+        let mut runs = Vec::with_capacity(kd * kh);
+        for x0 in (0..ow).step_by(FEW_NV) {
+            let nv = FEW_NV.min(ow - x0);
+            let (e_lo, e_hi) = live_taps(x0 * s, (x0 + nv - 1) * s, kw, pad, wi);
+            let mut sums = [[0.0f32; FEW_MAX_K]; FEW_NV];
+            runs.clear();
+            for ta in a_lo..a_hi {
+                for tb in b_lo..b_hi {
+                    let xa = (((b * dp + z * s + ta) * hp + y * s + tb) * wp + x0 * s + e_lo) * c;
+                    runs.push((xa, ((ta * kh + tb) * kw + e_lo) * c));
+                }
+            }
+            few_dots(&xp.data, w, &runs, (e_hi.saturating_sub(e_lo) * c, s * c, p, k), &mut sums);
+            for (v, o) in orow[x0 * k..].chunks_exact_mut(k).take(nv).enumerate() {
+                for (kk, ov) in o.iter_mut().enumerate() {
+                    *ov = sums[v][kk] + bias.map_or(0.0, |bs| bs[kk]);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `sums[v][kk] = sum over runs (ra, rb), q < len: x[ra + v*xs + q] * w[rb + kk*wk + q]` for
+/// `v < FEW_NV`, `kk < k`, with every read bounds-checked first (a panic here is a bug in this
+/// file, not a user error).
+fn few_dots(
+    x: &[f32],
+    w: &[f32],
+    runs: &[(usize, usize)],
+    (len, xs, wk, k): (usize, usize, usize, usize),
+    sums: &mut [[f32; FEW_MAX_K]; FEW_NV],
+) {
+    if len == 0 || runs.is_empty() {
+        return;
+    }
+    assert!(len.is_multiple_of(8) && (1..=FEW_MAX_K).contains(&k), "few_dots: {len} {k}");
+    let max_ra = runs.iter().map(|r| r.0).max().expect("runs is not empty");
+    let max_rb = runs.iter().map(|r| r.1).max().expect("runs is not empty");
+    assert!(max_ra + (FEW_NV - 1) * xs + len <= x.len(), "few_dots: x");
+    assert!(max_rb + (k - 1) * wk + len <= w.len(), "few_dots: w");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (px, pw, st) = (x.as_ptr(), w.as_ptr(), [len, xs, wk]);
+        match k {
+            // SAFETY (three arms): the asserts bound every read; few_available() checked AVX2
+            // and FMA before any caller got here.
+            1 => unsafe { few_avx2::<1>(px, pw, runs, st, sums) },
+            2 => unsafe { few_avx2::<2>(px, pw, runs, st, sums) },
+            _ => unsafe { few_avx2::<3>(px, pw, runs, st, sums) },
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    panic!("few_dots: needs x86-64; check few_available() ({xs} {wk} {sums:?})");
+}
+
+/// The AVX2 body of [`few_dots`] for `K` output channels: `FEW_NV * K` ymm accumulators, per
+/// 8-float step `K` weight loads and `FEW_NV` input loads feed `FEW_NV * K` FMAs.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; every `x + ra + v*xs + q` and `w + rb + kk*wk + q` (v <
+/// FEW_NV, kk < K, q < len) is readable; `len` is a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn few_avx2<const K: usize>(
+    x: *const f32,
+    w: *const f32,
+    runs: &[(usize, usize)],
+    [len, xs, wk]: [usize; 3],
+    sums: &mut [[f32; FEW_MAX_K]; FEW_NV],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); K]; FEW_NV];
+    for &(ra, rb) in runs {
+        let (px, pw) = (x.add(ra), w.add(rb));
+        for q in (0..len).step_by(8) {
+            let mut wv = [_mm256_setzero_ps(); K];
+            for (kk, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(pw.add(kk * wk + q));
+            }
+            for (v, av) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(px.add(v * xs + q));
+                for (a, wvk) in av.iter_mut().zip(&wv) {
+                    *a = _mm256_fmadd_ps(xv, *wvk, *a);
+                }
+            }
+        }
+    }
+    for (sv, av) in sums.iter_mut().zip(&acc) {
+        for (s, a) in sv.iter_mut().zip(av) {
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
+            *s = lanes.iter().sum();
+        }
+    }
 }
 
 // ---- weight gradient --------------------------------------------------------------------------
@@ -623,7 +788,8 @@ fn micro(
             (Isa::Avx512, 16) => unsafe { micro_avx512::<16>(pa, pb, runs, len, strides, acc) },
             (Isa::Avx512, 8) => unsafe { micro_avx512::<8>(pa, pb, runs, len, strides, acc) },
             (Isa::Avx512, 4) => unsafe { micro_avx512::<4>(pa, pb, runs, len, strides, acc) },
-            (Isa::Avx2, 6) => unsafe { micro_avx2(pa, pb, runs, len, strides, acc) },
+            (Isa::Avx2, 6) => unsafe { micro_avx2::<6>(pa, pb, runs, len, strides, acc) },
+            (Isa::Avx2, 4) => unsafe { micro_avx2::<4>(pa, pb, runs, len, strides, acc) },
             _ => panic!("micro: no {nj}-row kernel for {isa:?}; check available()"),
         }
     }
@@ -631,15 +797,17 @@ fn micro(
     panic!("micro: the direct kernels need x86-64; check available() {isa:?} {strides:?}");
 }
 
-/// The 6x16 AVX2 microkernel: twelve accumulators, two weight vectors and one broadcast live in
-/// the sixteen ymm registers; per reduction step 2 loads + 6 broadcasts feed 12 FMAs.
+/// The `NJ`x16 AVX2 microkernel (`NJ` = 6 or 4): `2 * NJ` accumulators, two weight vectors and
+/// one broadcast live in the sixteen ymm registers; per reduction step 2 loads + `NJ`
+/// broadcasts feed `2 * NJ` FMAs. The loops over `NJ` unroll (a const bound), so the
+/// accumulators stay in registers as in a hand-unrolled kernel.
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA; every address `a + ra + j*a_js + q*a_qs` (j < 6, q < len) and
-/// `b + rb + q*b_qs + 0..16` is readable.
+/// The CPU supports AVX2 and FMA; every address `a + ra + j*a_js + q*a_qs` (j < NJ, q < len)
+/// and `b + rb + q*b_qs + 0..16` is readable; `NJ * 16 <= acc.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2(
+unsafe fn micro_avx2<const NJ: usize>(
     a: *const f32,
     b: *const f32,
     runs: &[(usize, usize)],
@@ -649,7 +817,7 @@ unsafe fn micro_avx2(
 ) {
     use std::arch::x86_64::*;
     let o = acc.as_mut_ptr();
-    let mut c = [[_mm256_setzero_ps(); 2]; 6];
+    let mut c = [[_mm256_setzero_ps(); 2]; NJ];
     for (j, cj) in c.iter_mut().enumerate() {
         cj[0] = _mm256_loadu_ps(o.add(j * NK));
         cj[1] = _mm256_loadu_ps(o.add(j * NK + 8));
@@ -660,25 +828,11 @@ unsafe fn micro_avx2(
         for _ in 0..len {
             let b0 = _mm256_loadu_ps(pb);
             let b1 = _mm256_loadu_ps(pb.add(8));
-            // Unrolled by hand (a macro would hide less): one broadcast per row.
-            let x = _mm256_broadcast_ss(&*pa);
-            c[0][0] = _mm256_fmadd_ps(x, b0, c[0][0]);
-            c[0][1] = _mm256_fmadd_ps(x, b1, c[0][1]);
-            let x = _mm256_broadcast_ss(&*pa.add(a_js));
-            c[1][0] = _mm256_fmadd_ps(x, b0, c[1][0]);
-            c[1][1] = _mm256_fmadd_ps(x, b1, c[1][1]);
-            let x = _mm256_broadcast_ss(&*pa.add(2 * a_js));
-            c[2][0] = _mm256_fmadd_ps(x, b0, c[2][0]);
-            c[2][1] = _mm256_fmadd_ps(x, b1, c[2][1]);
-            let x = _mm256_broadcast_ss(&*pa.add(3 * a_js));
-            c[3][0] = _mm256_fmadd_ps(x, b0, c[3][0]);
-            c[3][1] = _mm256_fmadd_ps(x, b1, c[3][1]);
-            let x = _mm256_broadcast_ss(&*pa.add(4 * a_js));
-            c[4][0] = _mm256_fmadd_ps(x, b0, c[4][0]);
-            c[4][1] = _mm256_fmadd_ps(x, b1, c[4][1]);
-            let x = _mm256_broadcast_ss(&*pa.add(5 * a_js));
-            c[5][0] = _mm256_fmadd_ps(x, b0, c[5][0]);
-            c[5][1] = _mm256_fmadd_ps(x, b1, c[5][1]);
+            for (j, cj) in c.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*pa.add(j * a_js));
+                cj[0] = _mm256_fmadd_ps(x, b0, cj[0]);
+                cj[1] = _mm256_fmadd_ps(x, b1, cj[1]);
+            }
             pa = pa.add(a_qs);
             pb = pb.add(b_qs);
         }
@@ -748,7 +902,8 @@ mod tests {
         }
     }
 
-    /// The direct kernels agree with the im2col + gemm path at odd sizes, strides and paddings.
+    /// The direct kernels (and the few-channel forward, where it applies) agree with the im2col
+    /// + gemm path at odd sizes, strides and paddings.
     #[test]
     fn direct_matches_gemm_path() {
         if !available() {
@@ -771,6 +926,13 @@ mod tests {
             (1, [4, 4, 2], 32, 32, [5, 5, 5], 1, 2),
             (1, [5, 7, 6], 32, 20, [3, 3, 3], 2, 1),
             (2, [4, 3, 5], 16, 2, [5, 5, 5], 1, 2),
+            // Few output channels (`fwd_few`, K = 1..3): rows shorter and longer than its
+            // 4-voxel tile, stride 2, windows mostly in the padding.
+            (1, [5, 6, 9], 32, 2, [5, 5, 5], 1, 2),
+            (2, [3, 4, 3], 8, 1, [3, 3, 3], 1, 1),
+            (1, [7, 5, 11], 16, 3, [3, 3, 3], 2, 1),
+            (1, [2, 2, 2], 32, 2, [5, 5, 5], 1, 2),
+            (1, [4, 3, 6], 24, 2, [1, 3, 5], 1, 0),
         ];
         for (i, &(n, dims, c, k, ks, s, p)) in cases.iter().enumerate() {
             let g = ConvGeom::new(n, dims, c, k, ks, s, p).unwrap();
@@ -779,11 +941,11 @@ mod tests {
             let bias = rand(k, 20);
             let go = rand(g.out_voxels() * k, 30 + i as u32);
             let what = format!("case {i}");
-            close(
-                &what,
-                &fwd(&x, &w, Some(&bias), &g),
-                &super::super::fwd_gemm(&x, &w, Some(&bias), &g),
-            );
+            let want = super::super::fwd_gemm(&x, &w, Some(&bias), &g);
+            close(&what, &fwd(&x, &w, Some(&bias), &g), &want);
+            if few_available(&g) {
+                close(&format!("few {what}"), &fwd_few(&x, &w, Some(&bias), &g), &want);
+            }
             close(&what, &bwd_weight(&x, &go, &g), &super::super::bwd_weight_gemm(&x, &go, &g));
         }
     }
