@@ -159,9 +159,10 @@ fn correlation(a: &[f32], b: &[f32]) -> f64 {
     sab / (saa * sbb).sqrt()
 }
 
-/// The shipped localisation network (see tests/data/models/README.md).
+/// The shipped localisation network (see models/README.md).
 fn model() -> LoadedModel {
-    let path = common::data_path("models/localize_unet8.safetensors");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/localize_unet8.safetensors");
     let m = localize::open_model(&path, Device::Cpu).unwrap();
     assert_eq!(m.card().target, "joints", "the shipped model carries its card");
     m

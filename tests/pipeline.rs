@@ -392,7 +392,7 @@ fn the_shipped_localisation_model_finds_both_joints_of_a_held_out_head() {
     use dnvs_engine::pipeline::stages::ModelLocalizer;
     let h = head();
     let model_path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/localize_unet8.safetensors");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/localize_unet8.safetensors");
     let model = open_model(&model_path, Device::Cpu).expect("the shipped localisation model");
     let mut stages = truth_stages(h, h.centers.map(Some));
     stages.localizer = Box::new(ModelLocalizer { model, opts: LocalizeOptions::default() });
