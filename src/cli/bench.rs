@@ -16,11 +16,11 @@ use serde_json::{json, Value};
 use dnvs_engine::backend::cpu::conv3d::ConvGeom;
 use dnvs_engine::backend::cpu::profile;
 use dnvs_engine::backend::cuda::{self as cu, Precision};
-use dnvs_engine::io::volume::Volume;
 use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
 use dnvs_engine::nn::{self, Arch, Mode, Network};
 use dnvs_engine::optim::{Adam, AdamConfig};
 use dnvs_engine::tensor::{Device, Tensor};
+use dnvs_engine::volume::Volume;
 use dnvs_engine::{autograd, loss, Error};
 
 #[derive(clap::Args)]

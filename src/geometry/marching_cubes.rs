@@ -31,7 +31,7 @@ use rayon::prelude::*;
 
 use super::mesh::Mesh;
 use super::{check_len, spacing_affine};
-use crate::io::Volume;
+use crate::volume::Volume;
 use crate::Result;
 
 // ---- the case table ---------------------------------------------------------------------------

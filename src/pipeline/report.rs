@@ -13,8 +13,8 @@ use std::path::Path;
 use super::nv::Report;
 use crate::geometry::Mesh;
 use crate::io::orientation;
-use crate::io::Volume;
 use crate::synth::Side;
+use crate::volume::Volume;
 use crate::Result;
 
 /// What the picture shows of one side.

@@ -25,8 +25,8 @@ pub use phantom::{Phantom, Tissue};
 
 use crate::geometry::NvParams;
 use crate::io::nifti::{generated_header, DataType};
-use crate::io::{Volume, VoxelKind};
 use crate::pipeline::localize::voi_grid_around;
+use crate::volume::{Volume, VoxelKind};
 use crate::{Error, Result};
 use anatomy::V3;
 use noise::{hash_words, Rng};

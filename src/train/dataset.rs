@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::io::{read_nifti, Volume};
+use crate::io::read_nifti;
 pub use crate::synth::Side;
 use crate::synth::{manifest_path, Manifest, ManifestCase};
+use crate::volume::Volume;
 use crate::{Error, Result};
 
 /// Affine entries (mm) may differ by at most this much between volumes of one sample.

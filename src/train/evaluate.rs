@@ -9,7 +9,6 @@
 use crate::autograd;
 use crate::geometry;
 use crate::io::normalize::Normalization;
-use crate::io::Volume;
 use crate::loss;
 use crate::nn::model::{self, InferOptions};
 use crate::nn::segment::Blend;
@@ -19,6 +18,7 @@ use crate::train::config::Config;
 use crate::train::metrics;
 use crate::train::sampling;
 use crate::train::trainer::Sample;
+use crate::volume::Volume;
 use crate::{Device, Error, Result, Tensor};
 
 /// Per-batch scores.

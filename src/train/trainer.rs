@@ -26,7 +26,6 @@ use std::path::PathBuf;
 
 use crate::autograd;
 use crate::io::normalize::Normalization;
-use crate::io::Volume;
 use crate::nn::{self, Mode, Network};
 use crate::optim::{Adam, AdamConfig, AdamState, StepLR};
 use crate::train::augment::{self, Patch, Transform};
@@ -35,6 +34,7 @@ use crate::train::dataset::{Dataset, Side, VoiSample};
 use crate::train::logs::{self, Csv, EpochPoint};
 use crate::train::rng::{mix_seed, Rng};
 use crate::train::{interrupt, sampling};
+use crate::volume::Volume;
 use crate::{Device, Error, Result, Tensor};
 
 use crate::train::checkpoint::{self, read_moments, write_moments};
@@ -189,10 +189,10 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
             let ct_file = ct_path(&ds, id, side);
             let bad = match nan_to {
                 Some(x) => {
-                    crate::io::replace_non_finite(&mut v.ct, x);
+                    crate::volume::replace_non_finite(&mut v.ct, x);
                     0
                 }
-                None => crate::io::count_non_finite(&v.ct),
+                None => crate::volume::count_non_finite(&v.ct),
             };
             if bad > 0 {
                 return Err(Error::format(
