@@ -28,9 +28,10 @@ use crate::autograd;
 use crate::io::normalize::Normalization;
 use crate::nn::{self, Mode, Network};
 use crate::optim::{Adam, AdamConfig, AdamState, StepLR};
+use crate::synth::VoiCase;
 use crate::train::augment::{self, Patch, Transform};
 use crate::train::config::{Config, Target};
-use crate::train::dataset::{Dataset, Side, VoiSample};
+use crate::train::dataset::{Dataset, Side};
 use crate::train::logs::{self, Csv, EpochPoint};
 use crate::train::rng::{mix_seed, Rng};
 use crate::train::{interrupt, sampling};
@@ -256,7 +257,7 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
 }
 
 /// The truth of `target` in a loaded joint. (A new target adds its arm here.)
-pub fn target_mask(target: Target, v: &VoiSample) -> &Volume {
+pub fn target_mask(target: Target, v: &VoiCase) -> &Volume {
     match target {
         Target::Mc => &v.mc,
         Target::Tb => &v.tb,
