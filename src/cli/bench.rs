@@ -282,17 +282,11 @@ impl Trainer {
         let t1 = Instant::now();
         let grads = autograd::backward(&l)?;
         let t2 = Instant::now();
-        let params = self.net.parameters();
-        let g = params
-            .iter()
-            .map(|p| match grads.get(p) {
-                Some(g) => Ok(g.clone()),
-                None => Tensor::zeros(p.dims(), p.device()),
-            })
-            .collect::<dnvs_engine::Result<Vec<_>>>()?;
-        let new = self.adam.step(&params, &g)?;
-        self.net.set_parameters(new)?;
         let loss = l.item()?;
+        // Release the tape (its saved inputs share the parameters' buffers) so that Adam updates
+        // the parameters in place, as the training loop does.
+        drop((l, probs));
+        nn::adam_step(self.net.as_mut(), &mut self.adam, &grads)?;
         let t3 = Instant::now();
         let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
         Ok((loss, [secs(t0, t1), secs(t1, t2), secs(t2, t3)]))

@@ -688,12 +688,30 @@ fn patch_corner(s: &Sample, patch: [usize; 3], fg_fraction: f64, rng: &mut Rng) 
 }
 
 /// Squared L2 norm of the gradients, in f64; infinite or NaN when one is.
-fn grad_norm_sq(g: &[Tensor]) -> Result<f64> {
+/// Runs `f` on the host values of `t`: in place on the CPU, a download from a GPU.
+fn on_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    match t.as_slice() {
+        Ok(v) => Ok(f(v)),
+        Err(_) => Ok(f(&t.to_vec()?)),
+    }
+}
+
+/// Squared L2 norm of the gradients of `params` (missing ones are zero).
+fn grad_norm_sq(grads: &autograd::Gradients, params: &[Tensor]) -> Result<f64> {
     let mut sum = 0.0f64;
-    for t in g {
-        sum += t.to_vec()?.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+    for g in params.iter().filter_map(|p| grads.get(p)) {
+        sum += on_host(g, |v| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>())?;
     }
     Ok(sum)
+}
+
+/// NaN or infinite values among `ts`.
+fn non_finite_count(ts: &[Tensor]) -> Result<usize> {
+    let mut n = 0;
+    for t in ts {
+        n += on_host(t, |v| v.iter().filter(|x| !x.is_finite()).count())?;
+    }
+    Ok(n)
 }
 
 fn run_epoch(
@@ -751,23 +769,16 @@ fn run_epoch(
             return Err(Error::Diverged(format!("{}: the loss is {}", at(b), sc.loss)));
         }
         let grads = autograd::backward(&loss)?;
-        let params = net.parameters();
-        let g: Vec<Tensor> = params
-            .iter()
-            .map(|p| match grads.get(p) {
-                Some(g) => Ok(g.clone()),
-                None => Tensor::zeros(p.dims().to_vec(), p.device()),
-            })
-            .collect::<Result<_>>()?;
-        let gn = grad_norm_sq(&g)?;
+        // The tape's saved inputs share the parameters' buffers: release it so that Adam updates
+        // them in place instead of filling fresh pages every step.
+        drop((loss, probs));
+        let gn = grad_norm_sq(&grads, &net.parameters())?;
         if !gn.is_finite() {
             return Err(Error::Diverged(format!("{}: the gradient norm is {}", at(b), gn.sqrt())));
         }
-        let new = adam.step(&params, &g)?;
-        let bad: usize = new
-            .iter()
-            .map(|t| t.to_vec().map(|v| v.iter().filter(|x| !x.is_finite()).count()))
-            .sum::<Result<usize>>()?;
+        nn::adam_step(net, adam, &grads)?;
+        drop(grads);
+        let bad = non_finite_count(&net.parameters())?;
         if bad > 0 {
             return Err(Error::Diverged(format!(
                 "{}: {bad} weights became non-finite (learning rate {:.2e})",
@@ -775,7 +786,6 @@ fn run_epoch(
                 adam.lr()
             )));
         }
-        net.set_parameters(new)?;
         conv.row(&[
             fold.to_string(),
             (epoch + 1).to_string(),
