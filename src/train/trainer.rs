@@ -42,7 +42,7 @@ use crate::train::checkpoint::{self, read_moments, write_moments};
 pub use crate::train::checkpoint::{
     load_run_config, load_state, save_state, state_path, CardInfo, StepLrState, TrainState,
 };
-use crate::train::evaluate::{add_scores, div_scores, fmt_f, mean_of};
+use crate::train::evaluate::{add_scores, criterion_unread, div_scores, fmt_f, mean_of, pack};
 pub use crate::train::evaluate::{
     criterion, evaluate, table_1, test_fields, Distances, Scores, TestRow,
 };
@@ -688,30 +688,33 @@ fn patch_corner(s: &Sample, patch: [usize; 3], fg_fraction: f64, rng: &mut Rng) 
 }
 
 /// Squared L2 norm of the gradients, in f64; infinite or NaN when one is.
-/// Runs `f` on the host values of `t`: in place on the CPU, a download from a GPU.
-fn on_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    match t.as_slice() {
-        Ok(v) => Ok(f(v)),
-        Err(_) => Ok(f(&t.to_vec()?)),
+/// The sum of every element of `ts` (of its square when `square`) as a scalar on `dev`, nothing
+/// read: on the CPU in f64 over the buffers in place, on a GPU by its reduction kernel.
+fn device_sum<'a>(
+    ts: impl Iterator<Item = &'a Tensor>,
+    square: bool,
+    dev: Device,
+) -> Result<Tensor> {
+    if dev == Device::Cpu {
+        let mut sum = 0.0f64;
+        for t in ts {
+            let v = t.as_slice()?;
+            sum += if square {
+                v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
+            } else {
+                v.iter().map(|x| f64::from(*x)).sum::<f64>()
+            };
+        }
+        return Ok(Tensor::scalar(sum as f32));
     }
-}
-
-/// Squared L2 norm of the gradients of `params` (missing ones are zero).
-fn grad_norm_sq(grads: &autograd::Gradients, params: &[Tensor]) -> Result<f64> {
-    let mut sum = 0.0f64;
-    for g in params.iter().filter_map(|p| grads.get(p)) {
-        sum += on_host(g, |v| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>())?;
-    }
-    Ok(sum)
-}
-
-/// NaN or infinite values among `ts`.
-fn non_finite_count(ts: &[Tensor]) -> Result<usize> {
-    let mut n = 0;
-    for t in ts {
-        n += on_host(t, |v| v.iter().filter(|x| !x.is_finite()).count())?;
-    }
-    Ok(n)
+    autograd::no_grad(|| {
+        let mut acc = Tensor::zeros(Vec::<usize>::new(), dev)?;
+        for t in ts {
+            let x = if square { crate::ops::mul(t, t)? } else { t.clone() };
+            acc = crate::ops::add(&acc, &crate::backend::cuda::reduce::sum_all(&x)?)?;
+        }
+        Ok(acc)
+    })
 }
 
 fn run_epoch(
@@ -764,24 +767,32 @@ fn run_epoch(
         }
         let (x, y) = to_tensors(&batch, dev)?;
         let probs = net.forward(&x, Mode::Train { seed: rng.fork() })?;
-        let (loss, sc) = criterion(cfg, &probs, &y)?;
-        if !sc.loss.is_finite() {
-            return Err(Error::Diverged(format!("{}: the loss is {}", at(b), sc.loss)));
-        }
+        let (loss, scalars) = criterion_unread(cfg, &probs, &y)?;
         let grads = autograd::backward(&loss)?;
         // The tape's saved inputs share the parameters' buffers: release it so that Adam updates
         // them in place instead of filling fresh pages every step.
         drop((loss, probs));
-        let gn = grad_norm_sq(&grads, &net.parameters())?;
+        let params = net.parameters();
+        let grad_sq = device_sum(params.iter().filter_map(|p| grads.get(p)), true, dev)?;
+        drop(params);
+        nn::adam_step(net, adam, &grads)?;
+        drop(grads);
+        // A non-finite weight makes the sum non-finite. Divergence stops the run before anything
+        // of the epoch is written, so checking after the update loses nothing.
+        let weight_sum = device_sum(net.parameters().iter(), false, dev)?;
+        // The step's one read: loss, CE, Dice, IoU, squared gradient norm and weight sum.
+        let host = pack(&[&scalars, &grad_sq, &weight_sum])?.to_vec()?;
+        let sc = Scores::from_packed(&host)?;
+        let (gn, weights) = (f64::from(host[5]), host[6]);
+        if !sc.loss.is_finite() {
+            return Err(Error::Diverged(format!("{}: the loss is {}", at(b), sc.loss)));
+        }
         if !gn.is_finite() {
             return Err(Error::Diverged(format!("{}: the gradient norm is {}", at(b), gn.sqrt())));
         }
-        nn::adam_step(net, adam, &grads)?;
-        drop(grads);
-        let bad = non_finite_count(&net.parameters())?;
-        if bad > 0 {
+        if !weights.is_finite() {
             return Err(Error::Diverged(format!(
-                "{}: {bad} weights became non-finite (learning rate {:.2e})",
+                "{}: the weights became non-finite (their sum is {weights}; learning rate {:.2e})",
                 at(b),
                 adam.lr()
             )));
