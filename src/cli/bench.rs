@@ -128,16 +128,10 @@ impl Layer {
     }
 }
 
+/// Uniform values in `[-0.5, 0.5)` from the crate's generator, seeded per operand.
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
+    let mut g = dnvs_engine::rng::Xoshiro256::seeded(seed);
+    (0..n).map(|_| dnvs_engine::rng::unit_f32(g.next_u64()) - 0.5).collect()
 }
 
 /// Median seconds of `iters` runs of `f` after `warm` warm-up runs; `sync` is called before every

@@ -452,11 +452,12 @@ pub fn write_dataset(
         labels,
         cases: entries,
     };
-    let json_tmp = tmp.join("dataset.json");
-    let mut text = serde_json::to_string_pretty(&manifest)
-        .map_err(|e| Error::format(&json_tmp, e.to_string()))?;
+    let json = out.join("dataset.json");
+    let mut text =
+        serde_json::to_string_pretty(&manifest).map_err(|e| Error::format(&json, e.to_string()))?;
     text.push('\n');
-    std::fs::write(&json_tmp, text).map_err(|e| Error::io(&json_tmp, e))?;
+    // Folders move into place with a plain rename (`crate::atomic` writes files); the case list
+    // that names them is written last, atomically, so a reader never sees a half-written one.
     for d in OWNED_DIRS {
         let target = out.join(d);
         if target.exists() {
@@ -467,8 +468,7 @@ pub fn write_dataset(
             std::fs::rename(&src, &target).map_err(|e| Error::io(&target, e))?;
         }
     }
-    let json = out.join("dataset.json");
-    std::fs::rename(&json_tmp, &json).map_err(|e| Error::io(&json, e))?;
+    crate::atomic::write_atomic(&json, text.as_bytes())?;
     std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     Ok(manifest)
 }
