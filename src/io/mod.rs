@@ -15,6 +15,7 @@
 //! # }
 //! ```
 
+pub mod canvas;
 pub mod dicom;
 mod dicom_scan;
 pub mod mesh;

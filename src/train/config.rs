@@ -11,7 +11,7 @@
 //! | `training` | device, trainsize, model_name, num_epochs, k_follds_number, batch_size, learning_rate, momentum, wd, patience, delta, step_size, gamma | width, precision, run_dir, early_stopping, folds |
 //! | `loss` | loss_name, loss_type (`CE`, `D`, `DCE`), dce_w, w0, w1, nll | soft_dice |
 //! | `predict` | model_path | |
-//! | `loaders` | train_patch, train_stride, val_patch, val_stride, dicom_path, mask_path, objects, voi_shape, precrop, train_patient_ids, val_patient_ids, num_workers, batch_size, train_dataset_size, transformer, train_patch_builder, val_patch_builder | dataset_dir, target (`mc`, `tb`, `nv`, `joints`), sides, synth, window, overlap, fg_fraction |
+//! | `loaders` | train_patch, train_stride, val_patch, val_stride, dicom_path, mask_path, objects, voi_shape, precrop, train_patient_ids, val_patient_ids, num_workers, batch_size, train_dataset_size, transformer, train_patch_builder, val_patch_builder | dataset_dir, target (`mc`, `tb`, `nv`, `joints`), sides, synth, window, overlap, fg_fraction, spacing_mm |
 //!
 //! Validation: with `val_patch` the original's patch grid; without it, a sliding window
 //! (`window`, `overlap`) over each whole held-out VOI, through the same code `segment` runs, so
@@ -248,6 +248,12 @@ pub struct Loaders {
     /// a third); the others are uniformly random.
     #[serde(default)]
     pub fg_fraction: f64,
+    /// The grid the network trains on (mm, x y z): each VOI (cropped to `voi_shape` at its own
+    /// spacing) is resampled to it, `train_patch` and `window` count its voxels, the model card
+    /// records it (so `segment` resamples inputs to it) and whole-VOI validation runs on the
+    /// VOIs at their own spacing through that resampling. Absent: the data set's spacing.
+    #[serde(default)]
+    pub spacing_mm: Option<[f64; 3]>,
 }
 
 /// The transform lists per phase.
@@ -446,9 +452,15 @@ impl Config {
         if voi.contains(&0) {
             return bad(format!("loaders.voi_shape {voi:?} has a zero extent"));
         }
+        if let Some(sp) = l.spacing_mm.filter(|s| s.iter().any(|v| !(v.is_finite() && *v > 0.0))) {
+            return bad(format!("loaders.spacing_mm {sp:?}: every spacing must be > 0 mm"));
+        }
+        // With `spacing_mm` the VOI's extent on the training grid is known only once the data
+        // set's spacing is read: `prepare` checks the patch then (still before any write).
+        let voi_on_grid = if l.spacing_mm.is_some() { [usize::MAX; 3] } else { voi };
         for (name, p) in [("train_patch", Some(l.train_patch)), ("val_patch", l.val_patch)] {
             if let Some(p) = p {
-                if p.contains(&0) || (0..3).any(|a| p[a] > voi[a]) {
+                if p.contains(&0) || (0..3).any(|a| p[a] > voi_on_grid[a]) {
                     return bad(format!(
                         "loaders.{name} {p:?} does not fit in the VOI {voi:?} (loaders.voi_shape)"
                     ));

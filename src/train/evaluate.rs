@@ -151,7 +151,8 @@ fn patch_probs(net: &mut dyn Network, img: &Patch, dev: Device) -> Result<Tensor
     autograd::no_grad(|| net.forward(&x, Mode::Eval))
 }
 
-/// The whole VOI of a sample through the inference path, as `(probs (1, D, H, W, 2), mask)`.
+/// The whole VOI of a sample through the inference path, as `(probs (1, D, H, W, 2), mask)`: on
+/// the data set's own grid when training resampled it (so the score is `segment`'s).
 fn whole_voi_probs(
     cfg: &Config,
     net: &mut dyn Network,
@@ -159,22 +160,26 @@ fn whole_voi_probs(
     norm: &Normalization,
     dev: Device,
 ) -> Result<(Tensor, Patch)> {
-    let mut vol = Volume::zeros(s.image.dims, s.spacing);
-    vol.data.clone_from(&s.image.data);
+    let (image, label, spacing) = match &s.native {
+        Some(n) => (&n.image, &n.label, n.spacing),
+        None => (&s.image, &s.label, s.spacing),
+    };
+    let mut vol = Volume::zeros(image.dims, spacing);
+    vol.data.clone_from(&image.data);
     let opts = InferOptions {
         normalization: norm,
-        spacing_mm: None,
+        spacing_mm: Some(s.spacing),
         window: cfg.window(),
         overlap: cfg.loaders.overlap,
         blend: Blend::Gaussian,
     };
     let pred = model::infer(net, &vol, &opts)?;
-    let [d, h, w] = s.image.dims;
+    let [d, h, w] = image.dims;
     let mut p = Vec::with_capacity(2 * vol.data.len());
     for (b, f) in pred.probs[0].data.iter().zip(&pred.probs[1].data) {
         p.extend_from_slice(&[*b, *f]);
     }
-    Ok((Tensor::from_vec(p, vec![1, d, h, w, 2])?.to_device(dev)?, s.label.clone()))
+    Ok((Tensor::from_vec(p, vec![1, d, h, w, 2])?.to_device(dev)?, label.clone()))
 }
 
 /// Scores (and, with `with_hd`, distances) of `net` on each sample, averaged over its patches
@@ -217,7 +222,8 @@ pub fn evaluate(
             if with_hd {
                 let pred = metrics::argmax_fg(&p);
                 let gt: Vec<bool> = lab.data.iter().map(|v| *v > 0.5).collect();
-                let m = geometry::metrics::segmentation_metrics(&pred, &gt, lab.dims, s.spacing)?;
+                let spacing = s.native.as_ref().map_or(s.spacing, |n| n.spacing);
+                let m = geometry::metrics::segmentation_metrics(&pred, &gt, lab.dims, spacing)?;
                 acc.1.hd += m.hd_original_vox;
                 acc.1.hd_mm += m.hd_mm;
                 acc.1.hd95_mm += m.hd95_mm;

@@ -75,6 +75,7 @@ pub fn samples(cfg: &Config, ds: &Dataset, ids: &[String]) -> Result<Vec<Sample>
                 label: Patch { data: label, dims: coarse.dims },
                 spacing: coarse.spacing,
                 foreground,
+                native: None,
             })
         })
         .collect()

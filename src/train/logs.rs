@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::io::canvas::Canvas;
 use crate::{Error, Result};
 
 /// The one atomic writer (kept under this name for its callers).
@@ -84,81 +85,55 @@ pub struct EpochPoint {
     pub val_dice: f64,
 }
 
-const W: usize = 640;
-const H: usize = 300;
+const W: usize = 720;
+const H: usize = 340;
 const TRAIN_RGB: [u8; 3] = [31, 119, 180];
 const VAL_RGB: [u8; 3] = [255, 127, 14];
-
-struct Canvas {
-    px: Vec<u8>,
-}
-
-impl Canvas {
-    fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
-        if (0..W as i64).contains(&x) && (0..H as i64).contains(&y) {
-            let i = (y as usize * W + x as usize) * 3;
-            self.px[i..i + 3].copy_from_slice(&c);
-        }
-    }
-    fn line(&mut self, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: [u8; 3]) {
-        // Bresenham, two pixels thick so it reads at a glance.
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-        loop {
-            self.set(x, y, c);
-            self.set(x, y + 1, c);
-            if x == x1 && y == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-    fn rect(&mut self, x: i64, y: i64, w: i64, h: i64, c: [u8; 3]) {
-        for yy in y..y + h {
-            for xx in x..x + w {
-                self.set(xx, yy, c);
-            }
-        }
-    }
-}
+const INK: [u8; 3] = [0, 0, 0];
+const GRID: [u8; 3] = [225, 225, 225];
 
 /// Draws two panels, loss (left) and Dice (right), with train (blue) and validation (orange)
-/// curves per epoch; each panel has axes, a light grid at quarters of its range and a colour key
-/// (a blue and an orange square at the top left: train, validation). Loss panels span 0 to the
-/// largest loss; Dice panels span 0 to 1.
+/// curves per epoch. Each panel has a title, axes with their numbers (epochs along x; 0, the
+/// quarters and the top of the range along y, on a light grid) and the axis name, and the page
+/// a legend naming the two colours. Loss panels span 0 to the largest loss; Dice 0 to 1.
 pub fn progress_png(path: &Path, points: &[EpochPoint]) -> Result<()> {
-    let mut cv = Canvas { px: vec![255; W * H * 3] };
+    let mut cv = Canvas::new(W, H, [255, 255, 255]);
     let max_loss = points
         .iter()
         .flat_map(|p| [p.train_loss, p.val_loss])
         .filter(|v| v.is_finite())
         .fold(1e-6, f64::max);
     type Series = fn(&EpochPoint) -> f64;
-    let panels: [(usize, f64, [Series; 2]); 2] = [
-        (0, max_loss, [|p| p.train_loss, |p| p.val_loss]),
-        (W / 2, 1.0, [|p| p.train_dice, |p| p.val_dice]),
+    let panels: [(usize, &str, f64, [Series; 2]); 2] = [
+        (0, "LOSS", max_loss, [|p| p.train_loss, |p| p.val_loss]),
+        (W / 2, "DICE", 1.0, [|p| p.train_dice, |p| p.val_dice]),
     ];
+    let first = points.first().map_or(1, |p| p.epoch);
+    let last = points.last().map_or(1, |p| p.epoch);
     let n = points.len().max(2) as f64 - 1.0;
-    for (x0, ymax, series) in panels {
+    for (x0, title, ymax, series) in panels {
         let (left, right, top, bottom) =
-            (x0 as i64 + 30, (x0 + W / 2) as i64 - 10, 20i64, H as i64 - 25);
-        for q in 1..4 {
+            (x0 as i64 + 52, (x0 + W / 2) as i64 - 14, 44i64, H as i64 - 42);
+        cv.text(x0 + W / 4 - Canvas::text_width(title, 2) / 2, 10, title, 2, INK);
+        for q in 0..=4 {
             let y = bottom - (bottom - top) * q / 4;
-            cv.line((left, y), (right, y), [225, 225, 225]);
+            if q > 0 {
+                cv.line((left, y), (right, y), GRID);
+            }
+            let label = format!("{:.2}", ymax * q as f64 / 4.0);
+            let lx = (left as usize).saturating_sub(Canvas::text_width(&label, 1) + 4);
+            cv.text(lx, (y as usize).saturating_sub(3), &label, 1, INK);
         }
-        cv.line((left, top), (left, bottom), [0, 0, 0]);
-        cv.line((left, bottom), (right, bottom), [0, 0, 0]);
-        cv.rect(left + 8, top - 12, 8, 8, TRAIN_RGB);
-        cv.rect(left + 22, top - 12, 8, 8, VAL_RGB);
+        cv.line((left, top), (left, bottom), INK);
+        cv.line((left, bottom), (right, bottom), INK);
+        for (e, x) in [(first, left), (last, right)] {
+            let label = e.to_string();
+            let lx = (x as usize).saturating_sub(Canvas::text_width(&label, 1) / 2);
+            cv.text(lx, bottom as usize + 6, &label, 1, INK);
+        }
+        let axis = "EPOCH";
+        let mid = ((left + right) / 2) as usize - Canvas::text_width(axis, 1) / 2;
+        cv.text(mid, bottom as usize + 18, axis, 1, INK);
         for (s, colour) in series.iter().zip([TRAIN_RGB, VAL_RGB]) {
             let xy = |i: usize, p: &EpochPoint| {
                 let v = s(p);
@@ -173,9 +148,21 @@ pub fn progress_png(path: &Path, points: &[EpochPoint]) -> Result<()> {
             }
             if points.len() == 1 {
                 let (x, y) = xy(0, &points[0]);
-                cv.rect(x - 2, y - 2, 5, 5, colour);
+                cv.fill(x.max(2) as usize - 2, y.max(2) as usize - 2, 5, 5, colour);
             }
         }
     }
-    crate::io::png::write_rgb(path, W, H, &cv.px)
+    legend(&mut cv);
+    cv.write(path)
+}
+
+/// The colour key under the panels: a blue square "TRAIN", an orange square "VALIDATION".
+fn legend(cv: &mut Canvas) {
+    let y = H - 14;
+    let mut x = W / 2 - 90;
+    for (name, colour) in [("TRAIN", TRAIN_RGB), ("VALIDATION", VAL_RGB)] {
+        cv.fill(x, y, 9, 9, colour);
+        cv.text(x + 14, y + 1, name, 1, INK);
+        x += 14 + Canvas::text_width(name, 1) + 24;
+    }
 }

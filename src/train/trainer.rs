@@ -60,6 +60,17 @@ pub struct Sample {
     pub spacing: [f64; 3],
     /// Linear indices of the label's foreground voxels (where foreground patches centre).
     pub foreground: Vec<u32>,
+    /// The VOI at the data set's own spacing when `loaders.spacing_mm` resampled `image` and
+    /// `label`: whole-VOI validation scores this, through the resampling `segment` does.
+    pub native: Option<NativeVoi>,
+}
+
+/// A joint's VOI (CT and 0/1 mask) on the data set's own grid.
+#[derive(Clone, Debug)]
+pub struct NativeVoi {
+    pub image: Patch,
+    pub label: Patch,
+    pub spacing: [f64; 3],
 }
 
 /// The checked, loaded data of a config: everything that can fail before training does.
@@ -232,6 +243,15 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
             let image = sampling::crop(&v.ct.data, v.ct.dims, c, voi);
             let mut label = sampling::crop(&mask.data, mask.dims, c, voi);
             label.data.iter_mut().for_each(|x| *x = if *x > 0.5 { 1.0 } else { 0.0 });
+            let native = NativeVoi { image, label, spacing: v.ct.spacing };
+            let (image, label, spacing, native) = match cfg.loaders.spacing_mm {
+                Some(s) if crate::nn::model::needs_resampling(native.spacing, s) => {
+                    let (image, label) = onto_training_grid(&native, s)?;
+                    check_patch_fits(cfg, id, side_name, image.dims)?;
+                    (image, label, s, Some(native))
+                }
+                _ => (native.image, native.label, native.spacing, None),
+            };
             let foreground =
                 (0..label.data.len() as u32).filter(|i| label.data[*i as usize] > 0.5).collect();
             samples.push(Sample {
@@ -239,16 +259,20 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
                 side: side_name.clone(),
                 image,
                 label,
-                spacing: v.ct.spacing,
+                spacing,
                 foreground,
+                native,
             });
         }
     }
-    let Some(spacing) = spacing else {
+    let Some(mut spacing) = spacing else {
         return Err(Error::Config {
             msg: "the data set has no VOI for the configured sides".into(),
         });
     };
+    if let Some(s) = samples.first().filter(|s| s.native.is_some()) {
+        spacing = s.spacing;
+    }
     let prec =
         cfg.training.precision.parse().map_err(|e: Error| Error::Config { msg: e.to_string() })?;
     let device = resolve_device_for(&cfg.training.device, prec)?;
@@ -265,6 +289,39 @@ pub fn target_mask(target: Target, v: &VoiCase) -> &Volume {
         // Joints samples are whole heads (`train::joints`), never per-joint VOIs.
         Target::Joints => &v.tb,
     }
+}
+
+/// A native VOI resampled onto the training grid of `spacing` mm: the CT linearly (as `segment`
+/// resamples its input), the mask linearly and then thresholded at one half.
+fn onto_training_grid(native: &NativeVoi, spacing: [f64; 3]) -> Result<(Patch, Patch)> {
+    use crate::io::resample::{resample_to_spacing, Interp};
+    let on_grid = |p: &Patch| -> Result<Patch> {
+        let mut v = Volume::zeros(p.dims, native.spacing);
+        v.data.clone_from(&p.data);
+        let r = resample_to_spacing(&v, spacing, Interp::Linear)?;
+        Ok(Patch { data: r.data, dims: r.dims })
+    };
+    let image = on_grid(&native.image)?;
+    let mut label = on_grid(&native.label)?;
+    label.data.iter_mut().for_each(|x| *x = if *x > 0.5 { 1.0 } else { 0.0 });
+    Ok((image, label))
+}
+
+/// `train_patch` (and `val_patch`) must fit in a VOI on the training grid.
+fn check_patch_fits(cfg: &Config, id: &str, side: &str, dims: [usize; 3]) -> Result<()> {
+    let l = &cfg.loaders;
+    for (name, p) in [("train_patch", Some(l.train_patch)), ("val_patch", l.val_patch)] {
+        if let Some(p) = p.filter(|p| (0..3).any(|a| p[a] > dims[a])) {
+            return Err(Error::Config {
+                msg: format!(
+                    "case {id} side {side}: loaders.{name} {p:?} does not fit in the VOI, which is \
+                     {dims:?} voxels on the {:?} mm training grid (loaders.spacing_mm)",
+                    l.spacing_mm.unwrap_or_default()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The CT file of a joint (for messages).
