@@ -39,17 +39,10 @@ fn step(net: &mut dyn Network, adam: &mut Adam, x: &Tensor, target: &Tensor, see
     let probs = net.forward(x, Mode::Train { seed }).expect("forward");
     let l = loss::nll_probs(&probs, target, None).expect("nll_probs");
     let grads = autograd::backward(&l).expect("backward");
-    let params = net.parameters();
-    let g: Vec<Tensor> = params
-        .iter()
-        .map(|p| match grads.get(p) {
-            Some(g) => g.clone(),
-            None => Tensor::zeros(p.dims(), p.device()).expect("zeros"),
-        })
-        .collect();
-    let new = adam.step(&params, &g).expect("adam");
-    net.set_parameters(new).expect("set_parameters");
-    l.item().expect("scalar loss")
+    let loss = l.item().expect("scalar loss");
+    drop((l, probs)); // the tape shares the parameters' buffers; Adam then updates them in place
+    nn::adam_step(net, adam, &grads).expect("adam");
+    loss
 }
 
 fn bench_vnet(c: &mut Criterion) {

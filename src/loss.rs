@@ -201,6 +201,21 @@ pub struct HardDice {
 /// # Errors
 /// As [`cross_entropy`], and [`Error::Shape`] unless there are exactly two channels.
 pub fn hard_dice(probs: &Tensor, target: &Tensor) -> Result<HardDice> {
+    let (loss, scores) = hard_dice_scores(probs, target)?;
+    let v = scores.to_vec()?;
+    Ok(HardDice { loss, dice: v[1], iou: v[2] })
+}
+
+/// [`hard_dice`] without reading anything: the loss and its scores `[1 - dice, dice, iou]` as a
+/// `(3)` tensor on the probabilities' device, so that a training step can read them together
+/// with its other scalars in one transfer.
+///
+/// # Shapes
+/// `probs: (N, D, H, W, 2)`, `target: (N, D, H, W)` of 0/1 -> (scalar, `(3)`).
+///
+/// # Errors
+/// As [`hard_dice`].
+pub fn hard_dice_scores(probs: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
     let op = "hard_dice";
     let (c, dev) = check_target_shape(op, probs, target)?;
     if c != 2 {
@@ -215,6 +230,7 @@ pub fn hard_dice(probs: &Tensor, target: &Tensor) -> Result<HardDice> {
     let dice = 2.0 * inter / union;
     let iou = inter / (union - inter);
     let out = Tensor::scalar((1.0 - dice) as f32);
+    let scores = Tensor::from_vec(vec![(1.0 - dice) as f32, dice as f32, iou as f32], [3])?;
     let p = probs.clone();
     let loss = record(op, out, &[probs], move |g| {
         let up = f64::from(upstream(op, g)?);
@@ -225,7 +241,19 @@ pub fn hard_dice(probs: &Tensor, target: &Tensor) -> Result<HardDice> {
         });
         Ok(vec![Some(Tensor::from_vec(gp, p.shape())?)])
     });
-    Ok(HardDice { loss, dice: dice as f32, iou: iou as f32 })
+    Ok((loss, scores))
+}
+
+/// [`hard_dice_scores`] on a GPU: the counts, the loss, Dice and IoU in two launches, nothing
+/// read; the backward runs on the GPU.
+fn hard_dice_cuda(probs: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
+    let op = "hard_dice";
+    let (loss, all, sums) = cu::hard_dice(probs, target)?;
+    let (p, t) = (probs.clone(), target.clone());
+    let loss = record(op, loss, &[probs], move |g| {
+        Ok(vec![Some(cu::hard_dice_backward(&p, &t, &sums, g)?)])
+    });
+    Ok((loss, all))
 }
 
 /// Dice loss plus `dce_w` times the weighted NLL on probabilities: the soft Dice when `soft`,
@@ -236,20 +264,6 @@ pub fn hard_dice(probs: &Tensor, target: &Tensor) -> Result<HardDice> {
 ///
 /// # Errors
 /// Those of [`soft_dice`] / [`hard_dice`] and [`nll_probs`].
-/// [`hard_dice`] on a GPU: the counts, the loss, Dice and IoU in two launches; one 12-byte read
-/// brings Dice and IoU (and the loss value) to the host, and the backward runs on the GPU.
-fn hard_dice_cuda(probs: &Tensor, target: &Tensor) -> Result<HardDice> {
-    let op = "hard_dice";
-    let (loss, all, sums) = cu::hard_dice(probs, target)?;
-    let host = all.to_vec()?;
-    let (dice, iou) = (host[1], host[2]);
-    let (p, t) = (probs.clone(), target.clone());
-    let loss = record(op, loss, &[probs], move |g| {
-        Ok(vec![Some(cu::hard_dice_backward(&p, &t, &sums, g)?)])
-    });
-    Ok(HardDice { loss, dice, iou })
-}
-
 pub fn dice_ce(
     probs: &Tensor,
     target: &Tensor,
@@ -257,7 +271,7 @@ pub fn dice_ce(
     dce_w: f32,
     soft: bool,
 ) -> Result<Tensor> {
-    let dice = if soft { soft_dice(probs, target)? } else { hard_dice(probs, target)?.loss };
+    let dice = if soft { soft_dice(probs, target)? } else { hard_dice_scores(probs, target)?.0 };
     let ce = nll_probs(probs, target, weight)?;
     crate::ops::add(&dice, &crate::ops::scale(&ce, dce_w)?)
 }

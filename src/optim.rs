@@ -1,12 +1,14 @@
 //! Optimisers and schedules: Adam with L2 weight decay exactly as `torch.optim.Adam`, StepLR.
 //!
-//! Parameters are immutable tensors, so [`Adam::step`] returns new leaves in the order it was
-//! given them; the moments live in the optimiser, indexed by that order, and serialise with
-//! serde so a run can resume bit for bit.
+//! [`Adam::step_in_place`] replaces the parameters it is lent by their updated leaves, rewriting a
+//! CPU parameter's buffer in place when nothing else shares it (a network lends its parameters
+//! that way, `nn::Network::update_parameters`); [`Adam::step`] returns new leaves and leaves its
+//! arguments alone. The moments live in the optimiser, indexed by the parameters' order, and
+//! serialise with serde so a run can resume bit for bit.
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::cpu::optim::{adam_update, AdamStep};
+use crate::backend::cpu::optim::{adam_update, adam_update_in_place, AdamStep};
 use crate::backend::cuda::optim::{AdamHyper, CudaAdam};
 use crate::backend::device_of;
 use crate::tensor::{Device, Tensor};
@@ -129,6 +131,21 @@ impl Adam {
     /// [`Error::Shape`] when `params` and `grads` differ in count or shape, or do not match the
     /// moments of earlier steps; [`Error::Device`] for non-CPU tensors.
     pub fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<Vec<Tensor>> {
+        // The copies share their buffers with `params`, so the update below writes fresh ones.
+        let mut out = params.to_vec();
+        self.step_in_place(&mut out, grads)?;
+        Ok(out)
+    }
+
+    /// One Adam step that replaces each of `params` by its updated trainable leaf. A CPU
+    /// parameter that nothing else shares (see [`Tensor::try_into_cpu_vec`]) is updated in its
+    /// own buffer, so a training step fills no fresh pages; a shared one gets a new buffer with
+    /// the same values. On a GPU the moments stay there and one multi-tensor launch updates all.
+    /// On an error every slot still holds a valid tensor (the old or the new parameter).
+    ///
+    /// # Errors
+    /// As [`Adam::step`].
+    pub fn step_in_place(&mut self, params: &mut [Tensor], grads: &[Tensor]) -> Result<()> {
         let op = "adam";
         if params.len() != grads.len() {
             return Err(Error::shape(
@@ -145,7 +162,9 @@ impl Adam {
         }
         let all: Vec<&Tensor> = params.iter().chain(grads).collect();
         if let Device::Cuda(ordinal) = device_of(op, &all)? {
-            return self.step_cuda(ordinal, params, grads);
+            let new = self.step_cuda(ordinal, params, grads)?;
+            params.clone_from_slice(&new);
+            return Ok(());
         }
         if self.gpu.is_some() {
             return Err(Error::Device {
@@ -184,14 +203,29 @@ impl Adam {
             step_size: (f64::from(self.cfg.lr) / (1.0 - b1.powf(t as f64))) as f32,
             bias2_sqrt: (1.0 - b2.powf(t as f64)).sqrt() as f32,
         };
-        let mut out = Vec::with_capacity(params.len());
-        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-            let (ps, gs) = (cpu(p)?, cpu(g)?);
-            let new = adam_update(&s, ps, gs, &mut self.state.m[i], &mut self.state.v[i]);
-            out.push(Tensor::param(new, p.shape())?);
+        // Every operand is checked before the first parameter is touched, so an error leaves
+        // `params` as it was.
+        for t in params.iter().chain(grads) {
+            cpu(t)?;
+        }
+        for (i, g) in grads.iter().enumerate() {
+            let (gs, m, v) = (cpu(g)?, &mut self.state.m[i], &mut self.state.v[i]);
+            let p = std::mem::replace(&mut params[i], Tensor::scalar(0.0));
+            let shape = p.shape().clone();
+            let data = match p.try_into_cpu_vec() {
+                Ok(mut own) => {
+                    adam_update_in_place(&s, &mut own, gs, m, v);
+                    own
+                }
+                Err(shared) => {
+                    params[i] = shared;
+                    adam_update(&s, cpu(&params[i])?, gs, m, v)
+                }
+            };
+            params[i] = Tensor::param(data, shape).expect("the parameter's own length fits it");
         }
         self.state.step = t;
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -103,6 +103,11 @@ fn round_trip_matches_memory() {
                 s.nv_mm3
             );
             assert!((s.joint_space_mm - v.joint_space_mm).abs() < 1e-3);
+            // One VOI type: what is read back carries the generated truth, side and centre too.
+            assert_eq!(s.side, v.side);
+            let (got, want) = (s.condyle_center_ras_mm.unwrap(), v.condyle_center_ras_mm.unwrap());
+            assert!((0..3).all(|a| (got[a] - want[a]).abs() <= 1e-4), "{got:?} vs {want:?}");
+            assert_eq!(s.in_field_of_view, v.in_field_of_view.filter(|in_fov| !in_fov));
         }
     }
     assert!(matches!(ds.load_voi("case_0099", Side::L), Err(Error::Arg { .. })));

@@ -7,7 +7,7 @@
 
 mod common;
 
-use dnvs_engine::geometry::marching_cubes::flat_case_table;
+use dnvs_engine::geometry::mc_tables::flat_case_table;
 use dnvs_engine::geometry::{self, gpu, negative_volume, spacing_affine, NvParams};
 use dnvs_engine::io::Volume;
 use dnvs_engine::Device;

@@ -177,3 +177,66 @@ fn adam_learning_rate_and_step_lr() {
     assert!((s.lr_at(0.1, 10) - 0.05).abs() < 1e-9);
     assert!((s.lr_at(0.1, 35) - 0.0125).abs() < 1e-9);
 }
+
+/// `step_in_place` rewrites an unshared CPU parameter in its own buffer (no fresh pages) with
+/// exactly the values `step` returns, and copies a parameter that something else still holds.
+#[test]
+fn adam_in_place_reuses_unshared_buffers_with_the_same_values() {
+    let start = vec![tensor(random_vec(6, 1), &[2, 3]), tensor(random_vec(2, 2), &[2])];
+    let (mut copying, mut in_place) = (Adam::new(cfg()), Adam::new(cfg()));
+    let mut want = start.clone();
+    let mut lent: Vec<Tensor> = start
+        .iter()
+        .map(|t| Tensor::param(t.to_vec().unwrap(), t.shape().clone()).unwrap())
+        .collect();
+    for s in 0..3 {
+        want = copying.step(&want, &grads(s)).unwrap();
+        let before: Vec<*const f32> = lent.iter().map(|t| t.as_slice().unwrap().as_ptr()).collect();
+        in_place.step_in_place(&mut lent, &grads(s)).unwrap();
+        for (i, (t, w)) in lent.iter().zip(&want).enumerate() {
+            assert_eq!(t.as_slice().unwrap().as_ptr(), before[i], "step {s}: parameter {i} moved");
+            assert_eq!(t.to_vec().unwrap(), w.to_vec().unwrap(), "step {s}: parameter {i}");
+            assert!(t.tracks_grad());
+        }
+    }
+    // A parameter someone else holds (here: `held`) is not overwritten under them.
+    let held = lent[1].clone();
+    let kept = held.to_vec().unwrap();
+    in_place.step_in_place(&mut lent, &grads(3)).unwrap();
+    assert_eq!(held.to_vec().unwrap(), kept, "a shared parameter was written in place");
+    assert_ne!(lent[1].as_slice().unwrap().as_ptr(), held.as_slice().unwrap().as_ptr());
+}
+
+/// A network step through `nn::adam_step` updates the network's CPU parameters in place once the
+/// step's graph is dropped, and matches the copying `Adam::step` bit for bit.
+#[test]
+fn network_adam_step_updates_parameters_in_place() {
+    use dnvs_engine::{autograd, nn};
+    let mut net = nn::build_seeded(nn::Arch::VNet, 2, 7).unwrap();
+    let mut twin = nn::build_seeded(nn::Arch::VNet, 2, 7).unwrap();
+    let x = tensor(random_vec(2 * 16 * 16 * 16, 5), &[2, 16, 16, 16, 1]);
+    let target = tensor(
+        (0..2 * 16 * 16 * 16).map(|i| (i % 3 == 0) as u8 as f32).collect(),
+        &[2, 16, 16, 16],
+    );
+    let (mut a, mut b) = (Adam::new(cfg()), Adam::new(cfg()));
+    let mode = || nn::Mode::Train { seed: 3 };
+    let probs = net.forward(&x, mode()).unwrap();
+    let l = loss::nll_probs(&probs, &target, None).unwrap();
+    let grads = autograd::backward(&l).unwrap();
+    drop((l, probs));
+    let before: Vec<*const f32> =
+        net.parameters().iter().map(|t| t.as_slice().unwrap().as_ptr()).collect();
+    nn::adam_step(net.as_mut(), &mut a, &grads).unwrap();
+    let after: Vec<*const f32> =
+        net.parameters().iter().map(|t| t.as_slice().unwrap().as_ptr()).collect();
+    assert_eq!(before, after, "every parameter buffer is reused");
+
+    let probs = twin.forward(&x, mode()).unwrap();
+    let l = loss::nll_probs(&probs, &target, None).unwrap();
+    let g = autograd::backward(&l).unwrap().ordered(&twin.parameters()).unwrap();
+    let new = b.step(&twin.parameters(), &g).unwrap();
+    for (p, q) in net.parameters().iter().zip(&new) {
+        assert_eq!(p.to_vec().unwrap(), q.to_vec().unwrap());
+    }
+}

@@ -63,6 +63,21 @@ impl Gradients {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The gradient of each of `params`, in order, zeros of its shape (on its device) where the
+    /// loss does not depend on it: what an optimiser step takes.
+    ///
+    /// # Errors
+    /// Those of allocating the zeros.
+    pub fn ordered(&self, params: &[Tensor]) -> Result<Vec<Tensor>> {
+        params
+            .iter()
+            .map(|p| match self.get(p) {
+                Some(g) => Ok(g.clone()),
+                None => Tensor::zeros(p.dims().to_vec(), p.device()),
+            })
+            .collect()
+    }
 }
 
 /// Back-propagates from a one-element `loss` (seeded with 1).

@@ -16,11 +16,11 @@ use serde_json::{json, Value};
 use dnvs_engine::backend::cpu::conv3d::ConvGeom;
 use dnvs_engine::backend::cpu::profile;
 use dnvs_engine::backend::cuda::{self as cu, Precision};
-use dnvs_engine::io::volume::Volume;
 use dnvs_engine::nn::gpu_check::{self, DeviceChoice};
 use dnvs_engine::nn::{self, Arch, Mode, Network};
 use dnvs_engine::optim::{Adam, AdamConfig};
 use dnvs_engine::tensor::{Device, Tensor};
+use dnvs_engine::volume::Volume;
 use dnvs_engine::{autograd, loss, Error};
 
 #[derive(clap::Args)]
@@ -129,16 +129,10 @@ impl Layer {
     }
 }
 
+/// Uniform values in `[-0.5, 0.5)` from the crate's generator, seeded per operand.
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
+    let mut g = dnvs_engine::rng::Xoshiro256::seeded(seed);
+    (0..n).map(|_| dnvs_engine::rng::unit_f32(g.next_u64()) - 0.5).collect()
 }
 
 /// Median seconds of `iters` runs of `f` after `warm` warm-up runs; `sync` is called before every
@@ -283,17 +277,11 @@ impl Trainer {
         let t1 = Instant::now();
         let grads = autograd::backward(&l)?;
         let t2 = Instant::now();
-        let params = self.net.parameters();
-        let g = params
-            .iter()
-            .map(|p| match grads.get(p) {
-                Some(g) => Ok(g.clone()),
-                None => Tensor::zeros(p.dims(), p.device()),
-            })
-            .collect::<dnvs_engine::Result<Vec<_>>>()?;
-        let new = self.adam.step(&params, &g)?;
-        self.net.set_parameters(new)?;
         let loss = l.item()?;
+        // Release the tape (its saved inputs share the parameters' buffers) so that Adam updates
+        // the parameters in place, as the training loop does.
+        drop((l, probs));
+        nn::adam_step(self.net.as_mut(), &mut self.adam, &grads)?;
         let t3 = Instant::now();
         let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
         Ok((loss, [secs(t0, t1), secs(t1, t2), secs(t2, t3)]))

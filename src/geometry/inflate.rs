@@ -33,8 +33,8 @@ use super::edt::{FeatureTransform, NO_FEATURE};
 use super::mesh::Mesh;
 use super::smooth::{neighbours, smooth_normals};
 use super::{check_len, check_spacing, spacing_affine};
-use crate::io::Volume;
 use crate::tensor::Device;
+use crate::volume::Volume;
 use crate::{Error, Result};
 
 const OP: &str = "negative_volume";

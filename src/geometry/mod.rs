@@ -11,6 +11,7 @@ pub mod edt;
 pub mod gpu;
 pub mod inflate;
 pub mod marching_cubes;
+pub mod mc_tables;
 pub mod mesh;
 pub mod metrics;
 pub mod smooth;

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::dicom_scan::check_lengths;
 use super::nifti::{generated_header, DataType};
 use super::orientation;
-use super::volume::Volume;
+use crate::volume::Volume;
 use crate::{Error, Result};
 
 /// Relative variation of the slice-to-slice distance tolerated before a series counts as

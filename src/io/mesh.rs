@@ -2,8 +2,8 @@
 //! atomically (temp file + rename), in the mesh's own units (world millimetres).
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::path::Path;
 
 use crate::geometry::Mesh;
 use crate::{Error, Result};
@@ -35,27 +35,11 @@ impl MeshFormat {
 /// [`Error::Format`] for an unknown extension, [`Error::Io`] when writing fails.
 pub fn write_mesh(path: &Path, mesh: &Mesh) -> Result<()> {
     let format = MeshFormat::from_path(path)?;
-    let tmp = temp_path(path);
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut w = BufWriter::new(file);
-    let res = match format {
-        MeshFormat::Stl => stl(&mut w, mesh),
-        MeshFormat::Ply => ply(&mut w, mesh),
-        MeshFormat::Obj => obj(&mut w, mesh),
-    }
-    .and_then(|_| w.flush());
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    drop(w);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
+    crate::atomic::write_with(path, |w| match format {
+        MeshFormat::Stl => stl(w, mesh),
+        MeshFormat::Ply => ply(w, mesh),
+        MeshFormat::Obj => obj(w, mesh),
+    })
 }
 
 fn face_normal(mesh: &Mesh, t: &[u32; 3]) -> [f32; 3] {

@@ -24,20 +24,22 @@ pub mod normalize;
 pub mod orientation;
 pub mod png;
 pub mod resample;
-pub mod volume;
 pub mod weights;
 
 use std::path::Path;
 
 /// British spelling, as CONTRACTS.md names the module.
 pub use self::normalize as normalise;
-pub use dicom::read_dicom_series;
-pub use nifti::{read_nifti, write_nifti};
-pub use orientation::as_closest_canonical;
-pub use volume::{
+/// The volume type and its checks live in the base module [`crate::volume`] (geometry, nn, synth
+/// and train use it without depending on file formats); re-exported here because almost every
+/// reader of a file also names what it reads.
+pub use crate::volume::{
     check_aligned, count_non_finite, mask_values, replace_non_finite, require_finite, MaskValues,
     ValueStats, Volume, VoxelKind,
 };
+pub use dicom::read_dicom_series;
+pub use nifti::{read_nifti, write_nifti};
+pub use orientation::as_closest_canonical;
 
 /// Reads a NIfTI file or, when `path` is a folder, the one DICOM series in it.
 ///

@@ -16,7 +16,7 @@ use nifti::{Endianness, NiftiHeader};
 use rayon::prelude::*;
 
 use super::orientation::{self, Affine, Quatern};
-use super::volume::{Volume, VoxelKind};
+use crate::volume::{Volume, VoxelKind};
 use crate::{Error, Result};
 
 /// Size of a NIfTI-1 header; voxel data of a single file start at 352 (after 4 extender bytes).

@@ -3,7 +3,7 @@
 //!
 //! Affines map voxel indices `(i, j, k, 1)` to world RAS millimetres (NIfTI convention).
 
-use super::volume::Volume;
+use crate::volume::Volume;
 
 /// A 4x4 affine, row-major (`a[row][col]`).
 pub type Affine = [[f64; 4]; 4];

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::orientation;
-use super::volume::Volume;
+use crate::volume::Volume;
 use crate::{Error, Result};
 
 /// How values between voxel centres are found.

@@ -185,6 +185,25 @@ impl Store {
         Ok(())
     }
 
+    /// Lends the parameters to `update` (an optimiser step) as the only handles to them: the
+    /// store keeps none while it runs, so a CPU parameter's buffer can be rewritten in place.
+    /// What `update` leaves in the slots becomes the parameters as [`Store::set_parameters`]
+    /// takes them, also when it fails.
+    ///
+    /// # Errors
+    /// The error of `update`, else those of [`Store::set_parameters`].
+    pub fn update_parameters(
+        &mut self,
+        update: &mut dyn FnMut(&mut [Tensor]) -> Result<()>,
+    ) -> Result<()> {
+        let slots = self.entries.iter_mut().filter(|e| e.kind == Kind::Param);
+        let mut lent: Vec<Tensor> =
+            slots.map(|e| std::mem::replace(&mut e.tensor, Tensor::scalar(0.0))).collect();
+        let updated = update(&mut lent);
+        let back = self.set_parameters(lent);
+        updated.and(back)
+    }
+
     /// Moves every tensor to `device`; parameters stay trainable leaves.
     pub fn to_device(&mut self, device: Device) -> Result<()> {
         if self.rng.is_none() {

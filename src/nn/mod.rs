@@ -31,7 +31,9 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+use crate::autograd::Gradients;
 use crate::io::weights;
+use crate::optim::Adam;
 use crate::tensor::{Device, Precision, Tensor};
 use crate::{Error, Result};
 use layers::Store;
@@ -127,6 +129,13 @@ pub trait Network: Send {
     /// are trainable leaves are kept as they are, so gradients of the next backward are keyed by
     /// them; anything else becomes a new leaf (read it back with [`Network::parameters`]).
     fn set_parameters(&mut self, p: Vec<Tensor>) -> Result<()>;
+    /// Lends the parameters (same order) to `update` as the only handles to them, so an
+    /// optimiser can update CPU buffers in place (see [`adam_step`]); what it leaves in the
+    /// slots becomes the parameters, as with [`Network::set_parameters`].
+    fn update_parameters(
+        &mut self,
+        update: &mut dyn FnMut(&mut [Tensor]) -> Result<()>,
+    ) -> Result<()>;
     /// Writes every parameter and running statistic, PyTorch names and layouts, atomically.
     fn save_safetensors(&self, path: &Path) -> Result<()>;
     /// Every parameter and running statistic, PyTorch names and layouts, copied to the host
@@ -156,6 +165,18 @@ pub trait Network: Send {
     }
 }
 
+/// One Adam step on `net`'s parameters with the gradients of a backward pass. The parameters
+/// are lent to the optimiser as the only handles to them, so on the CPU their buffers are updated
+/// in place: drop the loss (and every other tensor of the step's graph) before calling, since the
+/// tape's saved inputs share the parameters' buffers and would force a copy.
+///
+/// # Errors
+/// Those of [`Adam::step_in_place`].
+pub fn adam_step(net: &mut dyn Network, adam: &mut Adam, grads: &Gradients) -> Result<()> {
+    let g = grads.ordered(&net.parameters())?;
+    net.update_parameters(&mut |p| adam.step_in_place(p, &g))
+}
+
 macro_rules! impl_network {
     ($t:ty, $multiple:expr) => {
         impl Network for $t {
@@ -170,6 +191,12 @@ macro_rules! impl_network {
             }
             fn set_parameters(&mut self, p: Vec<Tensor>) -> Result<()> {
                 self.store.set_parameters(p)
+            }
+            fn update_parameters(
+                &mut self,
+                update: &mut dyn FnMut(&mut [Tensor]) -> Result<()>,
+            ) -> Result<()> {
+                self.store.update_parameters(update)
             }
             fn save_safetensors(&self, path: &Path) -> Result<()> {
                 weights::write_safetensors(path, &self.store.state_dict()?)

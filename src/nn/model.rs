@@ -29,8 +29,9 @@ use serde::{Deserialize, Serialize};
 use super::segment::{self, Blend};
 use super::{Arch, Network};
 use crate::io::normalize::Normalization;
-use crate::io::{weights, Volume};
+use crate::io::weights;
 use crate::tensor::Device;
+use crate::volume::Volume;
 use crate::{Error, Result};
 
 /// The safetensors `__metadata__` key that holds the card.

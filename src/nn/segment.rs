@@ -8,8 +8,8 @@
 
 use super::{Mode, Network};
 use crate::autograd;
-use crate::io::Volume;
 use crate::tensor::Tensor;
+use crate::volume::Volume;
 use crate::{Error, Result};
 
 /// How overlapping windows are weighted where they meet.

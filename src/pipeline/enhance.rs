@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::{check_len, check_spacing, distance_to};
-use crate::io::Volume;
+use crate::volume::Volume;
 use crate::{Error, Result};
 
 /// Parameters of [`enhance_tb`], written into the report.
@@ -92,7 +92,7 @@ pub struct Enhanced {
 /// [`Error::Shape`] when `tb_prob` is not on `ct`'s grid; [`Error::Arg`] for bad parameters.
 pub fn enhance_tb(ct: &Volume, tb_prob: &Volume, p: &EnhanceParams) -> Result<Enhanced> {
     p.validate()?;
-    crate::io::check_aligned(ct, tb_prob, "CT and TB probability")?;
+    crate::volume::check_aligned(ct, tb_prob, "CT and TB probability")?;
     let edges = canny(&ct.data, ct.dims, ct.spacing, p)?;
     let n_edges = edges.iter().filter(|&&e| e).count();
     let kept: Vec<bool> = edges

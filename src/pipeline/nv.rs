@@ -18,8 +18,9 @@ use super::report::{self, SidePicture};
 use super::stages::{resample_onto, Located, Sample, SideFound, Stages};
 use crate::geometry::{self, marching_cubes, segmentation_metrics, JointSpaces, Mesh};
 use crate::io::orientation;
-use crate::io::{self, check_aligned, mesh::write_mesh, Volume, VoxelKind};
+use crate::io::{self, mesh::write_mesh};
 use crate::synth::Side;
+use crate::volume::{self, check_aligned, Volume, VoxelKind};
 use crate::{Error, Result};
 
 /// What a run does besides the stages.
@@ -207,9 +208,9 @@ fn read_inputs(
     let mut ct = io::read_volume(input)?;
     match nan_to {
         Some(hu) => {
-            io::replace_non_finite(&mut ct, hu);
+            volume::replace_non_finite(&mut ct, hu);
         }
-        None => io::require_finite(&ct, input)?,
+        None => volume::require_finite(&ct, input)?,
     }
     let gt = match gt {
         Some(p) => {

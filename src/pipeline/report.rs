@@ -14,8 +14,8 @@ use super::nv::Report;
 use crate::geometry::Mesh;
 use crate::io::canvas::Canvas;
 use crate::io::orientation;
-use crate::io::Volume;
 use crate::synth::Side;
+use crate::volume::Volume;
 use crate::Result;
 
 /// What the picture shows of one side.

@@ -17,9 +17,9 @@ use crate::geometry::components::try_fill_cavities;
 use crate::geometry::components::{label, Connectivity};
 use crate::geometry::{self, negative_volume, HitStats, JointSpaces, Mesh, NvParams};
 use crate::io::orientation::{self, Affine};
-use crate::io::Volume;
 use crate::nn::model::LoadedModel;
 use crate::synth::Side;
+use crate::volume::Volume;
 use crate::{Device, Error, Result};
 
 /// A joint the localiser found.

@@ -20,7 +20,7 @@ use super::noise::{hash_words, Rng};
 use super::phantom::{add_noise, blur, Phantom, Tissue};
 use super::Side;
 use crate::io::orientation::{self, Affine};
-use crate::io::Volume;
+use crate::volume::Volume;
 use crate::{Error, Result};
 
 /// A joint in view has its centre at least this far inside every face of the scan (mm).

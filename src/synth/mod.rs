@@ -25,8 +25,8 @@ pub use phantom::{Phantom, Tissue};
 
 use crate::geometry::NvParams;
 use crate::io::nifti::{generated_header, DataType};
-use crate::io::{Volume, VoxelKind};
 use crate::pipeline::localize::voi_grid_around;
+use crate::volume::{Volume, VoxelKind};
 use crate::{Error, Result};
 use anatomy::V3;
 use noise::{hash_words, Rng};
@@ -159,7 +159,9 @@ impl SynthConfig {
     }
 }
 
-/// One joint's VOI with its truth.
+/// One joint's VOI with its truth: what `synth` generates in memory and what
+/// `train::dataset::Dataset::load_voi` reads back from a data set folder (the one VOI type of the
+/// engine; the manifest's [`ManifestSide`] holds the same fields as paths).
 #[derive(Clone, Debug)]
 pub struct VoiCase {
     pub side: Side,
@@ -173,9 +175,11 @@ pub struct VoiCase {
     pub nv_mm3: f64,
     /// Designed joint space (mm).
     pub joint_space_mm: f64,
-    /// Centre of the condylar head's shape (world RAS mm), from the analytic anatomy.
-    pub condyle_center_ras_mm: [f64; 3],
-    /// Whether the whole-head scan shows this joint (`None`: the default scan always does).
+    /// Centre of the condylar head's shape (world RAS mm), from the analytic anatomy; `None` when
+    /// read from a data set written before `dataset.json` recorded it.
+    pub condyle_center_ras_mm: Option<[f64; 3]>,
+    /// Whether the whole-head scan shows this joint (`None`: the default scan always does, and a
+    /// data set records only `false`).
     pub in_field_of_view: Option<bool>,
 }
 
@@ -274,7 +278,7 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
                 nv: mask(3),
                 nv_mm3: nv_count as f64 * VOI_SPACING.powi(3),
                 joint_space_mm: ph.joint(side).gap_mm,
-                condyle_center_ras_mm: ph.joint_center_world(side),
+                condyle_center_ras_mm: Some(ph.joint_center_world(side)),
                 in_field_of_view: scan.as_ref().map(|sc| sc.in_view(side)),
             }
         })
@@ -364,7 +368,9 @@ fn write_case(root: &Path, case: &PhantomCase, preview: bool) -> Result<Manifest
             nv: name("nv"),
             nv_mm3: (v.nv_mm3 * 1000.0).round() / 1000.0,
             joint_space_mm: (v.joint_space_mm * 1000.0).round() / 1000.0,
-            condyle_center_ras_mm: Some(v.condyle_center_ras_mm.map(|x| (x * 1e4).round() / 1e4)),
+            condyle_center_ras_mm: v
+                .condyle_center_ras_mm
+                .map(|c| c.map(|x| (x * 1e4).round() / 1e4)),
             in_field_of_view: v.in_field_of_view.filter(|in_fov| !in_fov),
         };
         crate::io::write_nifti(&root.join(&entry.image), &v.ct, VoxelKind::Image)?;
@@ -446,11 +452,12 @@ pub fn write_dataset(
         labels,
         cases: entries,
     };
-    let json_tmp = tmp.join("dataset.json");
-    let mut text = serde_json::to_string_pretty(&manifest)
-        .map_err(|e| Error::format(&json_tmp, e.to_string()))?;
+    let json = out.join("dataset.json");
+    let mut text =
+        serde_json::to_string_pretty(&manifest).map_err(|e| Error::format(&json, e.to_string()))?;
     text.push('\n');
-    std::fs::write(&json_tmp, text).map_err(|e| Error::io(&json_tmp, e))?;
+    // Folders move into place with a plain rename (`crate::atomic` writes files); the case list
+    // that names them is written last, atomically, so a reader never sees a half-written one.
     for d in OWNED_DIRS {
         let target = out.join(d);
         if target.exists() {
@@ -461,8 +468,7 @@ pub fn write_dataset(
             std::fs::rename(&src, &target).map_err(|e| Error::io(&target, e))?;
         }
     }
-    let json = out.join("dataset.json");
-    std::fs::rename(&json_tmp, &json).map_err(|e| Error::io(&json, e))?;
+    crate::atomic::write_atomic(&json, text.as_bytes())?;
     std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     Ok(manifest)
 }

@@ -28,7 +28,7 @@ use super::anatomy::{
 use super::noise::{gauss_at, hash_words, splitmix64, Rng, ValueNoise};
 use super::Side;
 use crate::geometry::NvParams;
-use crate::io::Volume;
+use crate::volume::Volume;
 
 /// Smallest sphere-tracing step of the truth's rays (mm): far below a voxel (0.4 mm) and any
 /// bone thickness, so no bone is stepped over.

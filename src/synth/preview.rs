@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::{PhantomCase, VoiCase};
-use crate::io::Volume;
+use crate::volume::Volume;
 use crate::Result;
 
 /// Grey window (HU) wide enough for soft tissue and cortical bone.

@@ -209,6 +209,30 @@ impl Tensor {
         }
     }
 
+    /// The f32 buffer of a CPU tensor that nothing else shares (no other handle to the tensor,
+    /// no view of its storage, no tape node holding it), taken without a copy, so an optimiser can
+    /// rewrite a parameter in place. The tensor comes back unchanged when it is shared, on a GPU
+    /// or bf16.
+    pub fn try_into_cpu_vec(self) -> std::result::Result<Vec<f32>, Tensor> {
+        if !matches!(*self.0.storage, Storage::Cpu(_)) {
+            return Err(self);
+        }
+        let Inner { id, shape, storage, requires_grad, node } = match Arc::try_unwrap(self.0) {
+            Ok(inner) => inner,
+            Err(shared) => return Err(Tensor(shared)),
+        };
+        match Arc::try_unwrap(storage) {
+            Ok(Storage::Cpu(v)) => Ok(v),
+            Ok(other) => {
+                let storage = Arc::new(other);
+                Err(Tensor(Arc::new(Inner { id, shape, storage, requires_grad, node })))
+            }
+            Err(storage) => {
+                Err(Tensor(Arc::new(Inner { id, shape, storage, requires_grad, node })))
+            }
+        }
+    }
+
     /// The elements as f32 on the host (copies from the GPU; widens bf16).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &*self.0.storage {

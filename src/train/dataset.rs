@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::io::{read_nifti, Volume};
+use crate::io::read_nifti;
 pub use crate::synth::Side;
-use crate::synth::{manifest_path, Manifest, ManifestCase};
+use crate::synth::{manifest_path, Manifest, ManifestCase, VoiCase};
+use crate::volume::Volume;
 use crate::{Error, Result};
 
 /// Affine entries (mm) may differ by at most this much between volumes of one sample.
@@ -18,19 +19,6 @@ pub const ALIGN_TOL: f64 = 1e-4;
 pub struct CaseEntry {
     pub id: String,
     pub sides: Vec<Side>,
-}
-
-/// One joint, loaded: CT in HU and masks 0/1 on the same grid.
-#[derive(Clone, Debug)]
-pub struct VoiSample {
-    pub ct: Volume,
-    pub mc: Volume,
-    pub tb: Volume,
-    pub nv: Volume,
-    /// True NV volume (mm^3) from `dataset.json`.
-    pub nv_mm3: f64,
-    /// Designed joint space (mm) from `dataset.json`.
-    pub joint_space_mm: f64,
 }
 
 /// An opened data set folder.
@@ -90,13 +78,14 @@ impl Dataset {
         })
     }
 
-    /// Loads the VOI of `case_id`'s `side`, checking that CT and masks align.
+    /// Loads the VOI of `case_id`'s `side` (CT in HU, masks 0/1, the truth from `dataset.json`),
+    /// checking that CT and masks align.
     ///
     /// # Errors
     /// [`Error::Arg`] for an unknown case or side, [`Error::Format`] naming both files when a
     /// mask's dims or affine differ from the CT's (tolerance [`ALIGN_TOL`]), and whatever
     /// reading the NIfTI files returns.
-    pub fn load_voi(&self, case_id: &str, side: Side) -> Result<VoiSample> {
+    pub fn load_voi(&self, case_id: &str, side: Side) -> Result<VoiCase> {
         let c = self.case(case_id)?;
         let s = c
             .sides
@@ -111,7 +100,17 @@ impl Dataset {
             Ok(m)
         };
         let (mc, tb, nv) = (load_mask(&s.mc)?, load_mask(&s.tb)?, load_mask(&s.nv)?);
-        Ok(VoiSample { ct, mc, tb, nv, nv_mm3: s.nv_mm3, joint_space_mm: s.joint_space_mm })
+        Ok(VoiCase {
+            side,
+            ct,
+            mc,
+            tb,
+            nv,
+            nv_mm3: s.nv_mm3,
+            joint_space_mm: s.joint_space_mm,
+            condyle_center_ras_mm: s.condyle_center_ras_mm,
+            in_field_of_view: s.in_field_of_view,
+        })
     }
 
     /// Loads the whole-head CT and its label volume (0 bg, 1 MC, 2 TB, 3 NV).

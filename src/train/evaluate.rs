@@ -9,7 +9,6 @@
 use crate::autograd;
 use crate::geometry;
 use crate::io::normalize::Normalization;
-use crate::io::Volume;
 use crate::loss;
 use crate::nn::model::{self, InferOptions};
 use crate::nn::segment::Blend;
@@ -19,6 +18,7 @@ use crate::train::config::Config;
 use crate::train::metrics;
 use crate::train::sampling;
 use crate::train::trainer::Sample;
+use crate::volume::Volume;
 use crate::{Device, Error, Result, Tensor};
 
 /// Per-batch scores.
@@ -28,6 +28,29 @@ pub struct Scores {
     pub ce: f64,
     pub dice: f64,
     pub iou: f64,
+}
+
+impl Scores {
+    /// The scores from the first five values [`criterion_unread`] packs
+    /// (`[loss, ce, 1 - dice, dice, iou]`), read from the device in one transfer.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for fewer than five values; the read's error.
+    pub fn read(packed: &Tensor) -> Result<Scores> {
+        Self::from_packed(&packed.to_vec()?)
+    }
+
+    /// [`Scores::read`] on values already on the host.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for fewer than five values.
+    pub fn from_packed(v: &[f32]) -> Result<Scores> {
+        if v.len() < 5 {
+            return Err(Error::shape("scores", "[loss, ce, 1 - dice, dice, iou, ...]", v.len()));
+        }
+        let f = |i: usize| f64::from(v[i]);
+        Ok(Scores { loss: f(0), ce: f(1), dice: f(3), iou: f(4) })
+    }
 }
 
 /// Per patient and side test scores of one fold.
@@ -62,23 +85,45 @@ pub struct Distances {
 /// # Shapes
 /// `probs (N, D, H, W, 2)`, `target (N, D, H, W)`.
 pub fn criterion(cfg: &Config, probs: &Tensor, target: &Tensor) -> Result<(Tensor, Scores)> {
+    let (total, scalars) = criterion_unread(cfg, probs, target)?;
+    Ok((total, Scores::read(&scalars)?))
+}
+
+/// [`criterion`] without reading anything: the loss and its scores packed as one tensor
+/// `[loss, ce, 1 - dice, dice, iou]` (see [`Scores::read`]) on the probabilities' device, so a
+/// training step can add its own scalars and read them all in one transfer.
+///
+/// # Errors
+/// As [`criterion`].
+pub fn criterion_unread(cfg: &Config, probs: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
     let l = &cfg.loss;
     let w = [l.w0, l.w1];
     let ce = loss::nll_probs(probs, target, Some(&w))?;
-    let hard = loss::hard_dice(probs, target)?;
-    let dice_loss = if l.soft_dice { loss::soft_dice(probs, target)? } else { hard.loss.clone() };
+    let (hard_loss, hard_scores) = loss::hard_dice_scores(probs, target)?;
+    let dice_loss = if l.soft_dice { loss::soft_dice(probs, target)? } else { hard_loss };
     let total = match l.loss_type.as_str() {
         "CE" => ce.clone(),
         "D" => dice_loss,
         _ => crate::ops::add(&dice_loss, &crate::ops::scale(&ce, l.dce_w)?)?,
     };
-    let scores = Scores {
-        loss: total.item()? as f64,
-        ce: ce.item()? as f64,
-        dice: hard.dice as f64,
-        iou: hard.iou as f64,
-    };
-    Ok((total, scores))
+    let scalars = pack(&[&total, &ce, &hard_scores])?;
+    Ok((total, scalars))
+}
+
+/// The values of several small tensors on one device as one flat tensor there (nothing read,
+/// nothing recorded), so the host reads them in one transfer.
+///
+/// # Errors
+/// Those of `concat_channels` (tensors on different devices).
+pub fn pack(parts: &[&Tensor]) -> Result<Tensor> {
+    let cols: Vec<Tensor> = parts
+        .iter()
+        .map(|t| t.reshape_detached(vec![1, 1, 1, 1, t.numel()]))
+        .collect::<Result<_>>()?;
+    let refs: Vec<&Tensor> = cols.iter().collect();
+    let packed = autograd::no_grad(|| crate::ops::concat_channels(&refs))?;
+    let n = packed.numel();
+    packed.reshape_detached(vec![n])
 }
 
 /// The validation/test patches of one sample (`val_patch` on the `val_stride` grid), transformed
@@ -266,4 +311,24 @@ pub fn table_1(model: &str, loss_type: &str, target: &str, rows: &[TestRow]) -> 
     }
     s.push_str(&format!("\n{} joints (patient, side).\n", rows.len()));
     s
+}
+
+#[cfg(test)]
+mod pack_tests {
+    use super::*;
+
+    /// The step's one read: scalars and a score vector packed in order, read back as scores.
+    #[test]
+    fn packed_scalars_read_back_in_order() {
+        let (a, b) = (Tensor::scalar(0.5), Tensor::scalar(0.25));
+        let hard = Tensor::from_vec(vec![0.2, 0.8, 0.6], [3]).unwrap();
+        let p = pack(&[&a, &b, &hard, &Tensor::scalar(9.0)]).unwrap();
+        assert_eq!(p.to_vec().unwrap(), [0.5, 0.25, 0.2, 0.8, 0.6, 9.0]);
+        let s = Scores::read(&p).unwrap();
+        assert_eq!(
+            (s.loss, s.ce, s.dice, s.iou),
+            (0.5, 0.25, f64::from(0.8f32), f64::from(0.6f32))
+        );
+        assert!(Scores::from_packed(&[1.0; 4]).is_err());
+    }
 }

@@ -82,7 +82,7 @@ pub fn samples(cfg: &Config, ds: &Dataset, ids: &[String]) -> Result<Vec<Sample>
 }
 
 /// 1 at voxels of `grid` whose centre lies within `radius` mm of any of `centres` (world).
-pub fn ball_label(grid: &crate::io::Volume, centres: &[[f64; 3]], radius: f64) -> Vec<f32> {
+pub fn ball_label(grid: &crate::volume::Volume, centres: &[[f64; 3]], radius: f64) -> Vec<f32> {
     let [d, h, w] = grid.dims;
     let mut out = vec![0f32; d * h * w];
     for i in 0..d {

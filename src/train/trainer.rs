@@ -26,22 +26,23 @@ use std::path::PathBuf;
 
 use crate::autograd;
 use crate::io::normalize::Normalization;
-use crate::io::Volume;
 use crate::nn::{self, Mode, Network};
 use crate::optim::{Adam, AdamConfig, AdamState, StepLR};
+use crate::synth::VoiCase;
 use crate::train::augment::{self, Patch, Transform};
 use crate::train::config::{Config, Target};
-use crate::train::dataset::{Dataset, Side, VoiSample};
+use crate::train::dataset::{Dataset, Side};
 use crate::train::logs::{self, Csv, EpochPoint};
 use crate::train::rng::{mix_seed, Rng};
 use crate::train::{interrupt, sampling};
+use crate::volume::Volume;
 use crate::{Device, Error, Result, Tensor};
 
 use crate::train::checkpoint::{self, read_moments, write_moments};
 pub use crate::train::checkpoint::{
     load_run_config, load_state, save_state, state_path, CardInfo, StepLrState, TrainState,
 };
-use crate::train::evaluate::{add_scores, div_scores, fmt_f, mean_of};
+use crate::train::evaluate::{add_scores, criterion_unread, div_scores, fmt_f, mean_of, pack};
 pub use crate::train::evaluate::{
     criterion, evaluate, table_1, test_fields, Distances, Scores, TestRow,
 };
@@ -200,10 +201,10 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
             let ct_file = ct_path(&ds, id, side);
             let bad = match nan_to {
                 Some(x) => {
-                    crate::io::replace_non_finite(&mut v.ct, x);
+                    crate::volume::replace_non_finite(&mut v.ct, x);
                     0
                 }
-                None => crate::io::count_non_finite(&v.ct),
+                None => crate::volume::count_non_finite(&v.ct),
             };
             if bad > 0 {
                 return Err(Error::format(
@@ -280,7 +281,7 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
 }
 
 /// The truth of `target` in a loaded joint. (A new target adds its arm here.)
-pub fn target_mask(target: Target, v: &VoiSample) -> &Volume {
+pub fn target_mask(target: Target, v: &VoiCase) -> &Volume {
     match target {
         Target::Mc => &v.mc,
         Target::Tb => &v.tb,
@@ -744,12 +745,33 @@ fn patch_corner(s: &Sample, patch: [usize; 3], fg_fraction: f64, rng: &mut Rng) 
 }
 
 /// Squared L2 norm of the gradients, in f64; infinite or NaN when one is.
-fn grad_norm_sq(g: &[Tensor]) -> Result<f64> {
-    let mut sum = 0.0f64;
-    for t in g {
-        sum += t.to_vec()?.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+/// The sum of every element of `ts` (of its square when `square`) as a scalar on `dev`, nothing
+/// read: on the CPU in f64 over the buffers in place, on a GPU by its reduction kernel.
+fn device_sum<'a>(
+    ts: impl Iterator<Item = &'a Tensor>,
+    square: bool,
+    dev: Device,
+) -> Result<Tensor> {
+    if dev == Device::Cpu {
+        let mut sum = 0.0f64;
+        for t in ts {
+            let v = t.as_slice()?;
+            sum += if square {
+                v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
+            } else {
+                v.iter().map(|x| f64::from(*x)).sum::<f64>()
+            };
+        }
+        return Ok(Tensor::scalar(sum as f32));
     }
-    Ok(sum)
+    autograd::no_grad(|| {
+        let mut acc = Tensor::zeros(Vec::<usize>::new(), dev)?;
+        for t in ts {
+            let x = if square { crate::ops::mul(t, t)? } else { t.clone() };
+            acc = crate::ops::add(&acc, &crate::backend::cuda::reduce::sum_all(&x)?)?;
+        }
+        Ok(acc)
+    })
 }
 
 fn run_epoch(
@@ -802,36 +824,36 @@ fn run_epoch(
         }
         let (x, y) = to_tensors(&batch, dev)?;
         let probs = net.forward(&x, Mode::Train { seed: rng.fork() })?;
-        let (loss, sc) = criterion(cfg, &probs, &y)?;
+        let (loss, scalars) = criterion_unread(cfg, &probs, &y)?;
+        let grads = autograd::backward(&loss)?;
+        // The tape's saved inputs share the parameters' buffers: release it so that Adam updates
+        // them in place instead of filling fresh pages every step.
+        drop((loss, probs));
+        let params = net.parameters();
+        let grad_sq = device_sum(params.iter().filter_map(|p| grads.get(p)), true, dev)?;
+        drop(params);
+        nn::adam_step(net, adam, &grads)?;
+        drop(grads);
+        // A non-finite weight makes the sum non-finite. Divergence stops the run before anything
+        // of the epoch is written, so checking after the update loses nothing.
+        let weight_sum = device_sum(net.parameters().iter(), false, dev)?;
+        // The step's one read: loss, CE, Dice, IoU, squared gradient norm and weight sum.
+        let host = pack(&[&scalars, &grad_sq, &weight_sum])?.to_vec()?;
+        let sc = Scores::from_packed(&host)?;
+        let (gn, weights) = (f64::from(host[5]), host[6]);
         if !sc.loss.is_finite() {
             return Err(Error::Diverged(format!("{}: the loss is {}", at(b), sc.loss)));
         }
-        let grads = autograd::backward(&loss)?;
-        let params = net.parameters();
-        let g: Vec<Tensor> = params
-            .iter()
-            .map(|p| match grads.get(p) {
-                Some(g) => Ok(g.clone()),
-                None => Tensor::zeros(p.dims().to_vec(), p.device()),
-            })
-            .collect::<Result<_>>()?;
-        let gn = grad_norm_sq(&g)?;
         if !gn.is_finite() {
             return Err(Error::Diverged(format!("{}: the gradient norm is {}", at(b), gn.sqrt())));
         }
-        let new = adam.step(&params, &g)?;
-        let bad: usize = new
-            .iter()
-            .map(|t| t.to_vec().map(|v| v.iter().filter(|x| !x.is_finite()).count()))
-            .sum::<Result<usize>>()?;
-        if bad > 0 {
+        if !weights.is_finite() {
             return Err(Error::Diverged(format!(
-                "{}: {bad} weights became non-finite (learning rate {:.2e})",
+                "{}: the weights became non-finite (their sum is {weights}; learning rate {:.2e})",
                 at(b),
                 adam.lr()
             )));
         }
-        net.set_parameters(new)?;
         conv.row(&[
             fold.to_string(),
             (epoch + 1).to_string(),

@@ -98,6 +98,10 @@ pub fn cuda_device() -> Option<Device> {
 }
 
 /// Deterministic pseudo-random f32 in [-1, 1).
+///
+/// Kept as its own tiny xorshift rather than `dnvs_engine::rng` on purpose: its values are the
+/// inputs of the gradcheck and golden-comparison tests, which must not change (new inputs could
+/// land on a kink of relu/max-pool and fail a finite-difference check for no real reason).
 pub fn random_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)

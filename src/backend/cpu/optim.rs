@@ -40,6 +40,7 @@ const CHUNK: usize = 1 << 16;
 /// equal lengths (checked by the caller).
 pub fn adam_update_in_place(s: &AdamStep, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     debug_assert!(g.len() == p.len() && m.len() == p.len() && v.len() == p.len());
+    let _t = super::profile::scope(|| "adam".into());
     let run = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
         for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             *p = adam_elem(s, *p, *g, m, v);

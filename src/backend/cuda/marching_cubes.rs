@@ -1,12 +1,12 @@
 //! Launchers for `kernels/marching_cubes.cu` (with `kernels/scan.cu`): GPU marching cubes as
 //! classify -> exclusive scan -> generate, with the CPU's case table uploaded
-//! ([`crate::geometry::marching_cubes::flat_case_table`]) so both share one table source.
+//! ([`crate::geometry::mc_tables::flat_case_table`], a leaf module) so both share one table source.
 
 use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 
 use super::launch::{self, grid_1d, int, kernel_name, Pass};
 use super::{cuda_err, scan, Gpu};
-use crate::geometry::marching_cubes::flat_case_table;
+use crate::geometry::mc_tables::flat_case_table;
 use crate::{Error, Result};
 
 const STEM: &str = "marching_cubes";

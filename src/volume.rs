@@ -1,4 +1,8 @@
 //! A medical volume: voxels plus the geometry that places them in the patient (RAS millimetres).
+//!
+//! A base module: io reads and writes it, geometry, nn, synth, train and the pipeline compute on
+//! it. It names nothing of the crate but the error type, so none of those rooms has to depend on
+//! file formats to hold a volume (`tests/layering.rs` keeps it so).
 
 use crate::{Error, Result};
 
