@@ -118,7 +118,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Action::Train { device }) => {
-            let dir = ensure_defaults(&args.configs, args.cache.as_deref(), device.as_deref(), &[])?;
+            let dir =
+                ensure_defaults(&args.configs, args.cache.as_deref(), device.as_deref(), &[])?;
             println!("models: all present in {}", dir.display());
             Ok(())
         }

@@ -4,7 +4,8 @@
 //!
 //! The steps, each with one CPU and one GPU arm chosen by the `device` argument:
 //! 1. fill MC's internal cavities (marrow is not joint space; host, both devices);
-//! 2. **surface**: marching cubes of MC at 0.5, points `p` with outward normals `n`, in the
+//! 2. **surface**: marching cubes of MC's largest 26-connected piece (the condyle: a stray fragment
+//!    standing higher is not its top) at 0.5, points `p` with outward normals `n`, in the
 //!    millimetre frame `index * spacing`; the normals are averaged over their neighbourhood
 //!    (host, both devices) so they follow the smooth surface rather than the voxel staircase;
 //! 3. **head**: the points within `head_depth_mm` of MC's highest point along the patient's
@@ -28,7 +29,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::components::fill_cavities;
+use super::components::{fill_cavities, largest, Connectivity};
 use super::edt::{FeatureTransform, NO_FEATURE};
 use super::mesh::Mesh;
 use super::smooth::{neighbours, smooth_normals};
@@ -262,7 +263,10 @@ pub(crate) fn inflate_masks(
     check_spacing(OP, spacing)?;
     params.validate()?;
     let mc = fill_cavities(mc, dims);
-    let mcf: Vec<f32> = mc.iter().map(|&b| b as u8 as f32).collect();
+    // The condyle is MC's largest piece: a stray fragment of a segmentation (or a coronoid tip)
+    // standing higher must not become "the top" whose head is inflated.
+    let condyle = largest(&mc, dims, Connectivity::TwentySix, 1)?;
+    let mcf: Vec<f32> = condyle.iter().map(|&b| b as u8 as f32).collect();
     let mut surface = surface_of(&mcf, dims, &spacing_affine(spacing), device)?;
     smooth_normals(&mut surface, NORMAL_SMOOTHING);
     let (head, top) = head_points(&surface, frame.up, params);

@@ -116,9 +116,10 @@ pub fn cached_models(root: &Path, configs: &[(String, String)]) -> (PathBuf, Vec
     (dir, models)
 }
 
-/// Rough wall time (s) to train one model from its config on two CPU cores: the default config
-/// (8 epochs of 32 patches of 32^3, V-Net width 4) took 144 s (docs/PERF.md); time scales with
-/// epochs, patches, patch voxels and width squared.
+/// Rough wall time (s) to train one model from its config on two CPU cores, validation
+/// included: measured on the default configs (docs/PERF.md, 2026-11-30, idle 2-core VM): an epoch
+/// of 48 patches of 48x64x32 took ~30 s at width 4 and ~60 s at width 8 (the small networks are
+/// far from compute-bound, so time grows about linearly with the width here).
 pub fn estimate_seconds(config_text: &str) -> f64 {
     let v: serde_json::Value = serde_json::from_str(config_text).unwrap_or_default();
     let get = |path: &[&str], d: f64| {
@@ -126,11 +127,11 @@ pub fn estimate_seconds(config_text: &str) -> f64 {
     };
     let patch: f64 = v["loaders"]["train_patch"]
         .as_array()
-        .map_or(32f64.powi(3), |a| a.iter().filter_map(|x| x.as_f64()).product());
-    let epochs = get(&["training", "num_epochs"], 8.0);
-    let patches = get(&["loaders", "train_dataset_size"], 32.0);
+        .map_or(48.0 * 64.0 * 32.0, |a| a.iter().filter_map(|x| x.as_f64()).product());
+    let epochs = get(&["training", "num_epochs"], 12.0);
+    let patches = get(&["loaders", "train_dataset_size"], 48.0);
     let width = get(&["training", "width"], 4.0);
-    144.0 * (epochs / 8.0) * (patches / 32.0) * (patch / 32f64.powi(3)) * (width / 4.0).powi(2)
+    30.0 * epochs * (patches / 48.0) * (patch / (48.0 * 64.0 * 32.0)) * (width / 4.0)
 }
 
 /// Trains every missing model of `models` with `train_one(model, temp_dir) -> trained file`,
