@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod dataset;
 pub mod eval;
 pub mod evaluate;

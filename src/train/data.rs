@@ -1,0 +1,331 @@
+//! The data of a training run, checked before anything is written: the data set (synthesised
+//! when the config asks), each joint's VOI cropped, optionally resampled onto the training grid
+//! (`loaders.spacing_mm`), its target mask, the folds, the device, and the normalisation fitted
+//! on a fold's training joints.
+
+use std::path::PathBuf;
+
+use crate::io::normalize::Normalization;
+use crate::synth::VoiCase;
+use crate::train::augment::{Patch, Transform};
+use crate::train::checkpoint;
+use crate::train::config::{Config, Target};
+use crate::train::dataset::{Dataset, Side};
+use crate::train::sampling;
+use crate::volume::Volume;
+use crate::{Device, Error, Result};
+
+/// One joint of one patient, cropped to the VOI shape: the training unit.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub id: String,
+    /// `L` or `R`.
+    pub side: String,
+    /// CT values (HU), `voi_shape`.
+    pub image: Patch,
+    /// 0/1 mask of the target structure.
+    pub label: Patch,
+    pub spacing: [f64; 3],
+    /// Linear indices of the label's foreground voxels (where foreground patches centre).
+    pub foreground: Vec<u32>,
+    /// The VOI at the data set's own spacing when `loaders.spacing_mm` resampled `image` and
+    /// `label`: whole-VOI validation scores this, through the resampling `segment` does.
+    pub native: Option<NativeVoi>,
+}
+
+/// A joint's VOI (CT and 0/1 mask) on the data set's own grid.
+#[derive(Clone, Debug)]
+pub struct NativeVoi {
+    pub image: Patch,
+    pub label: Patch,
+    pub spacing: [f64; 3],
+}
+
+/// The checked, loaded data of a config: everything that can fail before training does.
+pub struct Prepared {
+    pub samples: Vec<Sample>,
+    /// Sorted case ids.
+    pub ids: Vec<String>,
+    /// Test ids per fold.
+    pub folds: Vec<Vec<String>>,
+    pub device: Device,
+    /// The voxel spacing every VOI shares (the model card's `spacing_mm`).
+    pub spacing: [f64; 3],
+    /// SHA-256 of the config file.
+    pub config_sha256: String,
+}
+
+/// `training.device`: `auto`, `cpu`, or a CUDA device that falls back to the CPU (with a message)
+/// when unusable, as the original does.
+pub fn resolve_device(spec: &str) -> Result<Device> {
+    resolve_device_for(spec, crate::tensor::Precision::default())
+}
+
+/// [`resolve_device`] with the precision the GPU self-check (`nn::gpu_check`) runs in: `auto`
+/// falls back to the CPU when the GPU disagrees with it, an explicit usable GPU that disagrees
+/// is an error.
+pub fn resolve_device_for(spec: &str, prec: crate::tensor::Precision) -> Result<Device> {
+    use crate::nn::gpu_check::{self, DeviceChoice};
+    let choice: DeviceChoice =
+        spec.parse().map_err(|e: Error| Error::Config { msg: e.to_string() })?;
+    if let DeviceChoice::Cuda(n) = choice {
+        if let Err(why) = crate::tensor::probe(n) {
+            eprintln!("dnvs-engine: {spec} is not usable ({why}); training on the CPU");
+            return Ok(Device::Cpu);
+        }
+    }
+    gpu_check::resolve(choice, prec)
+}
+
+/// Writes phantoms into `dataset_dir` when it is missing and `loaders.synth` asks for it.
+fn ensure_dataset(cfg: &Config) -> Result<()> {
+    let dir = &cfg.loaders.dataset_dir;
+    if dir.join("dataset.json").exists() {
+        return Ok(());
+    }
+    let Some(s) = &cfg.loaders.synth else {
+        return Err(Error::Config {
+            msg: format!(
+                "loaders.dataset_dir {}: no dataset.json there (write one with `dnvs-engine synth \
+                 --out {}` or add \"synth\": {{\"cases\": N}} to loaders)",
+                dir.display(),
+                dir.display()
+            ),
+        });
+    };
+    eprintln!("dnvs-engine: writing {} phantoms to {}", s.cases, dir.display());
+    if cfg.loaders.target == Target::Joints {
+        return crate::train::synth_bridge::write_heads(dir, s.cases, s.seed);
+    }
+    crate::train::synth_bridge::write_phantoms(dir, s.cases, s.seed, cfg.loaders.voi_shape)
+}
+
+/// Loads and checks everything a config needs before the first step: the data set exists (or is
+/// synthesised), every VOI and mask exists, aligns and is at least `voi_shape`, has no
+/// non-finite voxel (unless `nan_to` replaces them), all VOIs share one spacing, there are enough
+/// cases for the folds. Crops VOIs larger than `voi_shape` about their centre (the original's
+/// `precrop`).
+///
+/// # Errors
+/// [`Error::Config`], [`Error::Io`] or [`Error::Format`] naming the case, side and file.
+pub fn prepare(cfg: &Config) -> Result<Prepared> {
+    prepare_with(cfg, None)
+}
+
+/// [`prepare`], replacing non-finite CT voxels by `nan_to` when given.
+pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
+    ensure_dataset(cfg)?;
+    let ds = Dataset::open(&cfg.loaders.dataset_dir)?;
+    let mut ids: Vec<String> = ds.cases().iter().map(|c| c.id.clone()).collect();
+    ids.sort();
+    let folds = sampling::k_folds(&ids, cfg.training.k_follds_number)?;
+    let voi = cfg.loaders.voi_shape;
+    let mut samples = Vec::new();
+    let mut spacing: Option<[f64; 3]> = None;
+    if cfg.loaders.target == Target::Joints {
+        samples = crate::train::joints::samples(cfg, &ds, &ids)?;
+        spacing = samples.first().map(|s| s.spacing);
+    }
+    // Order as the original's val loader: every case's left joint, then every case's right.
+    let joint_sides =
+        if cfg.loaders.target == Target::Joints { &[][..] } else { &cfg.loaders.sides };
+    for side_name in joint_sides {
+        let side = if side_name == "L" { Side::L } else { Side::R };
+        for id in &ids {
+            let entry = ds.cases().iter().find(|c| &c.id == id).expect("ids come from cases()");
+            if !entry.sides.contains(&side) {
+                continue;
+            }
+            let mut v = ds.load_voi(id, side)?;
+            let ct_file = ct_path(&ds, id, side);
+            let bad = match nan_to {
+                Some(x) => {
+                    crate::volume::replace_non_finite(&mut v.ct, x);
+                    0
+                }
+                None => crate::volume::count_non_finite(&v.ct),
+            };
+            if bad > 0 {
+                return Err(Error::format(
+                    &ct_file,
+                    format!(
+                        "{bad} of {} voxels are NaN or infinite; fix the CT or give --nan-to HU",
+                        v.ct.data.len()
+                    ),
+                ));
+            }
+            let mask = target_mask(cfg.loaders.target, &v);
+            check_aligned(id, side_name, &v.ct, mask)?;
+            if (0..3).any(|a| v.ct.dims[a] < voi[a]) {
+                return Err(Error::Config {
+                    msg: format!(
+                        "case {id} side {side_name}: VOI {:?} is smaller than loaders.voi_shape {voi:?}",
+                        v.ct.dims
+                    ),
+                });
+            }
+            match spacing {
+                None => spacing = Some(v.ct.spacing),
+                Some(s) if crate::nn::model::needs_resampling(v.ct.spacing, s) => {
+                    return Err(Error::format(
+                        &ct_file,
+                        format!(
+                            "spacing {:?} mm differs from the other VOIs' {s:?}: resample the data \
+                             set to one spacing",
+                            v.ct.spacing
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+            let c = sampling::centre_corner(v.ct.dims, voi);
+            let image = sampling::crop(&v.ct.data, v.ct.dims, c, voi);
+            let mut label = sampling::crop(&mask.data, mask.dims, c, voi);
+            label.data.iter_mut().for_each(|x| *x = if *x > 0.5 { 1.0 } else { 0.0 });
+            let native = NativeVoi { image, label, spacing: v.ct.spacing };
+            let (image, label, spacing, native) = match cfg.loaders.spacing_mm {
+                Some(s) if crate::nn::model::needs_resampling(native.spacing, s) => {
+                    let (image, label) = onto_training_grid(&native, s)?;
+                    check_patch_fits(cfg, id, side_name, image.dims)?;
+                    (image, label, s, Some(native))
+                }
+                _ => (native.image, native.label, native.spacing, None),
+            };
+            let foreground =
+                (0..label.data.len() as u32).filter(|i| label.data[*i as usize] > 0.5).collect();
+            samples.push(Sample {
+                id: id.clone(),
+                side: side_name.clone(),
+                image,
+                label,
+                spacing,
+                foreground,
+                native,
+            });
+        }
+    }
+    let Some(mut spacing) = spacing else {
+        return Err(Error::Config {
+            msg: "the data set has no VOI for the configured sides".into(),
+        });
+    };
+    if let Some(s) = samples.first().filter(|s| s.native.is_some()) {
+        spacing = s.spacing;
+    }
+    let prec =
+        cfg.training.precision.parse().map_err(|e: Error| Error::Config { msg: e.to_string() })?;
+    let device = resolve_device_for(&cfg.training.device, prec)?;
+    let config_sha256 = checkpoint::config_sha256(cfg)?;
+    Ok(Prepared { samples, ids, folds, device, spacing, config_sha256 })
+}
+
+/// The truth of `target` in a loaded joint. (A new target adds its arm here.)
+pub fn target_mask(target: Target, v: &VoiCase) -> &Volume {
+    match target {
+        Target::Mc => &v.mc,
+        Target::Tb => &v.tb,
+        Target::Nv => &v.nv,
+        // Joints samples are whole heads (`train::joints`), never per-joint VOIs.
+        Target::Joints => &v.tb,
+    }
+}
+
+/// A native VOI resampled onto the training grid of `spacing` mm: the CT linearly (as `segment`
+/// resamples its input), the mask linearly and then thresholded at one half.
+fn onto_training_grid(native: &NativeVoi, spacing: [f64; 3]) -> Result<(Patch, Patch)> {
+    use crate::io::resample::{resample_to_spacing, Interp};
+    let on_grid = |p: &Patch| -> Result<Patch> {
+        let mut v = Volume::zeros(p.dims, native.spacing);
+        v.data.clone_from(&p.data);
+        let r = resample_to_spacing(&v, spacing, Interp::Linear)?;
+        Ok(Patch { data: r.data, dims: r.dims })
+    };
+    let image = on_grid(&native.image)?;
+    let mut label = on_grid(&native.label)?;
+    label.data.iter_mut().for_each(|x| *x = if *x > 0.5 { 1.0 } else { 0.0 });
+    Ok((image, label))
+}
+
+/// `train_patch` (and `val_patch`) must fit in a VOI on the training grid.
+fn check_patch_fits(cfg: &Config, id: &str, side: &str, dims: [usize; 3]) -> Result<()> {
+    let l = &cfg.loaders;
+    for (name, p) in [("train_patch", Some(l.train_patch)), ("val_patch", l.val_patch)] {
+        if let Some(p) = p.filter(|p| (0..3).any(|a| p[a] > dims[a])) {
+            return Err(Error::Config {
+                msg: format!(
+                    "case {id} side {side}: loaders.{name} {p:?} does not fit in the VOI, which is \
+                     {dims:?} voxels on the {:?} mm training grid (loaders.spacing_mm)",
+                    l.spacing_mm.unwrap_or_default()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The CT file of a joint (for messages).
+fn ct_path(ds: &Dataset, id: &str, side: Side) -> PathBuf {
+    ds.manifest()
+        .cases
+        .iter()
+        .find(|c| c.id == id)
+        .and_then(|c| c.sides.get(&side))
+        .map(|s| ds.dir().join(&s.image))
+        .unwrap_or_else(|| ds.dir().to_path_buf())
+}
+
+fn check_aligned(id: &str, side: &str, ct: &Volume, mask: &Volume) -> Result<()> {
+    let close = ct
+        .affine
+        .iter()
+        .flatten()
+        .zip(mask.affine.iter().flatten())
+        .all(|(a, b)| (a - b).abs() < 1e-3);
+    if ct.dims != mask.dims || !close {
+        return Err(Error::Config {
+            msg: format!(
+                "case {id} side {side}: the CT ({:?}) and its mask ({:?}) do not align (shape or affine differ)",
+                ct.dims, mask.dims
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Fits the config's normalisation on the training joints of a fold: `Normalize` takes their
+/// min and max (unless the transform gives them), `CTNormalize` nnU-Net's statistics of their
+/// foreground voxels, a per-patch `Standardize` becomes a per-volume z-score at inference, and
+/// no normalising transform means none.
+///
+/// # Errors
+/// [`Error::Config`] when the training joints hold no finite (foreground) voxel.
+pub fn fit_normalization(cfg: &Config, train: &[&Sample]) -> Result<Normalization> {
+    let none = || Error::Config {
+        msg: "the training joints have no finite voxel to fit the normalisation on".into(),
+    };
+    for t in &cfg.transforms.train_raw {
+        match t {
+            Transform::Normalize { min_value, max_value } => {
+                let all = train.iter().flat_map(|s| s.image.data.iter().copied());
+                let Some(Normalization::Minmax { min, max }) = Normalization::fit_minmax(all)
+                else {
+                    return Err(none());
+                };
+                return Ok(Normalization::Minmax {
+                    min: min_value.unwrap_or(min),
+                    max: max_value.unwrap_or(max),
+                });
+            }
+            Transform::CtNormalize => {
+                let fg: Vec<f32> = train
+                    .iter()
+                    .flat_map(|s| s.foreground.iter().map(|i| s.image.data[*i as usize]))
+                    .collect();
+                return Normalization::fit_ct(fg).ok_or_else(none);
+            }
+            Transform::Standardize => return Ok(Normalization::Zscore),
+            _ => {}
+        }
+    }
+    Ok(Normalization::None)
+}
