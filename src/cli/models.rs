@@ -13,11 +13,14 @@ use dnvs_engine::train::trainer::{self, TrainOptions};
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   dnvs-engine models                 list the default models and where they are
-  dnvs-engine models train           train the missing ones from phantoms (says how long first)
+  dnvs-engine models train           set up the missing ones (says what and how long first)
 
 The cache is $XDG_CACHE_HOME/dnvs-engine/models/<key>/ (or ~/.cache/...), <key> a hash of the
-engine version and configs/localize.json, configs/mc.json, configs/tb.json. Training happens in a
-temporary folder that is renamed into place when complete: a killed run leaves nothing trusted.")]
+engine version, configs/localize.json, configs/mc.json, configs/tb.json and the shipped
+localiser. The localiser is installed from models/localize_unet8.safetensors (training it takes
+~30 min on two cores); MC and TB are trained from phantoms (~15 min on two CPU cores). `nv` does
+the same on first use. Each model is set up in a temporary folder and renamed into place when
+complete: a killed run leaves nothing trusted. Run from the repository (configs/, models/).")]
 pub struct Args {
     #[command(subcommand)]
     action: Option<Action>,
