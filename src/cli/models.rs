@@ -51,13 +51,7 @@ pub fn ensure_defaults(
     device: Option<&str>,
     wanted: &[&str],
 ) -> anyhow::Result<PathBuf> {
-    let texts = models::read_default_configs(configs)
-        .with_context(|| format!("reading the default configs in {}", configs.display()))?;
-    let root = match cache {
-        Some(c) => c.to_path_buf(),
-        None => models::cache_root()?,
-    };
-    let (dir, list) = models::cached_models(&root, &texts);
+    let (dir, list, texts) = default_cache(configs, cache)?;
     let (list, texts): (Vec<_>, Vec<_>) = list
         .into_iter()
         .zip(texts)
@@ -87,6 +81,25 @@ pub fn ensure_defaults(
     Ok(dir)
 }
 
+/// The default configs' `(file, text)` pairs: the cache key's material.
+type ConfigTexts = Vec<(String, String)>;
+
+/// The cache folder of the default configs in `configs` (under `cache`, else the user's cache
+/// root), its models and the configs' texts.
+fn default_cache(
+    configs: &Path,
+    cache: Option<&Path>,
+) -> anyhow::Result<(PathBuf, Vec<CachedModel>, ConfigTexts)> {
+    let texts = models::read_default_configs(configs)
+        .with_context(|| format!("reading the default configs in {}", configs.display()))?;
+    let root = match cache {
+        Some(c) => c.to_path_buf(),
+        None => models::cache_root()?,
+    };
+    let (dir, list) = models::cached_models(&root, &texts);
+    Ok((dir, list, texts))
+}
+
 /// The shipped file of `m` copied into `tmp`, else `m` trained there.
 fn install_one(
     configs: &Path,
@@ -105,15 +118,9 @@ fn install_one(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let configs = models::read_default_configs(&args.configs)
-        .with_context(|| format!("reading the default configs in {}", args.configs.display()))?;
-    let root = match &args.cache {
-        Some(c) => c.clone(),
-        None => models::cache_root()?,
-    };
-    let (dir, list) = models::cached_models(&root, &configs);
     match args.action {
         None => {
+            let (dir, list, _) = default_cache(&args.configs, args.cache.as_deref())?;
             println!("default models: {}", dir.display());
             for m in &list {
                 print_model(m)?;
