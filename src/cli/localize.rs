@@ -42,9 +42,10 @@ pub struct Args {
     /// Also write axial, coronal and sagittal PNGs through each found joint with its box.
     #[arg(long)]
     preview: bool,
-    /// Run the network once, on the canvas only, instead of eight times (the canvas and its
-    /// seven half-voxel shifts, whose refined centres are averaged): faster, and the centre
-    /// then depends more on how the 4 mm grid samples the head.
+    /// Run the network once, on the canvas only, instead of nine times (the canvas and eight
+    /// views of it tilted by 7 degrees and shifted by half a voxel, whose refined centres are
+    /// averaged): faster, and the centre then depends more on the scan's orientation and on
+    /// how the 4 mm grid samples the head.
     #[arg(long)]
     single_pass: bool,
     /// Also write the network's condylar-head probability on the coarse grid
@@ -67,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let read_s = start.elapsed().as_secs_f64();
     let opts = LocalizeOptions {
         voi_dims: args.voi_size,
-        shifted_passes: !args.single_pass,
+        views: !args.single_pass,
         ..LocalizeOptions::default()
     };
     let found = localize::localize_with_maps(&ct, &mut model, &opts)?;

@@ -20,8 +20,9 @@
 //!    (size, 0.4 mm spacing, raised [`VOI_RAISE_MM`] above the condyle centre), resampled from
 //!    the CT. `synth` calls [`voi_grid_around`] itself, so there is one definition.
 //!
-//! [`localize`] runs a network ([`JointNet`]) between 1 and 2, and again on the seven canvases
-//! shifted by half a coarse voxel, averaging the refined centres; then it cuts the VOIs.
+//! [`localize`] runs a network ([`JointNet`]) between 1 and 2, and again on eight views of the
+//! canvas tilted by a few degrees and shifted by half a coarse voxel ([`view_poses`]),
+//! averaging the refined centres (test-time augmentation); then it cuts the VOIs.
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -139,29 +140,7 @@ impl<'a> Sampler<'a> {
     }
 
     fn at_index(&self, x: [f64; 3]) -> f32 {
-        let d = self.vol.dims;
-        let mut i0 = [0usize; 3];
-        let mut t = [0f32; 3];
-        for a in 0..3 {
-            let c = x[a].clamp(0.0, (d[a] - 1) as f64);
-            i0[a] = (c.floor() as usize).min(d[a].saturating_sub(2));
-            t[a] = (c - i0[a] as f64) as f32;
-        }
-        let at = |di: usize, dj: usize, dk: usize| {
-            let i = (i0[0] + di).min(d[0] - 1);
-            let j = (i0[1] + dj).min(d[1] - 1);
-            let k = (i0[2] + dk).min(d[2] - 1);
-            self.vol.data[(i * d[1] + j) * d[2] + k]
-        };
-        let lerp = |a: f32, b: f32, w: f32| a + (b - a) * w;
-        let plane = |di| {
-            lerp(
-                lerp(at(di, 0, 0), at(di, 0, 1), t[2]),
-                lerp(at(di, 1, 0), at(di, 1, 1), t[2]),
-                t[1],
-            )
-        };
-        lerp(plane(0), plane(1), t[0])
+        trilinear(&self.vol.data, self.vol.dims, x)
     }
 }
 
@@ -194,8 +173,9 @@ pub fn coarse_grid(fov: &[[f64; 2]; 3]) -> Grid {
 
 /// The CT box-averaged onto half-[`COARSE_MM`] bins over its whole field of view, from which
 /// the network's input ([`coarse_head`]: one [`CANVAS`] of [`COARSE_MM`] voxels) and its copies
-/// shifted by half a coarse voxel ([`CoarseHeads::shifted`]) are exact 2x2x2 sums: one pass
-/// over the CT serves the eight shifted inputs [`localize`] feeds the network.
+/// shifted by half a coarse voxel ([`CoarseHeads::shifted`]) are exact 2x2x2 sums, and its
+/// tilted views ([`CoarseHeads::tilted`]) are resampled from the bins: one pass over the CT
+/// serves every input [`localize`] feeds the network.
 ///
 /// The canvas is what the network was trained on, centred on the field of view's centre (as
 /// every training head was; scanners centre the head). A field of view larger than the canvas
@@ -228,7 +208,8 @@ impl<'a> CoarseHeads<'a> {
             spacing: [half; 3],
             origin: cover.origin.map(|o| o - half / 2.0),
         };
-        let (sum, count) = box_sums(ct, &fine);
+        let fine_affine = fine.volume(Vec::new()).affine;
+        let (sum, count) = box_sums(ct, &fine_affine, fine.dims);
         // The canvas is centred on the field of view's centre (the cover grid's): a rotated
         // twin of a scan has the same centre, so it gets the same canvas.
         let fine_offset = [0, 1, 2].map(|a| cover.dims[a] - CANVAS[a].min(cover.dims[a]));
@@ -279,23 +260,96 @@ impl<'a> CoarseHeads<'a> {
         });
         grid.volume(data)
     }
+
+    /// The canvas shifted by `parity` ([`CoarseHeads::shifted`]) and then rotated by `rot` about
+    /// its centre: the coarse head seen in a slightly different pose, for test-time views. Each
+    /// coarse voxel is the mean of the CT voxels whose centres fall in it (binned afresh: an
+    /// interpolation of the half-voxel bins blurs the head, and the network, trained on exact
+    /// box means, then misplaces the condyles by a millimetre more), or the trilinear value at
+    /// its centre when none does. The result carries the rotated affine.
+    pub fn tilted(&self, rot: &[[f64; 3]; 3], parity: [usize; 3]) -> Volume {
+        let half = COARSE_MM / 2.0;
+        let p = parity.map(|x| x.min(1));
+        let grid = Grid {
+            origin: [0, 1, 2].map(|a| self.grid.origin[a] + half * p[a] as f64),
+            ..self.grid
+        };
+        let [d, h, w] = grid.dims;
+        let (first, last) = (grid.world(0, 0, 0), grid.world(d - 1, h - 1, w - 1));
+        let centre = [0, 1, 2].map(|a| 0.5 * (first[a] + last[a]));
+        // Canvas index -> world: centre + rot (axis-aligned point - centre).
+        let mut affine = orientation::identity();
+        for r in 0..3 {
+            for c in 0..3 {
+                affine[r][c] = rot[r][c] * COARSE_MM;
+            }
+            affine[r][3] =
+                centre[r] + (0..3).map(|c| rot[r][c] * (grid.origin[c] - centre[c])).sum::<f64>();
+        }
+        let (sum, count) = box_sums(self.sampler.vol, &affine, grid.dims);
+        let mut data = vec![0f32; grid.len()];
+        data.par_chunks_mut(h * w).enumerate().for_each(|(i, slab)| {
+            for (q, v) in slab.iter_mut().enumerate() {
+                let f = i * h * w + q;
+                *v = if count[f] > 0 {
+                    sum[f] / count[f] as f32
+                } else {
+                    let x = [i as f64, (q / w) as f64, (q % w) as f64];
+                    self.sampler.at_world(orientation::apply(&affine, x)).unwrap_or(AIR_HU)
+                };
+            }
+        });
+        let mut v = grid.volume(data);
+        v.affine = affine;
+        v
+    }
 }
 
-/// Per-bin sums and counts of the CT voxels whose centres fall in each voxel of `grid` (a
-/// centre on a bin boundary goes to the lower bin whatever the array's direction, so an LPS or
-/// flipped twin fills the same bins).
-#[allow(clippy::needless_range_loop)] // 4x4 matrix indices
-fn box_sums(ct: &Volume, grid: &Grid) -> (Vec<f32>, Vec<u32>) {
-    let n = grid.len();
-    let [gd, gh, gw] = grid.dims;
-    // CT index -> grid continuous index is affine: one matrix, stepped along each row.
-    let mut to_grid = orientation::identity();
-    for a in 0..3 {
-        for c in 0..4 {
-            to_grid[a][c] = ct.affine[a][c] / grid.spacing[a];
+/// `a b` of two affines (apply `b`, then `a`).
+fn compose(a: &Affine, b: &Affine) -> Affine {
+    let mut out = orientation::identity();
+    for (r, row) in out.iter_mut().enumerate().take(3) {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v =
+                (0..3).map(|k| a[r][k] * b[k][c]).sum::<f64>() + if c == 3 { a[r][3] } else { 0.0 };
         }
-        to_grid[a][3] -= grid.origin[a] / grid.spacing[a];
     }
+    out
+}
+
+/// Trilinear value of a `dims` array at continuous index `x`, clamped to the voxel centres'
+/// box (callers decide what lies outside it).
+fn trilinear(data: &[f32], dims: [usize; 3], x: [f64; 3]) -> f32 {
+    let mut i0 = [0usize; 3];
+    let mut t = [0f32; 3];
+    for a in 0..3 {
+        let c = x[a].clamp(0.0, (dims[a] - 1) as f64);
+        i0[a] = (c.floor() as usize).min(dims[a].saturating_sub(2));
+        t[a] = (c - i0[a] as f64) as f32;
+    }
+    let at = |di: usize, dj: usize, dk: usize| {
+        let i = (i0[0] + di).min(dims[0] - 1);
+        let j = (i0[1] + dj).min(dims[1] - 1);
+        let k = (i0[2] + dk).min(dims[2] - 1);
+        data[(i * dims[1] + j) * dims[2] + k]
+    };
+    let lerp = |a: f32, b: f32, w: f32| a + (b - a) * w;
+    let plane = |di| {
+        lerp(lerp(at(di, 0, 0), at(di, 0, 1), t[2]), lerp(at(di, 1, 0), at(di, 1, 1), t[2]), t[1])
+    };
+    lerp(plane(0), plane(1), t[0])
+}
+
+/// Per-bin sums and counts of the CT voxels whose centres fall in each voxel of the grid of
+/// `dims` voxels whose index -> world map is `grid_affine` (any orientation). For an
+/// axis-aligned grid, a centre on a bin boundary goes to the lower bin whatever the array's
+/// direction, so an LPS or flipped twin fills the same bins.
+fn box_sums(ct: &Volume, grid_affine: &Affine, dims: [usize; 3]) -> (Vec<f32>, Vec<u32>) {
+    let n = dims.iter().product();
+    let [gd, gh, gw] = dims;
+    // CT index -> grid continuous index is affine: one matrix, stepped along each row.
+    let inv = orientation::invert_affine(grid_affine).expect("a grid's affine is invertible");
+    let to_grid = compose(&inv, &ct.affine);
     let step = [to_grid[0][2], to_grid[1][2], to_grid[2][2]];
     let [d, h, w] = ct.dims;
     // One accumulator per thread, not per rayon split: the bins can hold millions of voxels.
@@ -441,9 +495,10 @@ pub struct LocalizeOptions {
     /// Radius (mm) of the window the centre is refined in ([`refine_centre`]): the training
     /// label's 10 mm ball plus half a coarse voxel.
     pub refine_radius_mm: f64,
-    /// Refine each centre on the eight half-voxel-shifted coarse grids too ([`localize`]):
-    /// eight network passes, the centre then no longer snaps to one sampling of the head.
-    pub shifted_passes: bool,
+    /// Refine each centre on eight tilted and shifted views of the canvas too ([`localize`],
+    /// [`view_poses`]): nine network passes; the centre then no longer depends on how the
+    /// scan's orientation and the 4 mm grid sample the head.
+    pub views: bool,
     /// VOI size in voxels of [`VOI_SPACING_MM`].
     pub voi_dims: [usize; 3],
 }
@@ -459,7 +514,7 @@ impl Default for LocalizeOptions {
             min_lateral_mm: 30.0,
             edge_margin_mm: 6.0,
             refine_radius_mm: 12.0,
-            shifted_passes: true,
+            views: true,
             voi_dims: VOI_DIMS,
         }
     }
@@ -853,9 +908,31 @@ pub struct Localized {
     pub probability: Volume,
 }
 
+/// Tilt (degrees) of the test-time views about each world axis ([`view_poses`]). The network
+/// was trained on heads turned up to 15 degrees, so 7 more keeps a posed head within what it
+/// has seen; measured on four held-out twins at 2 mm, 7 degrees brought an oblique scan's
+/// centres from 1.1-2.8 mm to 0.1-1.1 mm of its RAS twin's (docs/PERF.md).
+pub const VIEW_TILT_DEG: f64 = 7.0;
+
+/// The eight test-time views: the canvas tilted by +-[`VIEW_TILT_DEG`] about x, y and z (the
+/// eight corners of that cube of rotations, sign of axis a from bit a of the view's number) and
+/// shifted by half a coarse voxel along the axes of the same bits, so the views sample both the
+/// pose and the 4 mm grid's phase.
+pub fn view_poses() -> [([[f64; 3]; 3], [usize; 3]); 8] {
+    std::array::from_fn(|q| {
+        let bits = [q & 1, q >> 1 & 1, q >> 2 & 1];
+        let t = VIEW_TILT_DEG.to_radians();
+        let ang = bits.map(|b| if b == 1 { t } else { -t });
+        (crate::synth::anatomy::rotation_xyz(ang[0], ang[1], ang[2]), bits)
+    })
+}
+
 /// Localises both joints in `ct`: coarse head, network, [`joints_from_probs`]'s choice, then
-/// (with `shifted_passes`) each centre refined on all eight half-voxel-shifted coarse grids and
-/// averaged, so it does not hang on how one 4 mm grid happens to sample the condyle.
+/// (with `views`) each centre refined on the canvas and on eight tilted and shifted views of it
+/// ([`view_poses`]) and averaged. The network's centre errs by 1-2 mm in a direction that
+/// depends on how the head lies on the 4 mm grid; averaging over views of several poses makes
+/// the centre (nearly) independent of the scan's own orientation (an oblique scan agrees with
+/// its axis-aligned twin) and closer to the truth.
 ///
 /// # Errors
 /// As [`coarse_head`], the network's, and [`joints_from_probs`].
@@ -880,9 +957,10 @@ pub fn localize_with_maps(
     let starts = sel.sides.clone().map(|c| c.map(|c| c.center));
     let refine = |p: &Volume| starts.map(|s| s.map(|s| refine_centre(p, s, opts.refine_radius_mm)));
     let mut sum = refine(&probability);
-    if opts.shifted_passes && starts.iter().any(Option::is_some) {
-        for q in 1..8 {
-            let prob = model.condyle_probability(&heads.shifted([q & 1, q >> 1 & 1, q >> 2]))?;
+    if opts.views && starts.iter().any(Option::is_some) {
+        let poses = view_poses();
+        for (rot, parity) in &poses {
+            let prob = model.condyle_probability(&heads.tilted(rot, *parity))?;
             check_map(&prob)?;
             for (acc, c) in sum.iter_mut().zip(refine(&prob)) {
                 if let (Some(acc), Some(c)) = (acc.as_mut(), c) {
@@ -890,7 +968,8 @@ pub fn localize_with_maps(
                 }
             }
         }
-        sum = sum.map(|c| c.map(|c| c.map(|v| v / 8.0)));
+        let n = (poses.len() + 1) as f64;
+        sum = sum.map(|c| c.map(|c| c.map(|v| v / n)));
     }
     let joints = finish(sel, sum, ct, opts)?;
     Ok(Localized { joints, coarse_hu, probability })
