@@ -19,10 +19,11 @@ const CENTRE_TOL_MM: f64 = 3.0;
 const CUT_OFF_TOL_MM: f64 = 3.0;
 /// LPS twins must give the RAS twin's centres within this (the issue's 1 mm; measured 0.03 mm).
 const TWIN_TOL_MM: f64 = 1.0;
-/// Oblique twins: the issue asks 1 mm; measured 2.58 mm (L) and 1.63 mm (R), each twin 0.9-2.4
-/// mm from the truth in a different direction: the shipped network's own error, which the
-/// refinement on shifted grids does not remove. Not met.
-const OBLIQUE_TOL_MM: f64 = 3.0;
+/// Oblique twins: the issue asks 1 mm. With the nine test-time views (`localize::view_poses`),
+/// measured over eight held-out heads at 2 mm (seed 9001, cases 20-27): 0.21-1.05 mm from the
+/// RAS twin, 15 of 16 sides within 1 mm (case 20, tested here: 0.84 and 0.95 mm); one view set
+/// gave 1.65-2.19 mm on case 20. 1 mm is not met on every head, so the bound is 1.25 mm.
+const OBLIQUE_TOL_MM: f64 = 1.25;
 
 /// Seeds never used to train the shipped model (it was trained on seed 21).
 const HELD_OUT_SEED: u64 = 9001;
