@@ -232,17 +232,20 @@ impl<'a> CoarseHeads<'a> {
         })
     }
 
+    /// The canvas grid shifted by `parity[a]` (0 or 1) half coarse voxels along each world
+    /// axis, and the parity clamped to 0 or 1.
+    fn shifted_grid(&self, parity: [usize; 3]) -> (Grid, [usize; 3]) {
+        let p = parity.map(|x| x.min(1));
+        let origin = [0, 1, 2].map(|a| self.grid.origin[a] + COARSE_MM / 2.0 * p[a] as f64);
+        (Grid { origin, ..self.grid }, p)
+    }
+
     /// The coarse head on the canvas shifted by `parity[a]` half coarse voxels (0 or 1) along
     /// each world axis, in HU. Each coarse voxel is the mean of the CT voxels whose centres fall
     /// in it; one that catches none (a CT coarser than the grid) takes the trilinear value at its
     /// centre, or air outside the scan.
     pub fn shifted(&self, parity: [usize; 3]) -> Volume {
-        let half = COARSE_MM / 2.0;
-        let p = parity.map(|x| x.min(1));
-        let grid = Grid {
-            origin: [0, 1, 2].map(|a| self.grid.origin[a] + half * p[a] as f64),
-            ..self.grid
-        };
+        let (grid, p) = self.shifted_grid(parity);
         let [_, gh, gw] = grid.dims;
         let [_, fh, fw] = self.fine_dims;
         let o = [0, 1, 2].map(|a| self.fine_offset[a] + p[a]);
@@ -281,12 +284,7 @@ impl<'a> CoarseHeads<'a> {
     /// passes over a 512x512x300 CT would cost more than the networks): the 4 mm box then
     /// spreads by at most [`VIEW_BLOCK_MM`]. The result carries the rotated affine.
     pub fn tilted(&self, rot: &[[f64; 3]; 3], parity: [usize; 3]) -> Volume {
-        let half = COARSE_MM / 2.0;
-        let p = parity.map(|x| x.min(1));
-        let grid = Grid {
-            origin: [0, 1, 2].map(|a| self.grid.origin[a] + half * p[a] as f64),
-            ..self.grid
-        };
+        let (grid, _) = self.shifted_grid(parity);
         let [d, h, w] = grid.dims;
         let (first, last) = (grid.world(0, 0, 0), grid.world(d - 1, h - 1, w - 1));
         let centre = [0, 1, 2].map(|a| 0.5 * (first[a] + last[a]));
@@ -964,9 +962,10 @@ pub struct Localized {
 }
 
 /// Tilt (degrees) of the test-time views about each world axis ([`view_poses`]). The network
-/// was trained on heads turned up to 15 degrees, so 7 more keeps a posed head within what it
-/// has seen; measured on four held-out twins at 2 mm, 7 degrees brought an oblique scan's
-/// centres from 1.1-2.8 mm to 0.1-1.1 mm of its RAS twin's (docs/PERF.md).
+/// was trained on heads turned up to 15 degrees, so 7 more keeps a posed head near what it has
+/// seen. Measured on eight held-out twins at 2 mm (docs/PERF.md): an oblique scan's centres
+/// 0.21-1.05 mm from its RAS twin's (one view: 0.7-2.8 mm on four of them); 10 degrees, or 14-27
+/// views, did no better.
 pub const VIEW_TILT_DEG: f64 = 7.0;
 
 /// The eight test-time views: the canvas tilted by +-[`VIEW_TILT_DEG`] about x, y and z (the
