@@ -258,7 +258,7 @@ fn split_name(name: &str) -> Option<(&str, Pass, Option<&str>, &str)> {
         [("_bwd_weight", Pass::BwdWeight), ("_bwd_input", Pass::BwdInput), ("_fwd", Pass::Fwd)];
     let (at, token, pass) = passes
         .iter()
-        .filter_map(|(t, p)| head.find(&format!("{t}")).map(|i| (i, *t, *p)))
+        .filter_map(|(t, p)| head.find(t).map(|i| (i, *t, *p)))
         .filter(|(i, t, _)| {
             let after = &head[i + t.len()..];
             after.is_empty() || after.starts_with('_')
