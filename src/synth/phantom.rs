@@ -726,30 +726,8 @@ impl Grid {
     /// Trilinear value of `data` (laid out on this grid) at world point `w`; points outside
     /// take the nearest edge voxel's values.
     pub fn sample_linear(&self, data: &[f32], w: V3) -> f32 {
-        let mut i0 = [0usize; 3];
-        let mut t = [0f32; 3];
-        for a in 0..3 {
-            let top = self.dims[a].saturating_sub(1);
-            let x = ((w[a] - self.origin[a]) / self.spacing[a]).clamp(0.0, top as f64);
-            i0[a] = (x.floor() as usize).min(top.saturating_sub(1));
-            t[a] = (x - i0[a] as f64) as f32;
-        }
-        let [_, h, wd] = self.dims;
-        let at = |di: usize, dj: usize, dk: usize| {
-            let i = (i0[0] + di).min(self.dims[0] - 1);
-            let j = (i0[1] + dj).min(h - 1);
-            let k = (i0[2] + dk).min(wd - 1);
-            data[(i * h + j) * wd + k]
-        };
-        let lerp = |a: f32, b: f32, u: f32| a + (b - a) * u;
-        let plane = |di| {
-            lerp(
-                lerp(at(di, 0, 0), at(di, 0, 1), t[2]),
-                lerp(at(di, 1, 0), at(di, 1, 1), t[2]),
-                t[1],
-            )
-        };
-        lerp(plane(0), plane(1), t[0])
+        let x = [0, 1, 2].map(|a| (w[a] - self.origin[a]) / self.spacing[a]);
+        crate::volume::trilinear(data, self.dims, x)
     }
 
     /// An empty volume with this grid's geometry (diagonal RAS affine).
