@@ -77,7 +77,4 @@ struct ConvParams {
     int kd, kh, kw;        // kernel extent
     int stride, pad;
     int split_k;           // reduction slices (grid z); > 1 means the output is accumulated
-    int flags;             // CONV_FLAG_*
 };
-
-#define CONV_FLAG_STATS 1  // forward epilogue also sums out and out^2 per channel into `stats`

@@ -29,9 +29,8 @@
 #include "implicit_gemm.cuh"
 
 // ---- entry points: conv3d ----------------------------------------------------------------------
-// Grid: (ceil(M / 64), ceil(N / 64), split_k), block 256. Forward: out (N, OD, OH, OW, K) is
-// overwritten (stats, when flagged, accumulated into a zeroed (2, K) buffer). Backward outputs
-// are overwritten when split_k == 1 and accumulated into a zeroed buffer otherwise.
+// Grid: (ceil(M / 64), ceil(N / 64), split_k), block 256. Outputs are overwritten when
+// split_k == 1 and accumulated into a zeroed buffer otherwise.
 
 
 // a = x (N, D, H, W, C); b = w (K, kd, kh, kw, C); bias (K) or null; out (N, OD, OH, OW, K)

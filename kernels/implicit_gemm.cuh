@@ -169,8 +169,7 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
                                           const float* __restrict__ a,   // gathered operand
                                           const float* __restrict__ b,   // second operand
                                           const float* __restrict__ bias,  // (N) or null
-                                          float* __restrict__ out,
-                                          float* __restrict__ stats) {    // (2, N) or null
+                                          float* __restrict__ out) {
     i64 M, R;
     int N;
     gemm_dims(MODE, p, M, N, R);
@@ -188,7 +187,6 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
     i64 t_end = t_begin + per < tiles ? t_begin + per : tiles;
 
     __shared__ Voxel row_vox[BM];
-    __shared__ float col_sum[BN], col_sq[BN];
     const bool rows_are_voxels = MODE == CONV_FWD || MODE == TCONV_FWD ||
                                  MODE == CONV_BWD_INPUT || MODE == TCONV_BWD_INPUT ||
                                  MODE == TCONV_FWD_TAP || MODE == CONV_BWD_INPUT_TAP;
@@ -202,10 +200,6 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
                 v = split_voxel(m, p.d, p.h, p.w);
         }
         row_vox[tid] = v;
-    }
-    if (tid < BN) {
-        col_sum[tid] = 0.0f;
-        col_sq[tid] = 0.0f;
     }
 
     // Staging: thread tid owns reduction column kk = tid % 32 and rows (tid / 32) + 8 i of A,
@@ -314,10 +308,8 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
         __syncthreads();
     }
 
-    // Epilogue: bias (forward only, first slice only), optional channel statistics, store or
-    // accumulate.
+    // Epilogue: bias (forward only, first slice only), store or accumulate.
     const bool accumulate = split > 1;
-    const bool want_stats = stats != nullptr && (p.flags & CONV_FLAG_STATS);
 #pragma unroll
     for (int e = 0; e < 16; ++e) {
         int row, col;
@@ -339,17 +331,6 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
             atomicAdd(out + o, v);
         else
             out[o] = v;
-        if (want_stats) {
-            atomicAdd(&col_sum[col], v);
-            atomicAdd(&col_sq[col], v * v);
-        }
-    }
-    if (want_stats) {
-        __syncthreads();
-        if (tid < BN && n0 + tid < N) {
-            atomicAdd(stats + n0 + tid, col_sum[tid]);
-            atomicAdd(stats + N + n0 + tid, col_sq[tid]);
-        }
     }
 }
 
@@ -357,7 +338,6 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
 #define CONV_ENTRY(name, mode, bf)                                                        \
     extern "C" __global__ void __launch_bounds__(THREADS)                                \
         name(ConvParams p, const float* __restrict__ a, const float* __restrict__ b,     \
-             const float* __restrict__ bias, float* __restrict__ out,                    \
-             float* __restrict__ stats) {                                                \
-        conv_gemm<mode, bf>(p, a, b, bias, out, stats);                                  \
+             const float* __restrict__ bias, float* __restrict__ out) {                  \
+        conv_gemm<mode, bf>(p, a, b, bias, out);                                         \
     }

@@ -1,5 +1,5 @@
 // norm.cu: batch norm (batch statistics with the running-average update, or running statistics)
-// and group norm, forward and backward, plus one fused apply pass.
+// and group norm, forward and backward, sharing one apply pass.
 //
 // Statistics are two-pass (sum, then the sum of squared deviations from that mean): V-Net
 // activations have means far from zero next to their spread, where sum-of-squares minus
@@ -7,9 +7,7 @@
 // accumulation per thread and per block and one atomicAdd per block.
 //
 // Both norms end as y = x * scale + shift with a per-channel (batch norm) or per-(sample, channel)
-// (group norm) affine, which norm_apply_fwd_f32 applies in one pass together with an optional
-// PReLU and an optional residual add: the V-Net block "norm -> PReLU -> + skip" reads x once
-// and writes once instead of three round trips.
+// (group norm) affine, which norm_apply_fwd_f32 applies in one pass.
 //
 // Backward, with xhat = (x - mean) * invstd and gw = g * weight, over the elements of one
 // statistic (a channel for batch norm, a (sample, group) for group norm), count n:
@@ -36,21 +34,6 @@ extern "C" __global__ void batch_norm_fwd_var_f32(i64 rows, int c,
         }
     }
     channel_reduce_commit(acc, ch, c, m2);
-}
-
-// From the per-channel (sum, sum of squares) that the conv3d epilogue accumulates (CONV_FLAG_STATS)
-// to the (sum, m2) batch_norm_fwd_affine_f32 takes: m2 = sumsq - sum^2 / rows, clamped at 0. One
-// pass instead of two over the activation, at the price of cancellation when |mean| >> std.
-// Thread per channel.
-extern "C" __global__ void batch_norm_fwd_from_sums_f32(int c, i64 rows,
-                                                        const float* __restrict__ stats,  // (2, C)
-                                                        float* __restrict__ sum,          // (C)
-                                                        float* __restrict__ m2) {         // (C)
-    int ch = blockIdx.x * blockDim.x + threadIdx.x;
-    if (ch >= c) return;
-    float s = stats[ch];
-    sum[ch] = s;
-    m2[ch] = fmaxf(stats[c + ch] - s * s / (float)rows, 0.0f);
 }
 
 // Per channel: the statistics used (batch: sum / rows and m2 / rows; running: rmean, rvar), the
@@ -280,24 +263,18 @@ extern "C" __global__ void group_norm_bwd_weight_f32(i64 rows, i64 vox, int c, i
     channel_reduce_commit(b, ch, c, gbias);
 }
 
-// ---- fused apply ---------------------------------------------------------------------------------
+// ---- apply ---------------------------------------------------------------------------------------
 
-// out = act(x * scale + shift) + residual. scale/shift are (C) when vox == 0, else (N, C) with V =
-// vox voxels per sample. act is PReLU with slopes (nslope = C or 1) when slope is non-null,
-// identity otherwise; residual (like x) is optional. Thread per element.
-extern "C" __global__ void norm_apply_fwd_f32(i64 n, int c, i64 vox, int nslope,
-                                              const float* __restrict__ x,         // (N, V, C)
-                                              const float* __restrict__ scale,     // (C) | (N, C)
-                                              const float* __restrict__ shift,     // (C) | (N, C)
-                                              const float* __restrict__ slope,     // (nslope) or null
-                                              const float* __restrict__ residual,  // like x or null
-                                              float* __restrict__ out) {           // like x
+// out = x * scale + shift. scale/shift are (C) when vox == 0, else (N, C) with V = vox voxels per
+// sample. Thread per element.
+extern "C" __global__ void norm_apply_fwd_f32(i64 n, int c, i64 vox,
+                                              const float* __restrict__ x,      // (N, V, C)
+                                              const float* __restrict__ scale,  // (C) | (N, C)
+                                              const float* __restrict__ shift,  // (C) | (N, C)
+                                              float* __restrict__ out) {        // like x
     GRID_STRIDE(i, n) {
         int ch = (int)(i % c);
         i64 a = vox > 0 ? (i / c / vox) * c + ch : ch;
-        float y = fmaf(x[i], scale[a], shift[a]);
-        if (slope != nullptr && !(y > 0.0f)) y *= slope[nslope == 1 ? 0 : ch];
-        if (residual != nullptr) y += residual[i];
-        out[i] = y;
+        out[i] = fmaf(x[i], scale[a], shift[a]);
     }
 }

@@ -123,6 +123,30 @@ impl Volume {
     }
 }
 
+/// Trilinear value of `data` (row-major `dims`) at continuous voxel index `x`, clamped to the
+/// grid: points beyond the edge voxels take the edge's values.
+pub fn trilinear(data: &[f32], dims: [usize; 3], x: [f64; 3]) -> f32 {
+    let mut i0 = [0usize; 3];
+    let mut t = [0f32; 3];
+    for a in 0..3 {
+        let top = dims[a].saturating_sub(1);
+        let c = x[a].clamp(0.0, top as f64);
+        i0[a] = (c.floor() as usize).min(top.saturating_sub(1));
+        t[a] = (c - i0[a] as f64) as f32;
+    }
+    let at = |di: usize, dj: usize, dk: usize| {
+        let i = (i0[0] + di).min(dims[0] - 1);
+        let j = (i0[1] + dj).min(dims[1] - 1);
+        let k = (i0[2] + dk).min(dims[2] - 1);
+        data[(i * dims[1] + j) * dims[2] + k]
+    };
+    let lerp = |a: f32, b: f32, w: f32| a + (b - a) * w;
+    let plane = |di| {
+        lerp(lerp(at(di, 0, 0), at(di, 0, 1), t[2]), lerp(at(di, 1, 0), at(di, 1, 1), t[2]), t[1])
+    };
+    lerp(plane(0), plane(1), t[0])
+}
+
 /// How many voxels of `vol` are NaN or infinite.
 pub fn count_non_finite(vol: &Volume) -> usize {
     vol.data.iter().filter(|v| !v.is_finite()).count()

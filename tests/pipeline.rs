@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use dnvs_engine::geometry::NvParams;
-use dnvs_engine::io::{self, resample::crop_or_pad, Volume, VoxelKind};
+use dnvs_engine::io::{self, orientation, resample::crop_or_pad, Volume, VoxelKind};
 use dnvs_engine::pipeline::enhance::EnhanceParams;
 use dnvs_engine::pipeline::stages::{
     FixedCenters, LabelSegmenter, NegativeVolume, ThresholdSegmenter, VoiSpec,
@@ -410,4 +410,47 @@ fn the_shipped_localisation_model_finds_both_joints_of_a_held_out_head() {
     }
     let j = read_json(&out.join("report.json"));
     assert_eq!(j["models"]["localize"]["target"], "joints");
+}
+
+#[test]
+fn metrics_count_on_the_ct_grid_only_where_the_truth_is_labelled() {
+    let h = head();
+    let full = io::read_volume(&h.labels).unwrap();
+    // A rater who stopped labelling the left condyle's neck 4 mm below the joint centre: the
+    // truth below that level is unlabelled, while the segmentation goes on down the ramus.
+    let mut partial = full.clone();
+    let cut_z = h.centers[0][2] - 4.0;
+    let [d, hh, w] = full.dims;
+    let mut removed = 0;
+    for i in 0..d {
+        for j in 0..hh {
+            for k in 0..w {
+                let p = orientation::apply(&full.affine, [i as f64, j as f64, k as f64]);
+                let q = full.index(i, j, k);
+                if p[0] < 0.0 && p[2] < cut_z && partial.data[q] != 0.0 {
+                    partial.data[q] = 0.0;
+                    removed += usize::from(full.data[q] == 1.0);
+                }
+            }
+        }
+    }
+    assert!(removed > 20, "the cut removed {removed} MC voxels");
+    let gt = h.dir.join("partial_labels.nii.gz");
+    io::write_nifti(&gt, &partial, VoxelKind::Mask).unwrap();
+    // The VOI 3 mm off the labelled box's centre, so part of it lies outside the labels.
+    let centres = [h.centers[0], h.centers[1]].map(|c| Some([c[0] + 3.0, c[1], c[2]]));
+    let mut stages = Stages {
+        localizer: Box::new(FixedCenters { centers: centres, voi: small_voi() }),
+        segmenter: Box::new(LabelSegmenter { labels: full }),
+        nv: Box::new(NegativeVolume { params: NvParams::default(), device: Device::Cpu }),
+    };
+    let opts = CaseOptions { enhance: None, gt: Some(gt), ..Default::default() };
+    let out = h.dir.join("partial");
+    let report = run_case(&h.ct, &out, &mut stages, &opts, &mut |_| {}).unwrap();
+    for side in ["L", "R"] {
+        let m = report.sides[side].as_ref().unwrap().metrics.unwrap();
+        // The truth segmentation, scored on the truth's own grid and labelled box, is perfect.
+        assert!(m.mc.dice > 0.999 && m.tb.dice > 0.999, "{side}: {:?} {:?}", m.mc, m.tb);
+        assert_eq!(m.mc.hd_mm, Some(0.0), "{side}");
+    }
 }

@@ -26,7 +26,8 @@ fn dataset() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let d = scratch("data").join("phantoms");
-        dnvs_engine::train::synth_bridge::write_phantoms(&d, CASES, 3, VOI).expect("phantoms");
+        dnvs_engine::train::synth_bridge::write_phantoms(&d, CASES, 3, VOI, None)
+            .expect("phantoms");
         d
     })
 }

@@ -164,7 +164,12 @@ fn train_one(
         Some(s) => {
             let [x, y, z] = cfg.loaders.voi_shape;
             let kind = if cfg.loaders.target == Target::Joints { "heads" } else { "vois" };
-            tmp.with_file_name(format!(".phantoms-{kind}-{}-{}-{x}x{y}x{z}", s.cases, s.seed))
+            let scan = s.voi_scan.map_or(String::new(), |v| {
+                let [a, b] = v.inplane_mm;
+                let [c, d] = v.slice_mm;
+                format!("-scan{a}-{b}x{c}-{d}")
+            });
+            tmp.with_file_name(format!(".phantoms-{kind}-{}-{}-{x}x{y}x{z}{scan}", s.cases, s.seed))
         }
         None => tmp.join("phantoms"),
     };

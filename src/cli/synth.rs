@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use dnvs_engine::synth::{self, HeadProfile, SynthConfig};
+use dnvs_engine::synth::{self, HeadProfile, SynthConfig, VoiScan};
 
 #[derive(clap::Args)]
 #[command(
@@ -49,6 +49,15 @@ pub struct Args {
     /// With --profile head: slice spacing range LO,HI (mm).
     #[arg(long, value_name = "LO,HI", value_parser = parse_range, default_value = "0.5,3.0")]
     slice_mm: [f64; 2],
+    /// Cut each VOI's CT from a simulated head scan whose in-plane voxel size is drawn from LO,HI
+    /// (mm) per VOI, instead of rendering it straight at 0.4 mm (the masks stay the 0.4 mm
+    /// truth): training data that looks like what `nv` cuts from a real head. Needs
+    /// --voi-scan-slice-mm.
+    #[arg(long, value_name = "LO,HI", value_parser = parse_range, requires = "voi_scan_slice_mm")]
+    voi_scan_inplane_mm: Option<[f64; 2]>,
+    /// The slice spacing range LO,HI (mm) of --voi-scan-inplane-mm's simulated scan.
+    #[arg(long, value_name = "LO,HI", value_parser = parse_range, requires = "voi_scan_inplane_mm")]
+    voi_scan_slice_mm: Option<[f64; 2]>,
     /// With --profile head: probability that one joint is outside the field of view.
     #[arg(long, default_value_t = 0.15)]
     p_one_side_out: f64,
@@ -79,6 +88,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             p_one_side_out: args.p_one_side_out,
             ..HeadProfile::default()
         }),
+        voi_scan: args
+            .voi_scan_inplane_mm
+            .zip(args.voi_scan_slice_mm)
+            .map(|(inplane_mm, slice_mm)| VoiScan { inplane_mm, slice_mm }),
         ..SynthConfig::default()
     };
     let bar = if std::io::stderr().is_terminal() {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::enhance::{enhance_tb, EnhanceParams};
 use super::report::{self, SidePicture};
-use super::stages::{resample_onto, Located, Sample, SideFound, Stages};
+use super::stages::{Located, SideFound, Stages};
 use crate::geometry::{self, marching_cubes, segmentation_metrics, JointSpaces, Mesh};
 use crate::io::orientation;
 use crate::io::{self, mesh::write_mesh};
@@ -95,7 +95,7 @@ pub struct StructureMetrics {
     pub assd_mm: Option<f64>,
 }
 
-/// Scores of one side against the ground truth (on the VOI grid).
+/// Scores of one side against the ground truth (on the CT's grid, over the VOI's footprint).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct SideMetrics {
     pub mc: StructureMetrics,
@@ -255,6 +255,7 @@ fn run_side(
         }
         None => (mask_volume(&voi, &geometry::mask_from(&probs.tb.data, 0.5)), None),
     };
+    let (mc, tb) = one_structure_per_voxel(&probs.mc, &probs.tb, mc, tb);
     for (name, m) in [("MC", &mc), ("TB", &tb)] {
         if !m.data.iter().any(|&v| v > 0.5) {
             return Ok(Err(format!("the {name} segmentation of the {side} VOI is empty")));
@@ -309,6 +310,28 @@ fn run_side(
     Ok(Ok(SideWork { side, report, voi, labels, masks: [nv.mc_filled, tb, nv.nv], probs, meshes }))
 }
 
+/// Where both masks claim a voxel, the model that is more sure of it keeps it (MC on a tie): the
+/// two models run independently, and a bone blob one of them cannot place (a coronoid tip at the
+/// VOI's edge, read as temporal bone) would otherwise be both, touching the condyle and closing
+/// the joint space there.
+fn one_structure_per_voxel(
+    mc_prob: &Volume,
+    tb_prob: &Volume,
+    mut mc: Volume,
+    mut tb: Volume,
+) -> (Volume, Volume) {
+    for q in 0..mc.data.len() {
+        if mc.data[q] > 0.5 && tb.data[q] > 0.5 {
+            if mc_prob.data[q] >= tb_prob.data[q] {
+                tb.data[q] = 0.0;
+            } else {
+                mc.data[q] = 0.0;
+            }
+        }
+    }
+    (mc, tb)
+}
+
 /// The per-side files, by key, relative to the output folder.
 fn side_files(side: Side, probs: bool) -> BTreeMap<String, String> {
     let mut names = vec!["ct", "mc", "tb", "nv", "mc_mesh", "tb_mesh", "nv_mesh"];
@@ -327,8 +350,13 @@ fn side_files(side: Side, probs: bool) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn structure(pred: &[bool], truth: &[bool], v: &Volume) -> Result<StructureMetrics> {
-    let m = segmentation_metrics(pred, truth, v.dims, v.spacing)?;
+fn structure(
+    pred: &[bool],
+    truth: &[bool],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+) -> Result<StructureMetrics> {
+    let m = segmentation_metrics(pred, truth, dims, spacing)?;
     let fin = |x: f64| x.is_finite().then_some(x);
     Ok(StructureMetrics {
         dice: m.dice,
@@ -339,21 +367,90 @@ fn structure(pred: &[bool], truth: &[bool], v: &Volume) -> Result<StructureMetri
     })
 }
 
-/// Dice, IoU and surface distances of MC, TB and NV on the VOI grid (the truth resampled there,
-/// nearest), and the NV volume error.
+/// Dice, IoU and surface distances of MC, TB and NV, and the NV volume error, counted on the
+/// CT's own grid over the VOI's footprint, within the box the truth labels: the truth is a label map on that grid, so the VOI's
+/// labels go back there (nearest, as `labels.nii.gz` holds them) rather than the truth being
+/// blown up onto the finer VOI grid, whose copied voxels would add staircase edges no
+/// segmentation can match.
 fn side_metrics(gt: &Volume, labels: &Volume, nv_mm3: f64) -> Result<SideMetrics> {
-    let truth = resample_onto(gt, labels, Sample::Nearest, 0.0)?;
-    let is = |v: &Volume, l: f32| -> Vec<bool> { v.data.iter().map(|&x| x == l).collect() };
-    let nv_truth_mm3 = count_mm3(
-        &truth.with_data(is(&truth, 3.0).iter().map(|&b| f32::from(u8::from(b))).collect()),
-    );
+    let (pred, truth, dims) = on_ct_grid(gt, labels)?;
+    let is = |v: &[f32], l: f32| -> Vec<bool> { v.iter().map(|&x| x == l).collect() };
+    let score = |l: f32| structure(&is(&pred, l), &is(&truth, l), dims, gt.spacing);
+    let voxel_mm3: f64 = (0..3).map(|c| orientation::column_norm(&gt.affine, c)).product();
+    let nv_truth_mm3 = truth.iter().filter(|&&x| x == 3.0).count() as f64 * voxel_mm3;
     Ok(SideMetrics {
-        mc: structure(&is(labels, 1.0), &is(&truth, 1.0), labels)?,
-        tb: structure(&is(labels, 2.0), &is(&truth, 2.0), labels)?,
-        nv: structure(&is(labels, 3.0), &is(&truth, 3.0), labels)?,
+        mc: score(1.0)?,
+        tb: score(2.0)?,
+        nv: score(3.0)?,
         nv_truth_mm3,
         nv_error_mm3: nv_mm3 - nv_truth_mm3,
         nv_error_rel: (nv_truth_mm3 > 0.0).then(|| (nv_mm3 - nv_truth_mm3).abs() / nv_truth_mm3),
+    })
+}
+
+/// The VOI's labels (nearest) and the truth over the CT index box that holds the VOI's
+/// footprint, as two flat volumes of the returned dims; voxels of the box outside the footprint
+/// (an oblique CT's corners) are background in both.
+fn on_ct_grid(ct: &Volume, voi: &Volume) -> Result<(Vec<f32>, Vec<f32>, [usize; 3])> {
+    let to_voi = orientation::mul(&super::stages::invert(&voi.affine)?, &ct.affine);
+    let to_ct = orientation::mul(&super::stages::invert(&ct.affine)?, &voi.affine);
+    let (lo, hi) = bbox(&to_ct, voi.dims, ct.dims);
+    let dims = [0, 1, 2].map(|a| hi[a] - lo[a] + 1);
+    let n = dims.iter().product();
+    let (mut pred, mut truth) = (vec![0f32; n], vec![0f32; n]);
+    for (q, (p, t)) in pred.iter_mut().zip(truth.iter_mut()).enumerate() {
+        let ijk =
+            [q / (dims[1] * dims[2]) + lo[0], q / dims[2] % dims[1] + lo[1], q % dims[2] + lo[2]];
+        if let Some(v) = voi_value_at(voi, &to_voi, ijk) {
+            *p = v;
+            *t = ct.data[ct.index(ijk[0], ijk[1], ijk[2])];
+        }
+    }
+    Ok(within_labelled_box(pred, truth, dims))
+}
+
+/// Crops both to the bounding box of the truth's labels: a truth label map covers only the part
+/// of the head someone labelled (`synth` labels its own VOI boxes; a clinician stops the condyle
+/// somewhere down the neck), and a segmentation outside it can be neither right nor wrong. All
+/// of the box is kept when the truth has no label there.
+fn within_labelled_box(
+    pred: Vec<f32>,
+    truth: Vec<f32>,
+    dims: [usize; 3],
+) -> (Vec<f32>, Vec<f32>, [usize; 3]) {
+    let (mut lo, mut hi) = (dims, [0usize; 3]);
+    for (q, _) in truth.iter().enumerate().filter(|(_, &t)| t != 0.0) {
+        let ijk = [q / (dims[1] * dims[2]), q / dims[2] % dims[1], q % dims[2]];
+        for a in 0..3 {
+            lo[a] = lo[a].min(ijk[a]);
+            hi[a] = hi[a].max(ijk[a]);
+        }
+    }
+    if lo[0] > hi[0] {
+        return (pred, truth, dims);
+    }
+    let sub = [0, 1, 2].map(|a| hi[a] - lo[a] + 1);
+    let crop = |v: &[f32]| -> Vec<f32> {
+        let mut out = Vec::with_capacity(sub.iter().product());
+        for i in lo[0]..=hi[0] {
+            for j in lo[1]..=hi[1] {
+                let row = (i * dims[1] + j) * dims[2];
+                out.extend_from_slice(&v[row + lo[2]..=row + hi[2]]);
+            }
+        }
+        out
+    };
+    (crop(&pred), crop(&truth), sub)
+}
+
+/// The VOI's voxel nearest CT voxel `ijk` (`to_voi` maps CT indices to VOI indices); `None`
+/// outside the VOI's footprint.
+fn voi_value_at(voi: &Volume, to_voi: &orientation::Affine, ijk: [usize; 3]) -> Option<f32> {
+    let x = orientation::apply(to_voi, ijk.map(|v| v as f64));
+    let inside = (0..3).all(|a| x[a] >= -0.5 && x[a] < voi.dims[a] as f64 - 0.5);
+    inside.then(|| {
+        let n = [0, 1, 2].map(|a| (x[a].round().max(0.0) as usize).min(voi.dims[a] - 1));
+        voi.data[voi.index(n[0], n[1], n[2])]
     })
 }
 
@@ -521,14 +618,12 @@ pub fn labels_in_ct(ct: &Volume, vois: &[&Volume]) -> Result<Volume> {
             }
             for j in lo[1]..=hi[1] {
                 for k in lo[2]..=hi[2] {
-                    let x = orientation::apply(&to_voi, [i as f64, j as f64, k as f64]);
-                    let inside = (0..3).all(|a| x[a] >= -0.5 && x[a] < voi.dims[a] as f64 - 0.5);
-                    if !inside || plane[j * w + k] != 0.0 {
+                    if plane[j * w + k] != 0.0 {
                         continue;
                     }
-                    let n =
-                        [0, 1, 2].map(|a| (x[a].round().max(0.0) as usize).min(voi.dims[a] - 1));
-                    plane[j * w + k] = voi.data[voi.index(n[0], n[1], n[2])];
+                    if let Some(v) = voi_value_at(voi, &to_voi, [i, j, k]) {
+                        plane[j * w + k] = v;
+                    }
                 }
             }
         });
@@ -550,4 +645,24 @@ fn bbox(to_ct: &orientation::Affine, voi: [usize; 3], ct: [usize; 3]) -> ([usize
     }
     let clamp = |x: f64, a: usize| x.clamp(0.0, (ct[a] - 1) as f64) as usize;
     ([0, 1, 2].map(|a| clamp(lo[a].floor(), a)), [0, 1, 2].map(|a| clamp(hi[a].ceil(), a)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_voxel_both_models_claim_goes_to_the_surer_one() {
+        let vol = |d: &[f32]| Volume { data: d.to_vec(), ..Volume::zeros([1, 1, 4], [1.0; 3]) };
+        let mc_prob = vol(&[0.9, 0.6, 0.7, 0.2]);
+        let tb_prob = vol(&[0.6, 0.9, 0.7, 0.8]);
+        let (mc, tb) = one_structure_per_voxel(
+            &mc_prob,
+            &tb_prob,
+            vol(&[1.0, 1.0, 1.0, 0.0]),
+            vol(&[1.0, 1.0, 1.0, 1.0]),
+        );
+        assert_eq!(mc.data, [1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(tb.data, [0.0, 1.0, 0.0, 1.0]);
+    }
 }

@@ -107,6 +107,36 @@ pub struct SynthConfig {
     pub head: Option<HeadProfile>,
     /// The NV definition's parameters the truth is computed with (written to `dataset.json`).
     pub nv: NvParams,
+    /// Render each VOI's CT as a whole-head scan of coarser voxels shows it, cut out as
+    /// `localize` cuts a VOI from a head (`None`: straight at 0.4 mm). The masks stay the
+    /// analytic truth at 0.4 mm: a model trained on these learns the true shapes from the
+    /// blurrier CT a real pipeline gives it.
+    pub voi_scan: Option<VoiScan>,
+}
+
+/// Voxel sizes of the simulated head scan a VOI is cut from: per VOI an in-plane size (x, y)
+/// and a slice size (z) drawn uniformly from these ranges (mm), and a random voxel phase.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoiScan {
+    pub inplane_mm: [f64; 2],
+    pub slice_mm: [f64; 2],
+}
+
+impl VoiScan {
+    /// # Errors
+    /// [`Error::Arg`] for a range that is reversed or outside 0.25..=4 mm.
+    pub fn validate(&self) -> Result<()> {
+        for (name, [lo, hi]) in [("inplane_mm", self.inplane_mm), ("slice_mm", self.slice_mm)] {
+            if !(0.25 <= lo && lo <= hi && hi <= 4.0) {
+                return Err(Error::arg(
+                    "synth",
+                    format!("voi scan {name} [{lo}, {hi}]: need 0.25 <= lo <= hi <= 4 mm"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for SynthConfig {
@@ -119,6 +149,7 @@ impl Default for SynthConfig {
             noise: true,
             head: None,
             nv: NvParams::default(),
+            voi_scan: None,
         }
     }
 }
@@ -146,6 +177,9 @@ impl SynthConfig {
         }
         if let Some(h) = &self.head {
             h.validate()?;
+        }
+        if let Some(v) = &self.voi_scan {
+            v.validate()?;
         }
         self.nv.validate()?;
         Ok(())
@@ -267,7 +301,10 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
                 let e = ph.eval(w);
                 (e.hu as f32, ph.label(&truths[side.index()], w, &e))
             });
-            finish_ct(&mut ct, grid.dims, cfg, &ph, 1 + side.index() as u64);
+            match cfg.voi_scan {
+                None => finish_ct(&mut ct, grid.dims, cfg, &ph, 1 + side.index() as u64),
+                Some(scan) => ct = scanned_voi_ct(cfg, &ph, index, side, &grid, scan),
+            }
             let mask = |id: u8| grid.volume(labels.iter().map(|&l| f32::from(l == id)).collect());
             let nv_count = labels.iter().filter(|&&l| l == 3).count();
             VoiCase {
@@ -284,6 +321,36 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
         })
         .collect();
     Ok(PhantomCase { id: case_id(index), phantom: ph, head_ct, head_labels, vois })
+}
+
+/// The VOI's CT as cut from a head scan ([`VoiScan`]): the anatomy rendered on an axis-aligned
+/// scan grid of drawn voxel sizes and phase covering the VOI, blurred and noised in that grid's
+/// voxels as a head is ([`finish_ct`]), then sampled trilinearly onto the VOI grid and rounded
+/// to whole HU, as `pipeline::localize::cut_voi` samples a head.
+fn scanned_voi_ct(
+    cfg: &SynthConfig,
+    ph: &Phantom,
+    case: usize,
+    side: Side,
+    voi: &Grid,
+    scan: VoiScan,
+) -> Vec<f32> {
+    let mut rng = Rng::new(hash_words(&[cfg.seed, case as u64, side.index() as u64, 0x7363_616e]));
+    let inplane = rng.uniform(scan.inplane_mm[0], scan.inplane_mm[1]);
+    let spacing = [inplane, inplane, rng.uniform(scan.slice_mm[0], scan.slice_mm[1])];
+    // Enough scan voxels beyond the VOI for the blur's reach and the interpolation's corners.
+    let margin = (3.0 * cfg.blur_sigma_vox).ceil() + 2.0;
+    let phase = [rng.unit(), rng.unit(), rng.unit()];
+    let origin = [0, 1, 2].map(|a| voi.origin[a] - (margin + phase[a]) * spacing[a]);
+    let dims = [0, 1, 2].map(|a| {
+        let extent = voi.spacing[a] * (voi.dims[a] as f64 - 1.0);
+        (extent / spacing[a] + 2.0 * margin + 2.0).ceil() as usize
+    });
+    let grid = Grid { dims, spacing, origin };
+    let (mut hu, _) = render(&grid, |w| (ph.eval(w).hu as f32, ()));
+    finish_ct(&mut hu, grid.dims, cfg, ph, 3 + side.index() as u64);
+    let (ct, _) = render(voi, |w| (grid.sample_linear(&hu, w).round().clamp(-1024.0, 3071.0), ()));
+    ct
 }
 
 /// Partial-volume blur, then noise that depends only on the case and voxel, then whole HU (what
@@ -316,6 +383,9 @@ pub struct Manifest {
     /// the definition was fixed).
     #[serde(default)]
     pub nv_params: Option<NvParams>,
+    /// The simulated scan the VOIs' CTs were cut from (absent: rendered straight at 0.4 mm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voi_scan: Option<VoiScan>,
     pub labels: BTreeMap<String, String>,
     pub cases: Vec<ManifestCase>,
 }
@@ -449,6 +519,7 @@ pub fn write_dataset(
         spacing_voi: [VOI_SPACING; 3],
         voi_dims: Some(cfg.voi_dims),
         nv_params: Some(cfg.nv),
+        voi_scan: cfg.voi_scan,
         labels,
         cases: entries,
     };

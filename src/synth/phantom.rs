@@ -723,6 +723,13 @@ impl Grid {
         })
     }
 
+    /// Trilinear value of `data` (laid out on this grid) at world point `w`; points outside
+    /// take the nearest edge voxel's values.
+    pub fn sample_linear(&self, data: &[f32], w: V3) -> f32 {
+        let x = [0, 1, 2].map(|a| (w[a] - self.origin[a]) / self.spacing[a]);
+        crate::volume::trilinear(data, self.dims, x)
+    }
+
     /// An empty volume with this grid's geometry (diagonal RAS affine).
     pub fn volume(&self, data: Vec<f32>) -> Volume {
         let mut v = Volume::zeros([0, 0, 0], self.spacing);

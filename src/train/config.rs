@@ -185,6 +185,10 @@ pub struct SynthConfig {
     pub cases: usize,
     #[serde(default = "d_one_u64")]
     pub seed: u64,
+    /// Cut the VOIs' CTs from simulated head scans of these voxel sizes (`synth`'s
+    /// `--voi-scan-inplane-mm/--voi-scan-slice-mm`), so the model sees what `nv` cuts from a head.
+    #[serde(default)]
+    pub voi_scan: Option<crate::synth::VoiScan>,
 }
 
 /// `loaders`: data, patches, transforms.

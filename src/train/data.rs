@@ -97,7 +97,13 @@ fn ensure_dataset(cfg: &Config) -> Result<()> {
     if cfg.loaders.target == Target::Joints {
         return crate::train::synth_bridge::write_heads(dir, s.cases, s.seed);
     }
-    crate::train::synth_bridge::write_phantoms(dir, s.cases, s.seed, cfg.loaders.voi_shape)
+    crate::train::synth_bridge::write_phantoms(
+        dir,
+        s.cases,
+        s.seed,
+        cfg.loaders.voi_shape,
+        s.voi_scan,
+    )
 }
 
 /// Loads and checks everything a config needs before the first step: the data set exists (or is

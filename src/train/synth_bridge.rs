@@ -3,16 +3,23 @@
 
 use std::path::Path;
 
-use crate::synth::{self, HeadProfile, SynthConfig};
+use crate::synth::{self, HeadProfile, SynthConfig, VoiScan};
 use crate::Result;
 
 /// Writes `cases` phantoms with VOIs of `voi` voxels (0.4 mm) into `dir` (a `dataset.json` data
-/// set, as `dnvs-engine synth --out DIR --cases N --seed S --voi-size D,H,W` writes it).
+/// set, as `dnvs-engine synth --out DIR --cases N --seed S --voi-size D,H,W` writes it; with
+/// `voi_scan`, as `--voi-scan-inplane-mm/--voi-scan-slice-mm` do).
 ///
 /// # Errors
 /// Those of [`synth::write_dataset`].
-pub fn write_phantoms(dir: &Path, cases: usize, seed: u64, voi: [usize; 3]) -> Result<()> {
-    let cfg = SynthConfig { seed, voi_dims: voi, ..SynthConfig::default() };
+pub fn write_phantoms(
+    dir: &Path,
+    cases: usize,
+    seed: u64,
+    voi: [usize; 3],
+    voi_scan: Option<VoiScan>,
+) -> Result<()> {
+    let cfg = SynthConfig { seed, voi_dims: voi, voi_scan, ..SynthConfig::default() };
     synth::write_dataset(dir, cases, &cfg, false, &|_| {})?;
     Ok(())
 }

@@ -113,3 +113,20 @@ pub fn random_vec(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Pearson correlation of two equally long volumes.
+pub fn correlation(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (
+        a.iter().map(|&v| f64::from(v)).sum::<f64>() / n,
+        b.iter().map(|&v| f64::from(v)).sum::<f64>() / n,
+    );
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x) - ma, f64::from(y) - mb);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa * bb).sqrt()
+}

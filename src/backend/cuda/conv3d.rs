@@ -1,7 +1,6 @@
 //! Launchers for `kernels/conv3d.cu`: 3-D convolution over channels-last tensors as implicit GEMM
-//! (bf16 tensor cores with f32 accumulation, or f32), forward with optional per-channel output
-//! statistics, backward-input and backward-weight with split-K; dedicated forward kernels for a
-//! 1-channel input and a 2-channel output. Same semantics as `crate::ops::conv3d`, whose one shape
+//! (bf16 tensor cores with f32 accumulation, or f32), forward, backward-input and backward-weight
+//! with split-K; dedicated forward kernels for a 1-channel input and a 2-channel output. Same semantics as `crate::ops::conv3d`, whose one shape
 //! check ([`ConvGeom::check`]) gives the geometry every pass here builds its parameters from.
 
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -41,15 +40,11 @@ pub struct ConvParams {
     pub stride: i32,
     pub pad: i32,
     pub split_k: i32,
-    pub flags: i32,
 }
 
 // SAFETY: ConvParams is #[repr(C)], plain i32 fields, no padding, and matches the CUDA struct's
 // layout (see the layout test), so it can be passed by value as a kernel argument.
 unsafe impl DeviceRepr for ConvParams {}
-
-/// `CONV_FLAG_STATS` in common.cuh.
-const FLAG_STATS: i32 = 1;
 
 impl ConvParams {
     pub(crate) fn taps(&self) -> usize {
@@ -87,7 +82,6 @@ impl ConvParams {
             stride: i(g.stride)?,
             pad: i(g.padding)?,
             split_k: 1,
-            flags: 0,
         })
     }
 
@@ -130,11 +124,11 @@ pub(crate) fn split_k_for(sms: usize, tiles: usize, reduction: usize) -> usize {
     target.div_ceil(tiles.max(1)).min(max_split).clamp(1, 65535)
 }
 
-/// Launches one implicit-GEMM entry point `name(p, a, b, bias, out, stats)` of module `stem`.
+/// Launches one implicit-GEMM entry point `name(p, a, b, bias, out)` of module `stem`.
 ///
 /// # Safety
-/// `a`, `b`, `bias`, `out` and `stats` must have the sizes the mode of `name` reads and writes
-/// for `p` (the table in conv3d.cu); `out` must be zeroed when `p.split_k > 1` or the mode
+/// `a`, `b`, `bias` and `out` must have the sizes the mode of `name` reads and writes for `p`
+/// (the table in implicit_gemm.cuh); `out` must be zeroed when `p.split_k > 1` or the mode
 /// accumulates.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run_gemm(
@@ -146,7 +140,6 @@ pub(crate) unsafe fn run_gemm(
     b: &CudaSlice<f32>,
     bias: Option<&CudaSlice<f32>>,
     out: &mut CudaSlice<f32>,
-    stats: Option<&mut CudaSlice<f32>>,
     cfg: LaunchConfig,
 ) -> Result<()> {
     if name.ends_with(Precision::Bf16.suffix()) && gpu.arch.0 < 8 {
@@ -164,12 +157,8 @@ pub(crate) unsafe fn run_gemm(
         None => lb.arg(&null),
     };
     lb.arg(out);
-    match stats {
-        Some(s) => lb.arg(s),
-        None => lb.arg(&null),
-    };
-    // SAFETY: the argument list matches CONV_ENTRY's (p, a, b, bias, out, stats); sizes are the
-    // caller's contract.
+    // SAFETY: the argument list matches CONV_ENTRY's (p, a, b, bias, out); sizes are the caller's
+    // contract.
     unsafe { launch::launch(gpu, name, &mut lb, cfg) }
 }
 
@@ -183,22 +172,21 @@ pub(crate) struct GemmPass<'a> {
     pub n: usize,
     /// Independent GEMMs on grid z (kernel taps for the per-tap modes), else 1.
     pub taps: usize,
-    /// The reduction length split-K may cut (0: never split, e.g. with epilogue statistics).
+    /// The reduction length split-K may cut (0: never split).
     pub reduction: usize,
     /// Elements of the output buffer.
     pub out_len: usize,
     /// The output must start at zero even unsplit (the mode accumulates or leaves gaps).
     pub zero: bool,
     pub bias: Option<&'a CudaSlice<f32>>,
-    pub stats: Option<&'a mut CudaSlice<f32>>,
 }
 
 /// Runs `pass` with operands `a`, `b`: chooses split-K, allocates the output (zeroed when split
 /// or asked), launches, and returns the output buffer.
 ///
 /// # Safety
-/// `a`, `b`, the bias and the statistics must have the sizes the mode of `pass.name` reads for
-/// `p` (the table in conv3d.cu), and `pass.out_len` must be what that mode writes.
+/// `a`, `b` and the bias must have the sizes the mode of `pass.name` reads for `p` (the table in
+/// implicit_gemm.cuh), and `pass.out_len` must be what that mode writes.
 pub(crate) unsafe fn gemm_pass(
     gpu: &Gpu,
     mut p: ConvParams,
@@ -214,23 +202,24 @@ pub(crate) unsafe fn gemm_pass(
     let grid = gemm_grid(pass.m, pass.n, pass.taps * split)?;
     // SAFETY: forwarded from this function's contract; `out` is zeroed whenever the slices
     // accumulate (split > 1) or the mode asks for it.
-    unsafe {
-        run_gemm(gpu, pass.stem, &pass.name, &p, a, b, pass.bias, &mut out, pass.stats, grid)?
-    };
+    unsafe { run_gemm(gpu, pass.stem, &pass.name, &p, a, b, pass.bias, &mut out, grid)? };
     Ok(out)
 }
 
-/// Forward convolution of geometry `g`, optionally with per-channel sums of the output and of
-/// its square.
-fn forward(
+/// 3-D convolution of geometry `g`, channels-last. Operands are rounded to bf16 for the tensor
+/// cores when `prec` is [`Precision::Bf16`] (accumulation is always f32); the 1-channel-input and
+/// 2-channel-output cases use dedicated f32 kernels in either precision.
+///
+/// # Shapes
+/// `x (N, D, H, W, C)`, `w (K, kd, kh, kw, C)`, `b (K)` as `g` says; output `(N, OD, OH, OW, K)`.
+pub fn conv3d(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
     g: &ConvGeom,
     prec: Precision,
-    want_stats: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
-    let mut p = ConvParams::conv(g)?;
+) -> Result<Tensor> {
+    let p = ConvParams::conv(g)?;
     let gpu = common_gpu(OP, &[&[x, w], b.as_slice()].concat())?;
     let (sx, sw) = (f32_slice(OP, x)?, f32_slice(OP, w)?);
     let sb = b.map(|b| f32_slice(OP, b)).transpose()?;
@@ -238,9 +227,7 @@ fn forward(
     let shape = p.out_dims();
 
     // The dedicated kernels: 1-channel input (the CT) and 2-channel output (the class layer).
-    let small = if want_stats {
-        None
-    } else if c == 1 && k * taps <= SMALL_W_MAX {
+    let small = if c == 1 && k * taps <= SMALL_W_MAX {
         Some("cin1")
     } else if k == 2 && 2 * taps * c <= SMALL_W_MAX {
         Some("cout2")
@@ -250,11 +237,7 @@ fn forward(
     if let Some(which) = small {
         let mut out = alloc(&gpu, m * k)?;
         small_kernel(&gpu, which, &p, sx, sw, sb, &mut out, m)?;
-        return Ok((wrap(&gpu, out, shape)?, None));
-    }
-    let mut stats = if want_stats { Some(zeros(&gpu, 2 * k)?) } else { None };
-    if want_stats {
-        p.flags |= FLAG_STATS;
+        return wrap(&gpu, out, shape);
     }
     let pass = GemmPass {
         stem: STEM,
@@ -262,19 +245,16 @@ fn forward(
         m,
         n: k,
         taps: 1,
-        // Deep layers (C128 at 14x18x8: 64 output tiles for 132 SMs) split the reduction; the
-        // epilogue statistics need whole sums, so they keep split 1.
-        reduction: if want_stats { 0 } else { taps * c },
+        // Deep layers (C128 at 14x18x8: 64 output tiles for 132 SMs) split the reduction.
+        reduction: taps * c,
         out_len: m * k,
         zero: false,
         bias: sb,
-        stats: stats.as_mut(),
     };
     // SAFETY: forward mode: a = x (N, D, H, W, C), b = w (K, taps * C), bias (K) added by slice 0
-    // only, out M * K = out voxels * K, stats (2, K) zeroed and only with split 1.
+    // only, out M * K = out voxels * K.
     let out = unsafe { gemm_pass(&gpu, p, sx, sw, pass)? };
-    let stats = stats.map(|s| wrap(&gpu, s, [2, k])).transpose()?;
-    Ok((wrap(&gpu, out, shape)?, stats))
+    wrap(&gpu, out, shape)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -302,35 +282,6 @@ fn small_kernel(
     // with K * taps * C <= SMALL_W_MAX (checked by the caller, so the shared copy fits), bias (K)
     // or null, out (M, K) with every element written by the grid-stride loop over M.
     unsafe { launch::launch(gpu, &name, &mut lb, grid_1d(gpu, m)) }
-}
-
-/// 3-D convolution of geometry `g`, channels-last. Operands are rounded to bf16 for the tensor
-/// cores when `prec` is [`Precision::Bf16`] (accumulation is always f32); the 1-channel-input and
-/// 2-channel-output cases use dedicated f32 kernels in either precision.
-///
-/// # Shapes
-/// `x (N, D, H, W, C)`, `w (K, kd, kh, kw, C)`, `b (K)` as `g` says; output `(N, OD, OH, OW, K)`.
-pub fn conv3d(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    g: &ConvGeom,
-    prec: Precision,
-) -> Result<Tensor> {
-    Ok(forward(x, w, b, g, prec, false)?.0)
-}
-
-/// [`conv3d`] that also returns the per-channel sums of the output and of its square, `(2, K)`,
-/// accumulated in the GEMM epilogue, for a following batch norm (saves one read of the output).
-pub fn conv3d_with_stats(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    g: &ConvGeom,
-    prec: Precision,
-) -> Result<(Tensor, Tensor)> {
-    let (out, stats) = forward(x, w, b, g, prec, true)?;
-    Ok((out, stats.expect("forward with stats returns them")))
 }
 
 /// Gradient of [`conv3d`] w.r.t. `x`.
@@ -361,7 +312,6 @@ pub fn conv3d_backward_input(
             out_len: in_len,
             zero: true,
             bias: None,
-            stats: None,
         }
     } else {
         GemmPass {
@@ -374,7 +324,6 @@ pub fn conv3d_backward_input(
             out_len: in_len,
             zero: false,
             bias: None,
-            stats: None,
         }
     };
     // SAFETY: backward-input modes: a = g (out voxels, K), b = w (K, taps, C), gx (in voxels, C);
@@ -407,7 +356,6 @@ pub fn conv3d_backward_weight(
         out_len: m * n,
         zero: false,
         bias: None,
-        stats: None,
     };
     // SAFETY: backward-weight mode: a = g (out voxels, K), b = x (N, D, H, W, C), gw
     // (K, taps * C), zeroed when split, else fully overwritten.
@@ -446,18 +394,17 @@ mod tests {
 
     #[test]
     fn conv_params_layout_matches_common_cuh() {
-        assert_eq!(std::mem::size_of::<ConvParams>(), 16 * 4);
+        assert_eq!(std::mem::size_of::<ConvParams>(), 15 * 4);
         assert_eq!(std::mem::align_of::<ConvParams>(), 4);
         assert_eq!(std::mem::offset_of!(ConvParams, od), 5 * 4);
-        assert_eq!(std::mem::offset_of!(ConvParams, flags), 15 * 4);
+        assert_eq!(std::mem::offset_of!(ConvParams, split_k), 14 * 4);
         let src = super::super::sources::CONV3D;
         let fields = c_struct_fields(src, "ConvParams");
         let want = [
             "n", "d", "h", "w", "c", "od", "oh", "ow", "k", "kd", "kh", "kw", "stride", "pad",
-            "split_k", "flags",
+            "split_k",
         ];
         assert_eq!(fields, want);
-        assert!(src.contains("#define CONV_FLAG_STATS 1"));
     }
 
     #[test]

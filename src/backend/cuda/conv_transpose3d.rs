@@ -45,7 +45,6 @@ pub fn conv_transpose3d(
             out_len,
             zero: false,
             bias: sb,
-            stats: None,
         }
     } else {
         GemmPass {
@@ -58,7 +57,6 @@ pub fn conv_transpose3d(
             out_len,
             zero: false,
             bias: sb,
-            stats: None,
         }
     };
     // SAFETY: TCONV_FWD_TAP: a = x (in voxels, C_in), b = w (K, taps, C_in), bias (K), out
@@ -88,7 +86,6 @@ pub fn conv_transpose3d_backward_input(
         out_len: m * n,
         zero: false,
         bias: None,
-        stats: None,
     };
     // SAFETY: TCONV_BWD_INPUT: a = g (N, OD, OH, OW, K), b = w (K, taps, C_in), gx (in voxels,
     // C_in), zeroed when split, else fully overwritten.
@@ -119,7 +116,6 @@ pub fn conv_transpose3d_backward_weight(
         // the split.
         zero: true,
         bias: None,
-        stats: None,
     };
     // SAFETY: TCONV_BWD_WEIGHT: a = g (N, OD, OH, OW, K), b = x (in voxels, C_in), gw
     // (K, taps, C_in) zeroed; grid z = taps * split.

@@ -2,7 +2,7 @@
 //! ([`nvrtc`]), launch helpers ([`launch`]: the only place launch configurations are built) and one
 //! launcher file per op family, named as the kernel files in `kernels/`. The driver is loaded at
 //! run time (cudarc `dynamic-loading`), so this builds and the CPU path runs on machines without
-//! CUDA; every path to a context first checks [`driver_present`].
+//! CUDA; every path to a context first checks [`crate::tensor::cuda_driver_present`].
 //!
 //! Launchers take and return CUDA f32 tensors with the semantics of the CPU ops in `crate::ops`;
 //! shapes are checked by the ops before dispatch, and checked again here only where a wrong shape
@@ -15,17 +15,17 @@
 //!
 //! | op | forward | backward |
 //! |---|---|---|
-//! | conv3d | [`conv3d::conv3d`] (`conv3d_with_stats`) | [`conv3d::conv3d_backward_input`], [`conv3d::conv3d_backward_weight`], bias: [`reduce::sum_channels`] |
+//! | conv3d | [`conv3d::conv3d`] | [`conv3d::conv3d_backward_input`], [`conv3d::conv3d_backward_weight`], bias: [`reduce::sum_channels`] |
 //! | conv_transpose3d | [`conv_transpose3d::conv_transpose3d`] | `..._backward_input`, `..._backward_weight`, bias: [`reduce::sum_channels`] |
 //! | add, mul, scale | [`elementwise::add`], [`elementwise::mul`], [`elementwise::scale`] | identity; `mul(g, other)`; `scale(g, s)` |
 //! | relu, elu, sigmoid | [`elementwise::relu`], [`elementwise::elu`], [`elementwise::sigmoid`] | `relu_backward(x, g)`, `elu_backward(x, g, a)`, `sigmoid_backward(y, g)` |
 //! | prelu, gate_mul | [`elementwise::prelu`], [`elementwise::gate_mul`] | `prelu_backward`, `gate_mul_backward` (both gradients) |
 //! | concat_channels | [`elementwise::concat_channels`] | [`elementwise::concat_channels_backward`] |
 //! | max_pool3d_k2 | [`pool::max_pool3d_k2`] | [`pool::max_pool3d_k2_backward`] |
-//! | upsample_nearest(_x2) | [`upsample::upsample_nearest`] | [`upsample::upsample_nearest_backward`] |
+//! | upsample_nearest | [`upsample::upsample_nearest`] | [`upsample::upsample_nearest_backward`] |
 //! | softmax / log_softmax | [`softmax::softmax_channels`], [`softmax::log_softmax_channels`] | `*_backward(y, g)` |
-//! | batch_norm, group_norm | [`norm::batch_norm`], [`norm::group_norm`] (+ `_fused`, `batch_norm_after_conv`) | [`norm::batch_norm_backward`], [`norm::group_norm_backward`] |
-//! | losses | [`loss::dice_ce`] with a [`loss::LossSpec`] | [`loss::dice_ce_backward`] |
+//! | batch_norm, group_norm | [`norm::batch_norm`], [`norm::group_norm`] | [`norm::batch_norm_backward`], [`norm::group_norm_backward`] |
+//! | losses | [`loss::dice_ce`] with a [`loss::LossSpec`], [`loss::hard_dice`] | [`loss::dice_ce_backward`], [`loss::hard_dice_backward`] |
 //! | Adam | [`optim::CudaAdam::step`] | |
 
 pub mod conv3d;
@@ -54,11 +54,6 @@ pub(crate) use crate::tensor::device_cuda_err as cuda_err;
 pub use crate::tensor::{probe, CudaBuffer, CudaData, Precision};
 use crate::tensor::{Device, Shape, Storage, Tensor};
 use crate::{Error, Result};
-
-/// Whether the CUDA driver library can be loaded (cudarc panics on first use when it cannot).
-pub fn driver_present() -> bool {
-    crate::tensor::cuda_driver_present()
-}
 
 /// One GPU: its context, the stream all its work is ordered on, what the launchers need to know
 /// about it, and the kernels loaded so far.

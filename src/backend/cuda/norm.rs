@@ -1,7 +1,7 @@
 //! Launchers for `kernels/norm.cu`: batch norm (batch statistics with the running update, or
-//! running statistics) and group norm, forward and backward, and the fused
-//! norm -> PReLU -> residual-add pass. Same semantics as `crate::ops::{batch_norm, group_norm}`;
-//! the running variance is updated with the unbiased batch variance, as PyTorch does.
+//! running statistics) and group norm, forward and backward. Same semantics as
+//! `crate::ops::{batch_norm, group_norm}`; the running variance is updated with the unbiased batch
+//! variance, as PyTorch does.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -24,13 +24,6 @@ pub struct NormSaved {
     pub batch: bool,
 }
 
-/// The optional epilogue of the fused pass: PReLU slopes (`(C)` or `(1)`) and a residual like `x`.
-#[derive(Default, Clone, Copy)]
-pub struct Epilogue<'a> {
-    pub prelu: Option<&'a Tensor>,
-    pub residual: Option<&'a Tensor>,
-}
-
 fn nullable<'a>(t: Option<&'a Tensor>, op: &'static str) -> Result<Option<&'a CudaSlice<f32>>> {
     t.map(|t| f32_slice(op, t)).transpose()
 }
@@ -47,7 +40,7 @@ fn layout(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
     Ok((d[0], d[1] * d[2] * d[3], d[4]))
 }
 
-/// out = act(x * scale + shift) + residual (norm_apply_fwd_f32).
+/// out = x * scale + shift (norm_apply_fwd_f32).
 fn apply(
     gpu: &Gpu,
     op: &'static str,
@@ -55,43 +48,19 @@ fn apply(
     scale: &CudaSlice<f32>,
     shift: &CudaSlice<f32>,
     per_sample_vox: usize,
-    epi: Epilogue<'_>,
 ) -> Result<Tensor> {
     let c = x.dims().last().copied().unwrap_or(1);
-    let nslope = match epi.prelu {
-        Some(w) if w.numel() != 1 && w.numel() != c => {
-            return Err(Error::shape(op, format!("PReLU slopes (1) or ({c})"), w.dims()))
-        }
-        Some(w) => w.numel(),
-        None => 0,
-    };
-    if let Some(r) = epi.residual {
-        if r.dims() != x.dims() {
-            return Err(Error::shape(op, x.dims(), r.dims()));
-        }
-    }
     let name = kernel_name("norm_apply", Pass::Fwd, None, "f32");
     let f = gpu.function(STEM, &name)?;
     let n = x.numel();
-    let (nl, ci, vl, ns) = (long(n), int(op, c)?, long(per_sample_vox), int(op, nslope)?);
-    let (slope, residual) = (nullable(epi.prelu, op)?, nullable(epi.residual, op)?);
-    let null: u64 = 0;
+    let (nl, ci, vl) = (long(n), int(op, c)?, long(per_sample_vox));
     let mut out = alloc(gpu, n)?;
     {
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&nl).arg(&ci).arg(&vl).arg(&ns).arg(f32_slice(op, x)?).arg(scale).arg(shift);
-        match slope {
-            Some(s) => b.arg(s),
-            None => b.arg(&null),
-        };
-        match residual {
-            Some(s) => b.arg(s),
-            None => b.arg(&null),
-        };
-        b.arg(&mut out);
-        // SAFETY: norm_apply_fwd_f32(n, c, vox, nslope, x, scale, shift, slope, residual, out):
-        // x, residual and out hold n; scale/shift hold c (vox == 0) or N * c (indexed by the
-        // sample i / c / vox < N); slope holds nslope (1 or c) or is null; all n are written.
+        b.arg(&nl).arg(&ci).arg(&vl).arg(f32_slice(op, x)?).arg(scale).arg(shift).arg(&mut out);
+        // SAFETY: norm_apply_fwd_f32(n, c, vox, x, scale, shift, out): x and out hold n;
+        // scale/shift hold c (vox == 0) or N * c (indexed by the sample i / c / vox < N); all n
+        // are written.
         unsafe { launch::launch(gpu, &name, &mut b, grid_1d(gpu, n))? };
     }
     wrap(gpu, out, x.shape())
@@ -107,52 +76,7 @@ pub fn batch_norm(
     stats: BatchStats<'_>,
     eps: f32,
 ) -> Result<(Tensor, NormSaved)> {
-    batch_norm_fused(x, weight, bias, stats, eps, Epilogue::default())
-}
-
-/// [`batch_norm`] followed by PReLU and a residual add in the same pass over `x`.
-pub fn batch_norm_fused(
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    stats: BatchStats<'_>,
-    eps: f32,
-    epi: Epilogue<'_>,
-) -> Result<(Tensor, NormSaved)> {
-    batch_norm_impl(x, weight, bias, stats, eps, epi, None)
-}
-
-/// [`batch_norm_fused`] on the output `x` of `conv3d_with_stats`, reusing the per-channel sums
-/// its GEMM epilogue accumulated (`conv_stats (2, C)`: sums of x and x^2) instead of two more
-/// reads of `x`. The variance is then sum(x^2)/n - mean^2 (one pass), which loses digits when
-/// |mean| >> std; use [`batch_norm_fused`] where that matters.
-pub fn batch_norm_after_conv(
-    x: &Tensor,
-    conv_stats: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    stats: BatchStats<'_>,
-    eps: f32,
-    epi: Epilogue<'_>,
-) -> Result<(Tensor, NormSaved)> {
-    batch_norm_impl(x, weight, bias, stats, eps, epi, Some(conv_stats))
-}
-
-fn batch_norm_impl(
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    stats: BatchStats<'_>,
-    eps: f32,
-    epi: Epilogue<'_>,
-    conv_stats: Option<&Tensor>,
-) -> Result<(Tensor, NormSaved)> {
     let (_, _, c) = layout(BN, x)?;
-    if let Some(cs) = conv_stats {
-        if cs.numel() != 2 * c {
-            return Err(Error::shape(BN, [2, c], cs.dims()));
-        }
-    }
     check_param(BN, weight, c, "weight")?;
     check_param(BN, bias, c, "bias")?;
     let gpu = common_gpu(BN, &[x])?;
@@ -191,15 +115,7 @@ fn batch_norm_impl(
     // Pass 1 and 2: channel sums, then squared deviations from the mean.
     let mut sum = zeros(&gpu, c)?;
     let mut m2 = zeros(&gpu, c)?;
-    if let (false, Some(cs)) = (use_running, conv_stats) {
-        let name = kernel_name(BN, Pass::Fwd, Some("from_sums"), "f32");
-        let f = gpu.function(STEM, &name)?;
-        let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&ci).arg(&rl).arg(f32_slice(BN, cs)?).arg(&mut sum).arg(&mut m2);
-        // SAFETY: batch_norm_fwd_from_sums_f32(c, rows, stats, sum, m2): stats holds 2 * c
-        // (checked above), sum and m2 c floats; one thread per channel writes both.
-        unsafe { launch::launch(&gpu, &name, &mut b, grid_exact(c))? };
-    } else if !use_running {
+    if !use_running {
         let name = kernel_name("sum_channels", Pass::Fwd, None, "f32");
         let f = gpu.function("reduce", &name)?;
         {
@@ -260,7 +176,7 @@ fn batch_norm_impl(
         r.mean = wrap(&gpu, rm, r.mean.shape())?;
         r.var = wrap(&gpu, rv, r.var.shape())?;
     }
-    let out = apply(&gpu, BN, x, &scale, &shift, 0, epi)?;
+    let out = apply(&gpu, BN, x, &scale, &shift, 0)?;
     let saved = NormSaved {
         mean: wrap(&gpu, mean, [c])?,
         invstd: wrap(&gpu, invstd, [c])?,
@@ -344,18 +260,6 @@ pub fn group_norm(
     bias: Option<&Tensor>,
     eps: f32,
 ) -> Result<(Tensor, NormSaved)> {
-    group_norm_fused(x, groups, weight, bias, eps, Epilogue::default())
-}
-
-/// [`group_norm`] followed by PReLU and a residual add in the same pass over `x`.
-pub fn group_norm_fused(
-    x: &Tensor,
-    groups: usize,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    eps: f32,
-    epi: Epilogue<'_>,
-) -> Result<(Tensor, NormSaved)> {
     let (n, vox, c) = group_check(x, groups)?;
     check_param(GN, weight, c, "weight")?;
     check_param(GN, bias, c, "bias")?;
@@ -401,7 +305,7 @@ pub fn group_norm_fused(
         // (n * c) and, for the first channel of each group, mean/invstd (n * groups).
         unsafe { launch::launch(&gpu, &name, &mut b, grid_exact(n * c))? };
     }
-    let out = apply(&gpu, GN, x, &scale, &shift, vox, epi)?;
+    let out = apply(&gpu, GN, x, &scale, &shift, vox)?;
     let saved = NormSaved {
         mean: wrap(&gpu, mean, [n, groups])?,
         invstd: wrap(&gpu, invstd, [n, groups])?,

@@ -50,15 +50,6 @@ pub fn upsample_nearest(x: &Tensor, size: [usize; 3]) -> Result<Tensor> {
     launch_pass(d, o, Pass::Fwd, x)
 }
 
-/// Doubles D, H and W.
-pub fn upsample_nearest_x2(x: &Tensor) -> Result<Tensor> {
-    let d = x.dims();
-    if d.len() != 5 {
-        return Err(Error::shape(OP, "(N, D, H, W, C)", d));
-    }
-    upsample_nearest(x, [2 * d[1], 2 * d[2], 2 * d[3]])
-}
-
 /// Gradient of [`upsample_nearest`] w.r.t. its input of shape `x_dims`.
 pub fn upsample_nearest_backward(g: &Tensor, x_dims: &[usize]) -> Result<Tensor> {
     let gd = g.dims();
