@@ -140,7 +140,7 @@ impl<'a> Sampler<'a> {
     }
 
     fn at_index(&self, x: [f64; 3]) -> f32 {
-        trilinear(&self.vol.data, self.vol.dims, x)
+        crate::volume::trilinear(&self.vol.data, self.vol.dims, x)
     }
 }
 
@@ -368,29 +368,6 @@ fn compose(a: &Affine, b: &Affine) -> Affine {
         }
     }
     out
-}
-
-/// Trilinear value of a `dims` array at continuous index `x`, clamped to the voxel centres'
-/// box (callers decide what lies outside it).
-fn trilinear(data: &[f32], dims: [usize; 3], x: [f64; 3]) -> f32 {
-    let mut i0 = [0usize; 3];
-    let mut t = [0f32; 3];
-    for a in 0..3 {
-        let c = x[a].clamp(0.0, (dims[a] - 1) as f64);
-        i0[a] = (c.floor() as usize).min(dims[a].saturating_sub(2));
-        t[a] = (c - i0[a] as f64) as f32;
-    }
-    let at = |di: usize, dj: usize, dk: usize| {
-        let i = (i0[0] + di).min(dims[0] - 1);
-        let j = (i0[1] + dj).min(dims[1] - 1);
-        let k = (i0[2] + dk).min(dims[2] - 1);
-        data[(i * dims[1] + j) * dims[2] + k]
-    };
-    let lerp = |a: f32, b: f32, w: f32| a + (b - a) * w;
-    let plane = |di| {
-        lerp(lerp(at(di, 0, 0), at(di, 0, 1), t[2]), lerp(at(di, 1, 0), at(di, 1, 1), t[2]), t[1])
-    };
-    lerp(plane(0), plane(1), t[0])
 }
 
 /// Per-bin sums and counts of the CT voxels whose centres fall in each voxel of the grid of
