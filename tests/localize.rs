@@ -133,7 +133,7 @@ fn localize_voi_equals_synth_voi_when_the_centre_is_exact() {
             }
         }
         // Same anatomy: resampled from the 1 mm head vs rendered at 0.4 mm.
-        let corr = correlation(&cut.data, &v.ct.data);
+        let corr = common::correlation(&cut.data, &v.ct.data);
         let mad = cut.data.iter().zip(&v.ct.data).map(|(a, b)| (a - b).abs()).sum::<f32>()
             / cut.data.len() as f32;
         eprintln!("side {}: correlation {corr:.3}, mean |diff| {mad:.0} HU", v.side);
@@ -142,22 +142,6 @@ fn localize_voi_equals_synth_voi_when_the_centre_is_exact() {
         assert!(corr > 0.9, "side {}: correlation {corr}", v.side);
         assert!(mad < 250.0, "side {}: mean |diff| {mad} HU", v.side);
     }
-}
-
-fn correlation(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (
-        a.iter().map(|&x| x as f64).sum::<f64>() / n,
-        b.iter().map(|&x| x as f64).sum::<f64>() / n,
-    );
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (x as f64 - ma, y as f64 - mb);
-        sab += x * y;
-        saa += x * x;
-        sbb += y * y;
-    }
-    sab / (saa * sbb).sqrt()
 }
 
 /// The shipped localisation network (see models/README.md).
