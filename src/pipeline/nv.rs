@@ -392,9 +392,7 @@ fn side_metrics(gt: &Volume, labels: &Volume, nv_mm3: f64) -> Result<SideMetrics
 /// footprint, as two flat volumes of the returned dims; voxels of the box outside the footprint
 /// (an oblique CT's corners) are background in both.
 fn on_ct_grid(ct: &Volume, voi: &Volume) -> Result<(Vec<f32>, Vec<f32>, [usize; 3])> {
-    let to_voi = orientation::mul(&super::stages::invert(&voi.affine)?, &ct.affine);
-    let to_ct = orientation::mul(&super::stages::invert(&ct.affine)?, &voi.affine);
-    let (lo, hi) = bbox(&to_ct, voi.dims, ct.dims);
+    let (to_voi, lo, hi) = voi_on_ct(ct, voi)?;
     let dims = [0, 1, 2].map(|a| hi[a] - lo[a] + 1);
     let n = dims.iter().product();
     let (mut pred, mut truth) = (vec![0f32; n], vec![0f32; n]);
@@ -606,12 +604,9 @@ fn write_side(dir: &Path, w: &SideWork) -> Result<()> {
 /// [`Error::Arg`] for a singular affine.
 pub fn labels_in_ct(ct: &Volume, vois: &[&Volume]) -> Result<Volume> {
     let mut out = vec![0f32; ct.len()];
-    let ct_inv = super::stages::invert(&ct.affine)?;
     let [_, h, w] = ct.dims;
     for voi in vois {
-        let to_voi = orientation::mul(&super::stages::invert(&voi.affine)?, &ct.affine);
-        let to_ct = orientation::mul(&ct_inv, &voi.affine);
-        let (lo, hi) = bbox(&to_ct, voi.dims, ct.dims);
+        let (to_voi, lo, hi) = voi_on_ct(ct, voi)?;
         out.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(i, plane)| {
             if i < lo[0] || i > hi[0] {
                 return;
@@ -629,6 +624,18 @@ pub fn labels_in_ct(ct: &Volume, vois: &[&Volume]) -> Result<Volume> {
         });
     }
     Ok(ct.with_data(out))
+}
+
+/// The map from CT indices to `voi`'s indices, and the CT index box (inclusive, clamped) that
+/// holds the VOI's footprint.
+///
+/// # Errors
+/// [`Error::Arg`] for a singular affine.
+fn voi_on_ct(ct: &Volume, voi: &Volume) -> Result<(orientation::Affine, [usize; 3], [usize; 3])> {
+    let to_voi = orientation::mul(&super::stages::invert(&voi.affine)?, &ct.affine);
+    let to_ct = orientation::mul(&super::stages::invert(&ct.affine)?, &voi.affine);
+    let (lo, hi) = bbox(&to_ct, voi.dims, ct.dims);
+    Ok((to_voi, lo, hi))
 }
 
 /// CT index box (inclusive, clamped) covering a VOI's footprint mapped by `to_ct`.

@@ -1,5 +1,6 @@
 //! The one call from training into the phantom generator (`crate::synth`), kept in one place so
-//! the config's `loaders.synth` stays independent of the generator's API.
+//! the config's `loaders.synth` stays independent of the generator's API (it shares only
+//! `synth::VoiScan`, the plain voxel-size ranges, rather than a copy of it).
 
 use std::path::Path;
 
