@@ -216,7 +216,7 @@ mod tests {
             Ok(f)
         })
         .unwrap();
-        assert_eq!(n, 3);
+        assert_eq!(n, DEFAULT_MODELS.len());
         assert!(models.iter().all(|m| m.present()));
         let again = train_missing(
             &set,
