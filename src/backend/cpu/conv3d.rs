@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use super::profile;
 
 mod direct;
+pub mod winograd;
 
 /// Output voxels per forward / weight-gradient tile: enough rows that a GEMM call amortises
 /// packing the weight, few enough that the patch (`rows * kvol * C` floats) stays near L2.
@@ -312,6 +313,30 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
     } else {
         fwd_gemm(x, w, bias, g)
     }
+}
+
+/// Forward convolution for a tape-free pass: [`fwd`], except that 5x5x5 stride-1 padding-2
+/// layers where it pays go through Winograd ([`winograd`]), whose f32 rounding differs from the
+/// direct sum (see `winograd_f`), so training keeps the direct kernels.
+///
+/// # Shapes
+/// As [`fwd`].
+pub fn fwd_inference(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    match winograd_f(g) {
+        Some(m) => {
+            let _t = profile::scope(|| format!("conv3d_fwd {} F{m}", g.label()));
+            winograd::fwd(x, w, bias, g, m)
+        }
+        None => fwd(x, w, bias, g),
+    }
+}
+
+/// The Winograd tile size `m` for a tape-free forward of `g`, or `None` for the direct kernel.
+fn winograd_f(g: &ConvGeom) -> Option<usize> {
+    if !winograd::applies(g) || g.k < 16 {
+        return None;
+    }
+    std::env::var("DNVS_WINOGRAD_M").ok().and_then(|v| v.parse().ok()).filter(|&m| m != 0 && m <= 4).or(Some(2)).filter(|_| std::env::var_os("DNVS_NO_WINOGRAD").is_none())
 }
 
 /// The direct kernel pads output channels to a multiple of 16: worth it unless that wastes more
