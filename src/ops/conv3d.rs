@@ -91,10 +91,7 @@ pub fn conv3d_prec(
             let [od, oh, ow] = g.output;
             // A tape-free forward may take Winograd's different rounding (see `fwd_inference`).
             let fwd = if autograd::needs_grad(&ins) { cpu::fwd } else { cpu::fwd_inference };
-            Tensor::from_vec(
-                fwd(data(OP, x)?, data(OP, w)?, bias, &g),
-                [g.n, od, oh, ow, g.k],
-            )?
+            Tensor::from_vec(fwd(data(OP, x)?, data(OP, w)?, bias, &g), [g.n, od, oh, ow, g.k])?
         }
         Device::Cuda(_) => cu::conv3d(x, w, b, &g, prec)?,
     };

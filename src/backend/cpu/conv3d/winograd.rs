@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::ConvGeom;
+use super::{direct, ConvGeom};
 
 /// Kernel taps per axis.
 const R: usize = 5;
@@ -125,7 +125,8 @@ impl Dense {
 impl Transforms {
     /// The transforms of `F(m, 5)` (m = 2, 3 or 4), derived once per process.
     pub fn get(m: usize) -> &'static Transforms {
-        static CACHE: [OnceLock<Transforms>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        static CACHE: [OnceLock<Transforms>; 3] =
+            [OnceLock::new(), OnceLock::new(), OnceLock::new()];
         assert!((2..=4).contains(&m), "winograd: F({m}, 5) is not provided");
         CACHE[m - 2].get_or_init(|| {
             let d = Dense::derive(m, points(m));
@@ -138,41 +139,49 @@ impl Transforms {
     }
 }
 
-/// `dst[o][r][i] = sum over (l, c) in rows[r]: c * src[o][l][i]` for `o < outer`, `i < inner`,
-/// with `src (outer, len_in, inner)` and `dst (outer, rows.len(), inner)`: one separable pass of
-/// a 3-D transform along the middle axis.
+/// One separable pass of a 3-D transform, contracting the outermost axis and rotating it to
+/// the innermost place: `dst[i][r] = sum over (l, c) in rows[r]: c * src[l][i]` with
+/// `src (len_in, inner)`, `dst (inner, rows.len())`. Three such passes transform all three axes
+/// and leave them in their original order. Four `i` share each coefficient, so four independent
+/// FMA chains run at once (one chain per output would wait on the FMA latency).
 #[inline(always)]
-fn pass(rows: &[Row], src: &[Lane], len_in: usize, inner: usize, dst: &mut [Lane]) {
-    let len_out = rows.len();
-    let outer = src.len() / (len_in * inner);
-    for o in 0..outer {
+fn pass(rows: &[Row], src: &[Lane], inner: usize, dst: &mut [Lane]) {
+    const U: usize = 4;
+    let q = rows.len();
+    assert!(dst.len() >= inner * q, "winograd::pass: dst");
+    let mut i = 0;
+    while i < inner {
+        let u = U.min(inner - i);
         for (r, row) in rows.iter().enumerate() {
-            for i in 0..inner {
-                let mut acc = [0.0f32; LANES];
-                for &(l, c) in row {
-                    let s = &src[(o * len_in + l) * inner + i];
-                    for (a, v) in acc.iter_mut().zip(s) {
-                        *a = c.mul_add(*v, *a);
+            let mut acc = [[0.0f32; LANES]; U];
+            for &(l, c) in row {
+                let s = &src[l * inner + i..][..u];
+                for (a, sv) in acc.iter_mut().zip(s) {
+                    for (av, v) in a.iter_mut().zip(sv) {
+                        *av = c.mul_add(*v, *av);
                     }
                 }
-                dst[(o * len_out + r) * inner + i] = acc;
+            }
+            for (j, a) in acc[..u].iter().enumerate() {
+                dst[(i + j) * q + r] = *a;
             }
         }
+        i += u;
     }
 }
 
 /// The separable 3-D transform `rows (x) rows (x) rows` of a cube `src (s, s, s)` of lanes into
-/// `out (q, q, q)` (`q = rows.len()`), through the two buffers `t1`, `t2`.
+/// `out (q, q, q)` (`q = rows.len()`), through the two buffers in `t`.
 #[inline(always)]
 fn transform3(rows: &[Row], s: usize, src: &[Lane], t: &mut [Vec<Lane>; 2], out: &mut [Lane]) {
     let q = rows.len();
     let [t1, t2] = t;
     t1.resize(s * s * q, [0.0; LANES]);
     t2.resize(s * q * q, [0.0; LANES]);
-    // Along W: (s*s, s, 1) -> (s*s, q, 1); along H: (s, s, q) -> (s, q, q); along D.
-    pass(rows, &src[..s * s * s], s, 1, &mut t1[..s * s * q]);
-    pass(rows, &t1[..s * s * q], s, q, &mut t2[..s * q * q]);
-    pass(rows, &t2[..s * q * q], s, q * q, &mut out[..q * q * q]);
+    // (D, H, W) -> (H, W, D') -> (W, D', H') -> (D', H', W').
+    pass(rows, &src[..s * s * s], s * s, t1);
+    pass(rows, &t1[..s * s * q], s * q, t2);
+    pass(rows, &t2[..s * q * q], q * q, &mut out[..q * q * q]);
 }
 
 // ---- per-thread scratch -----------------------------------------------------------------------
@@ -306,31 +315,73 @@ fn decode_tile(t: usize, tiles: [usize; 3]) -> (usize, [usize; 3]) {
 
 /// `U (K16 / 16, n^3, C, 16)`: `U[kb][p][c][kk] = (G w[kb*16 + kk, .., c] G^T)[p]`, zero for the
 /// padding channels `k >= K`. One task per 16-channel block, which owns a contiguous chunk.
-fn weight_transform(w: &[f32], g: &ConvGeom, tr: &Transforms, k16: usize) -> Vec<f32> {
+fn weight_transform(w: &[f32], g: &ConvGeom, tr: &Transforms, k16: usize) -> direct::Scratch {
     let (c, k) = (g.c, g.k);
     let n3 = tr.n * tr.n * tr.n;
     let taps = R * R * R;
-    let mut u = vec![0.0f32; k16 * n3 * c];
+    // Reused between calls: fresh, a 128-channel layer's 34 MB would cost page faults each time.
+    let mut u = direct::Scratch::new(k16 * n3 * c);
     u.par_chunks_mut(n3 * c * NK).enumerate().for_each(|(kb, ub)| {
-        let mut cube = vec![[0.0f32; LANES]; taps];
-        let mut t = [Vec::new(), Vec::new()];
-        let mut res = vec![[0.0f32; LANES]; n3];
-        for kk in 0..NK.min(k - kb * NK) {
-            let wk = &w[(kb * NK + kk) * taps * c..][..taps * c];
-            for c0 in (0..c).step_by(LANES) {
+        let ks = kb * NK..(kb * NK + NK).min(k);
+        let wb = &w[ks.start * taps * c..ks.end * taps * c];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `fwd` checked AVX2 + FMA through `applies`.
+        unsafe {
+            weight_block_avx2(wb, c, tr, ub)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        weight_block(wb, c, tr, ub)
+    });
+    u
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_block_avx2(wb: &[f32], c: usize, tr: &Transforms, ub: &mut [f32]) {
+    weight_block(wb, c, tr, ub)
+}
+
+/// Input channels whose transformed weights [`weight_block`] stages before storing them.
+const WB_CI: usize = 8;
+
+/// One 16-channel block `ub (n^3, C, 16)` of `U` from the weights `wb (<= 16, 5, 5, 5, C)` of
+/// its output channels, zero for the padding channels past them. The lanes run over 8 output
+/// channels, and `WB_CI` input channels are staged so that each point's results go out as one
+/// contiguous `WB_CI * 16`-float run: stored as computed, they would land `C * 64` bytes apart
+/// (34 MB of scattered half-lines for a 128-channel F(4,5) weight).
+#[inline(always)]
+fn weight_block(wb: &[f32], c: usize, tr: &Transforms, ub: &mut [f32]) {
+    let taps = R * R * R;
+    let n3 = tr.n * tr.n * tr.n;
+    let ks = wb.len() / (taps * c);
+    let mut cube = vec![[0.0f32; LANES]; taps];
+    let mut t = [Vec::new(), Vec::new()];
+    let mut res = vec![[0.0f32; LANES]; n3];
+    // stage[(ci - ci0) * n3 + p] = the 16 output channels of point p, input channel ci.
+    let mut stage = vec![[0.0f32; NK]; WB_CI * n3];
+    for ci0 in (0..c).step_by(WB_CI) {
+        let cis = WB_CI.min(c - ci0);
+        for kk0 in (0..NK).step_by(LANES) {
+            let lanes = LANES.min(ks.saturating_sub(kk0));
+            cube.fill([0.0; LANES]);
+            for cl in 0..cis {
                 for (tap, lane) in cube.iter_mut().enumerate() {
-                    lane.copy_from_slice(&wk[tap * c + c0..][..LANES]);
+                    for (l, v) in lane[..lanes].iter_mut().enumerate() {
+                        *v = wb[((kk0 + l) * taps + tap) * c + ci0 + cl];
+                    }
                 }
                 transform3(&tr.g, R, &cube, &mut t, &mut res);
-                for (p, lane) in res.iter().enumerate() {
-                    for (l, v) in lane.iter().enumerate() {
-                        ub[(p * c + c0 + l) * NK + kk] = *v;
-                    }
+                for (st, lane) in stage[cl * n3..][..n3].iter_mut().zip(&res) {
+                    st[kk0..kk0 + LANES].copy_from_slice(lane);
                 }
             }
         }
-    });
-    u
+        for p in 0..n3 {
+            for cl in 0..cis {
+                ub[(p * c + ci0 + cl) * NK..][..NK].copy_from_slice(&stage[cl * n3 + p]);
+            }
+        }
+    }
 }
 
 // ---- input transform --------------------------------------------------------------------------
@@ -473,7 +524,13 @@ fn tile(a: &[f32], b: &[f32], len: usize, ldc: usize, nj: usize, dst: &mut [f32]
 /// AVX2 + FMA; `a[0 .. J*len]`, `b[0 .. 16*len]` readable; `d[j*ldc .. j*ldc+16]` writable.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const J: usize>(a: *const f32, b: *const f32, len: usize, d: *mut f32, ldc: usize) {
+unsafe fn tile_avx2<const J: usize>(
+    a: *const f32,
+    b: *const f32,
+    len: usize,
+    d: *mut f32,
+    ldc: usize,
+) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; J];
     for q in 0..len {
@@ -639,7 +696,8 @@ mod tests {
     #[ignore = "measurement: cargo test --release --lib winograd_error -- --ignored --nocapture"]
     fn winograd_error() {
         for m in 2..=4 {
-            for &(dims, c, k) in &[([8, 8, 8], 16, 16), ([8, 8, 4], 64, 32), ([8, 8, 4], 256, 256)] {
+            for &(dims, c, k) in &[([8, 8, 8], 16, 16), ([8, 8, 4], 64, 32), ([8, 8, 4], 256, 256)]
+            {
                 let (max, rel) = errors(1, dims, c, k, m, 5);
                 println!("F({m},5) {dims:?} C{c}->{k}: max abs {max:.2e}, max/rms {rel:.2e}");
             }
