@@ -49,7 +49,6 @@ type Row = Vec<(usize, f32)>;
 /// 5 taps `g` and the `m` outputs `y_i = sum_j d[i + j] g[j]`.
 #[derive(Debug)]
 pub struct Transforms {
-    m: usize,
     n: usize,
     /// `B^T`: n rows over the n tile inputs.
     bt: Vec<Row>,
@@ -134,7 +133,7 @@ impl Transforms {
                 let keep = |(j, &v): (usize, &f64)| (v != 0.0).then_some((j, v as f32));
                 rows.iter().map(|r| r.iter().enumerate().filter_map(keep).collect()).collect()
             };
-            Transforms { m, n: m + R - 1, bt: sparse(&d.bt), g: sparse(&d.g), at: sparse(&d.at) }
+            Transforms { n: m + R - 1, bt: sparse(&d.bt), g: sparse(&d.g), at: sparse(&d.at) }
         })
     }
 }
@@ -481,8 +480,9 @@ fn gemm(
     let n3 = plan.n3;
     assert!(v.len() >= n3 * nt * c && m.len() >= n3 * nt * kc, "winograd::gemm: scratch");
     assert!(u.len() >= plan.k16 * n3 * c && k0 + kc <= plan.k16, "winograd::gemm: weight");
-    for kb in k0 / NK..(k0 + kc) / NK {
-        for p in 0..n3 {
+    // Points outer: `V[p]` (nt x C) stays in L1/L2 while every output-channel block uses it.
+    for p in 0..n3 {
+        for kb in k0 / NK..(k0 + kc) / NK {
             let b = &u[(kb * n3 + p) * c * NK..][..c * NK];
             let col = kb * NK - k0;
             for r0 in (0..nt).step_by(NJ) {
@@ -677,29 +677,88 @@ mod tests {
             .collect()
     }
 
-    /// Max abs error and max abs error over the output's RMS, Winograd vs direct.
-    fn errors(n: usize, dims: [usize; 3], c: usize, k: usize, m: usize, seed: u64) -> (f32, f32) {
-        let g = ConvGeom::new(n, dims, c, k, [R; 3], 1, 2).unwrap();
-        // Unit-variance input, He-initialised weight (std sqrt(2 / fan_in)).
-        let x = rand(g.in_voxels() * c, seed, 3f32.sqrt());
-        let std = (2.0 / (125 * c) as f32).sqrt();
-        let w = rand(k * g.patch_len(), seed + 1, std * 3f32.sqrt());
-        let bias = rand(k, seed + 2, 0.1);
-        let want = super::super::fwd(&x, &w, Some(&bias), &g);
-        let got = fwd(&x, &w, Some(&bias), &g, m);
-        let rms = (want.iter().map(|v| v * v).sum::<f32>() / want.len() as f32).sqrt();
-        let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        (max, max / rms)
+    /// One convolution's operands: unit-variance input, He-initialised weight (std
+    /// `sqrt(2 / fan_in)`, as the V-Net's), small bias.
+    fn operands(g: &ConvGeom, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let x = rand(g.in_voxels() * g.c, seed, 3f32.sqrt());
+        let std = (2.0 / (125 * g.c) as f32).sqrt();
+        let w = rand(g.k * g.patch_len(), seed + 1, std * 3f32.sqrt());
+        (x, w, rand(g.k, seed + 2, 0.1))
     }
 
+    /// `max |a - b|` and `rms(b)`.
+    fn max_err_rms(a: &[f32], b: &[f32]) -> (f32, f32) {
+        let rms = (b.iter().map(|v| v * v).sum::<f32>() / b.len() as f32).sqrt();
+        (a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max), rms)
+    }
+
+    /// Winograd agrees with the direct kernel at edge sizes (outputs not a multiple of the
+    /// tile, 1- and 2-voxel axes), batch 2, C != K, K not a multiple of 16 and with bias, for
+    /// every tile size. The bound, 2e-3 x the output's RMS, is 5x the largest error measured on
+    /// realistic data (`winograd_error`: 3.9e-4 for F(4,5) at C256).
+    #[test]
+    fn winograd_matches_direct() {
+        if !applies(&ConvGeom::new(1, [4, 4, 4], 8, 16, [R; 3], 1, 2).unwrap()) {
+            eprintln!("skipping: no AVX2+FMA");
+            return;
+        }
+        let cases = [
+            (2, [5, 7, 3], 16, 24),
+            (1, [9, 4, 6], 8, 40),
+            (1, [2, 2, 2], 32, 16),
+            (1, [1, 3, 11], 24, 8),
+            (2, [6, 5, 8], 48, 33),
+        ];
+        for (i, &(n, dims, c, k)) in cases.iter().enumerate() {
+            let g = ConvGeom::new(n, dims, c, k, [R; 3], 1, 2).unwrap();
+            let (x, w, bias) = operands(&g, i as u64);
+            let want = super::super::fwd(&x, &w, Some(&bias), &g);
+            for m in 2..=4 {
+                let got = fwd(&x, &w, Some(&bias), &g, m);
+                let (err, rms) = max_err_rms(&got, &want);
+                assert!(err <= 2e-3 * rms, "case {i} {} F({m},5): {err} vs rms {rms}", g.label());
+            }
+        }
+    }
+
+    /// Prints Winograd's and the direct kernel's error against an f64 sum at sampled outputs.
     #[test]
     #[ignore = "measurement: cargo test --release --lib winograd_error -- --ignored --nocapture"]
     fn winograd_error() {
-        for m in 2..=4 {
-            for &(dims, c, k) in &[([8, 8, 8], 16, 16), ([8, 8, 4], 64, 32), ([8, 8, 4], 256, 256)]
-            {
-                let (max, rel) = errors(1, dims, c, k, m, 5);
-                println!("F({m},5) {dims:?} C{c}->{k}: max abs {max:.2e}, max/rms {rel:.2e}");
+        for &(dims, c, k) in &[([8, 8, 8], 16, 16), ([8, 8, 4], 64, 64), ([8, 8, 4], 256, 256)] {
+            let g = ConvGeom::new(1, dims, c, k, [R; 3], 1, 2).unwrap();
+            let (x, w, bias) = operands(&g, 5);
+            let direct = super::super::fwd(&x, &w, Some(&bias), &g);
+            // f64 reference at every 7th output voxel.
+            let [d, h, wd] = dims;
+            let mut idx = Vec::new();
+            let mut want = Vec::new();
+            for v in (0..g.out_voxels()).step_by(7) {
+                let (z, y, xx) = (v / (h * wd), (v / wd) % h, v % wd);
+                for kk in 0..k {
+                    let mut acc = bias[kk] as f64;
+                    for tap in 0..125 {
+                        let (a, b, e) = (tap / 25, (tap / 5) % 5, tap % 5);
+                        let (zi, yi, xi) = (z + a, y + b, xx + e);
+                        if zi < 2 || yi < 2 || xi < 2 || zi >= d + 2 || yi >= h + 2 || xi >= wd + 2 {
+                            continue;
+                        }
+                        let xo = (((zi - 2) * h + yi - 2) * wd + xi - 2) * c;
+                        let wo = (kk * 125 + tap) * c;
+                        for ci in 0..c {
+                            acc += x[xo + ci] as f64 * w[wo + ci] as f64;
+                        }
+                    }
+                    idx.push(v * k + kk);
+                    want.push(acc as f32);
+                }
+            }
+            let pick = |o: &[f32]| idx.iter().map(|&i| o[i]).collect::<Vec<f32>>();
+            let (e, rms) = max_err_rms(&pick(&direct), &want);
+            println!("{} direct: max abs {e:.2e}, /rms {:.2e}", g.label(), e / rms);
+            for m in 2..=4 {
+                let (e, rms) = max_err_rms(&pick(&fwd(&x, &w, Some(&bias), &g, m)), &want);
+                println!("{} F({m},5): max abs {e:.2e}, /rms {:.2e}", g.label(), e / rms);
             }
         }
     }
