@@ -141,31 +141,50 @@ impl Transforms {
 /// One separable pass of a 3-D transform, contracting the outermost axis and rotating it to
 /// the innermost place: `dst[i][r] = sum over (l, c) in rows[r]: c * src[l][i]` with
 /// `src (len_in, inner)`, `dst (inner, rows.len())`. Three such passes transform all three axes
-/// and leave them in their original order. Four `i` share each coefficient, so four independent
-/// FMA chains run at once (one chain per output would wait on the FMA latency).
+/// and leave them in their original order. Eight (then four, then one) `i` share each
+/// coefficient: independent FMA chains in registers, where one chain per output would wait on
+/// the FMA latency.
 #[inline(always)]
 fn pass(rows: &[Row], src: &[Lane], inner: usize, dst: &mut [Lane]) {
-    const U: usize = 4;
-    let q = rows.len();
-    assert!(dst.len() >= inner * q, "winograd::pass: dst");
+    assert!(dst.len() >= inner * rows.len() && src.len() >= inner, "winograd::pass: sizes");
     let mut i = 0;
+    while i + 8 <= inner {
+        pass_block::<8>(rows, src, inner, i, dst);
+        i += 8;
+    }
+    while i + 4 <= inner {
+        pass_block::<4>(rows, src, inner, i, dst);
+        i += 4;
+    }
     while i < inner {
-        let u = U.min(inner - i);
-        for (r, row) in rows.iter().enumerate() {
-            let mut acc = [[0.0f32; LANES]; U];
-            for &(l, c) in row {
-                let s = &src[l * inner + i..][..u];
-                for (a, sv) in acc.iter_mut().zip(s) {
-                    for (av, v) in a.iter_mut().zip(sv) {
-                        *av = c.mul_add(*v, *av);
-                    }
+        pass_block::<1>(rows, src, inner, i, dst);
+        i += 1;
+    }
+}
+
+/// [`pass`] for `i .. i + U` (a constant count, so the accumulators stay in registers).
+#[inline(always)]
+fn pass_block<const U: usize>(
+    rows: &[Row],
+    src: &[Lane],
+    inner: usize,
+    i: usize,
+    dst: &mut [Lane],
+) {
+    let q = rows.len();
+    for (r, row) in rows.iter().enumerate() {
+        let mut acc = [[0.0f32; LANES]; U];
+        for &(l, c) in row {
+            let s = &src[l * inner + i..][..U];
+            for j in 0..U {
+                for t in 0..LANES {
+                    acc[j][t] = c.mul_add(s[j][t], acc[j][t]);
                 }
             }
-            for (j, a) in acc[..u].iter().enumerate() {
-                dst[(i + j) * q + r] = *a;
-            }
         }
-        i += u;
+        for (j, a) in acc.iter().enumerate() {
+            dst[(i + j) * q + r] = *a;
+        }
     }
 }
 
