@@ -332,19 +332,20 @@ pub fn fwd_inference(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -
 }
 
 /// The Winograd tile size `m` for a tape-free forward of `g`, or `None` for the direct kernel.
-/// The weight transform costs `n^3 * C * K` whatever the volume, and a volume of few tiles
-/// wastes much of each: measured on the V-Net at 64x64x32 (2 cores, AVX2), F(4,5) pays from the
-/// 32x32x16 levels up (2.5-2.9x faster than direct), F(2,5) is 1.2-1.4x faster at 16x16x8, and
-/// at 8x8x4 and below (C128/256) both lose to the direct kernel, which skips padding taps.
+/// The weight transform costs `n^3 * C * K` however small the volume, and the direct kernel
+/// skips the taps that fall in the padding, which on a small volume are most of them: measured
+/// on the V-Net at 64x64x32 (2 cores, AVX2, docs/PERF.md), F(4,5) is 1.8-3.8x faster than the
+/// direct kernel from 16x16x8 (2048 voxels) up, while at 8x8x4 (256 voxels, C128/256) F(2,5)
+/// is 1.7x slower. F(4,5) is taken when its 4-voxel tiles cover the output with at most 1.5x
+/// padding, else F(2,5).
 fn winograd_f(g: &ConvGeom) -> Option<usize> {
-    if !winograd::applies(g) || g.c < 16 || g.k < 16 {
+    const MIN_VOXELS: usize = 2048;
+    if !winograd::applies(g) || g.c < 16 || g.k < 16 || g.out_voxels() < MIN_VOXELS {
         return None;
     }
-    match g.out_voxels() {
-        v if v >= 8192 => Some(4),
-        v if v >= 2048 => Some(2),
-        _ => None,
-    }
+    let covered = |m: usize| g.output.iter().map(|&o| o.div_ceil(m) * m).product::<usize>();
+    let voxels: usize = g.output.iter().product();
+    Some(if covered(4) * 2 <= voxels * 3 { 4 } else { 2 })
 }
 
 /// The direct kernel pads output channels to a multiple of 16: worth it unless that wastes more

@@ -258,22 +258,20 @@ impl Plan {
         let tiles = g.output.map(|o| o.div_ceil(m));
         let total = g.n * tiles.iter().product::<usize>();
         let k16 = g.k.div_ceil(NK) * NK;
-        let threads = rayon::current_num_threads();
+        // V and M of a block within ~1.5 MB (L2), unless U would not stay in cache anyway:
+        // then blocks of at least 48 tiles amortise streaming it.
+        let l2 = (3 << 19) / (n3 * (g.c + k16) * 4);
+        let u_bytes = n3 * g.c * k16 * 4;
+        let mut t = if u_bytes > (2 << 20) { l2.max(48) } else { l2 }.clamp(NJ, 240);
+        // Two tasks per thread: first by splitting the tiles (each task transforms its own
+        // input), then by splitting the output channels (each chunk transforms the input again).
+        let want = 2 * rayon::current_num_threads();
+        if total.div_ceil(t) < want {
+            t = total.div_ceil(want).max(NJ);
+        }
         let mut kc = k16;
-        let t_for = |kc: usize| {
-            // V and M of a block within ~1.5 MB (L2), unless U's chunk would not stay in cache
-            // anyway: then blocks of at least 48 tiles amortise streaming it.
-            let l2 = (3 << 19) / (n3 * (g.c + kc) * 4);
-            let u_bytes = n3 * g.c * kc * 4;
-            let t = if u_bytes > (2 << 20) { l2.max(48) } else { l2 };
-            t.clamp(NJ, 240).min(total.max(1))
-        };
-        let mut t = t_for(kc);
-        // Split output channels while there are too few tasks for the threads.
-        while total.div_ceil(t) * (k16 / kc) < 3 * threads && kc > NK && (kc / NK).is_multiple_of(2)
-        {
+        while total.div_ceil(t) * (k16 / kc) < want && (kc / NK).is_multiple_of(2) {
             kc /= 2;
-            t = t_for(kc);
         }
         Plan { m, n3, tiles, total, t, k16, kc }
     }
@@ -759,7 +757,8 @@ mod tests {
                     for tap in 0..125 {
                         let (a, b, e) = (tap / 25, (tap / 5) % 5, tap % 5);
                         let (zi, yi, xi) = (z + a, y + b, xx + e);
-                        if zi < 2 || yi < 2 || xi < 2 || zi >= d + 2 || yi >= h + 2 || xi >= wd + 2 {
+                        if zi < 2 || yi < 2 || xi < 2 || zi >= d + 2 || yi >= h + 2 || xi >= wd + 2
+                        {
                             continue;
                         }
                         let xo = (((zi - 2) * h + yi - 2) * wd + xi - 2) * c;
