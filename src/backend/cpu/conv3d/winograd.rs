@@ -752,8 +752,8 @@ mod tests {
             let mut want = Vec::new();
             for v in (0..g.out_voxels()).step_by(7) {
                 let (z, y, xx) = (v / (h * wd), (v / wd) % h, v % wd);
-                for kk in 0..k {
-                    let mut acc = bias[kk] as f64;
+                for (kk, &bk) in bias.iter().enumerate() {
+                    let mut acc = bk as f64;
                     for tap in 0..125 {
                         let (a, b, e) = (tap / 25, (tap / 5) % 5, tap % 5);
                         let (zi, yi, xi) = (z + a, y + b, xx + e);
