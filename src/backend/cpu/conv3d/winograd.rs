@@ -313,12 +313,53 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom, m: usize) -
             s.m.resize(plan.n3 * nt * kc, 0.0);
             s.cube.resize(512, [0.0; LANES]);
             s.res.resize(512, [0.0; LANES]);
-            input_transform(x, g, tr, &plan, (t0, nt), s);
-            gemm(&s.v[..plan.n3 * nt * g.c], &u, g.c, &plan, nt, k0, kc, &mut s.m);
-            output_transform(bias, g, tr, &plan, (t0, nt), (k0, kc), s, ptr);
+            let job = Job { x, bias, g, tr, plan: &plan, u: &u, tiles: (t0, nt), chunk: (k0, kc) };
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `applies` (asserted above) checked AVX2 + FMA.
+            unsafe {
+                job_avx2(&job, s, ptr)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            job.run(s, ptr)
         });
     });
     out
+}
+
+/// One task of [`fwd`]: a block of tiles and a chunk of output channels.
+struct Job<'a> {
+    x: &'a [f32],
+    bias: Option<&'a [f32]>,
+    g: &'a ConvGeom,
+    tr: &'a Transforms,
+    plan: &'a Plan,
+    u: &'a [f32],
+    /// First tile and tile count.
+    tiles: (usize, usize),
+    /// First output channel and channel count (multiples of 16).
+    chunk: (usize, usize),
+}
+
+impl Job<'_> {
+    /// Input transform, GEMMs, output transform.
+    #[inline(always)]
+    fn run(&self, s: &mut Scratch, out: OutPtr) {
+        let (Job { x, g, tr, plan, .. }, (_, nt), (k0, kc)) = (self, self.tiles, self.chunk);
+        input_transform(x, g, tr, plan, self.tiles, s);
+        gemm(&s.v[..plan.n3 * nt * g.c], self.u, g.c, plan, nt, k0, kc, &mut s.m);
+        output_transform(self.bias, g, tr, plan, self.tiles, self.chunk, s, out);
+    }
+}
+
+/// [`Job::run`] compiled for AVX2 + FMA: the transforms' 8-lane loops (inlined into it) become
+/// ymm FMAs only inside such a function.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn job_avx2(job: &Job, s: &mut Scratch, out: OutPtr) {
+    job.run(s, out)
 }
 
 /// Tile index -> `(batch, [tz, ty, tx])`.
@@ -351,6 +392,10 @@ fn weight_transform(w: &[f32], g: &ConvGeom, tr: &Transforms, k16: usize) -> dir
     u
 }
 
+/// [`weight_block`] compiled for AVX2 + FMA (see [`job_avx2`]).
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn weight_block_avx2(wb: &[f32], c: usize, tr: &Transforms, ub: &mut [f32]) {
@@ -404,38 +449,8 @@ fn weight_block(wb: &[f32], c: usize, tr: &Transforms, ub: &mut [f32]) {
 
 /// `V[p][tl][c]` for the block's tiles `t0 .. t0 + nt`: each tile's `n^3` input cube (zeros
 /// outside the input) through `B^T` on every axis.
-fn input_transform(
-    x: &[f32],
-    g: &ConvGeom,
-    tr: &Transforms,
-    plan: &Plan,
-    (t0, nt): (usize, usize),
-    s: &mut Scratch,
-) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `fwd` checked AVX2 + FMA through `applies`.
-    unsafe {
-        input_transform_avx2(x, g, tr, plan, (t0, nt), s)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    input_transform_any(x, g, tr, plan, (t0, nt), s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn input_transform_avx2(
-    x: &[f32],
-    g: &ConvGeom,
-    tr: &Transforms,
-    plan: &Plan,
-    range: (usize, usize),
-    s: &mut Scratch,
-) {
-    input_transform_any(x, g, tr, plan, range, s)
-}
-
 #[inline(always)]
-fn input_transform_any(
+fn input_transform(
     x: &[f32],
     g: &ConvGeom,
     tr: &Transforms,
@@ -569,45 +584,9 @@ unsafe fn tile_avx2<const J: usize>(
 
 /// `out[voxel][k0 + kk] = (A^T M A)[voxel] + bias` for the block's tiles and channel chunk,
 /// writing only voxels inside the output and channels below K.
-#[allow(clippy::too_many_arguments)]
-fn output_transform(
-    bias: Option<&[f32]>,
-    g: &ConvGeom,
-    tr: &Transforms,
-    plan: &Plan,
-    (t0, nt): (usize, usize),
-    (k0, kc): (usize, usize),
-    s: &mut Scratch,
-    out: OutPtr,
-) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `fwd` checked AVX2 + FMA through `applies`.
-    unsafe {
-        output_transform_avx2(bias, g, tr, plan, (t0, nt), (k0, kc), s, out)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    output_transform_any(bias, g, tr, plan, (t0, nt), (k0, kc), s, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_transform_avx2(
-    bias: Option<&[f32]>,
-    g: &ConvGeom,
-    tr: &Transforms,
-    plan: &Plan,
-    tiles: (usize, usize),
-    chunk: (usize, usize),
-    s: &mut Scratch,
-    out: OutPtr,
-) {
-    output_transform_any(bias, g, tr, plan, tiles, chunk, s, out)
-}
-
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn output_transform_any(
+fn output_transform(
     bias: Option<&[f32]>,
     g: &ConvGeom,
     tr: &Transforms,
