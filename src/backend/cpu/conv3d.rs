@@ -1,5 +1,5 @@
 //! CPU 3-D convolution over channels-last data: forward, gradient of the input, gradient of the
-//! weight. Two implementations, picked per call:
+//! weight. Three implementations, picked per call:
 //!
 //! - `direct` (x86-64 with AVX2+FMA or AVX-512F, detected at run time): a register-blocked
 //!   microkernel reads the zero-padded input in place. Used for the forward pass, the stride-1
@@ -11,6 +11,10 @@
 //!   weight matrix. Channels-last makes every `kw*C` run of a receptive field one contiguous
 //!   slice, so a patch row is `kd*kh` copies. Non-overlapping windows (2x2x2 stride 2, 1x1x1)
 //!   need no patch for the input gradient: one GEMM and a block copy.
+//!
+//! - `winograd` (tape-free forwards only, AVX2+FMA): the large 5x5x5 stride-1 layers as
+//!   `F(4x4x4, 5x5x5)`, 15.6x fewer multiply-adds at a different f32 rounding; see
+//!   [`fwd_inference`].
 //!
 //! Tiles run in parallel on rayon, so the GEMM crate's own threading stays off.
 //!
@@ -25,7 +29,7 @@ use rayon::prelude::*;
 use super::profile;
 
 mod direct;
-pub mod winograd;
+mod winograd;
 
 /// Output voxels per forward / weight-gradient tile: enough rows that a GEMM call amortises
 /// packing the weight, few enough that the patch (`rows * kvol * C` floats) stays near L2.
@@ -316,7 +320,7 @@ pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
 }
 
 /// Forward convolution for a tape-free pass: [`fwd`], except that 5x5x5 stride-1 padding-2
-/// layers where it pays go through Winograd ([`winograd`]), whose f32 rounding differs from the
+/// layers where it pays go through Winograd (`conv3d/winograd.rs`), whose f32 rounding differs from the
 /// direct sum (see `winograd_f`), so training keeps the direct kernels.
 ///
 /// # Shapes

@@ -48,7 +48,7 @@ type Row = Vec<(usize, f32)>;
 /// The 1-D transforms of `F(m, 5)`: `y = A^T [(G g) . (B^T d)]` for an `n`-input tile `d`, the
 /// 5 taps `g` and the `m` outputs `y_i = sum_j d[i + j] g[j]`.
 #[derive(Debug)]
-pub struct Transforms {
+struct Transforms {
     n: usize,
     /// `B^T`: n rows over the n tile inputs.
     bt: Vec<Row>,
@@ -123,7 +123,7 @@ impl Dense {
 
 impl Transforms {
     /// The transforms of `F(m, 5)` (m = 2, 3 or 4), derived once per process.
-    pub fn get(m: usize) -> &'static Transforms {
+    fn get(m: usize) -> &'static Transforms {
         static CACHE: [OnceLock<Transforms>; 3] =
             [OnceLock::new(), OnceLock::new(), OnceLock::new()];
         assert!((2..=4).contains(&m), "winograd: F({m}, 5) is not provided");
@@ -224,7 +224,7 @@ thread_local! {
 
 /// Whether [`fwd`] serves `g`: a 5x5x5 kernel, stride 1, padding 2 (output size = input size),
 /// input channels a multiple of 8 and an AVX2 + FMA CPU.
-pub fn applies(g: &ConvGeom) -> bool {
+pub(super) fn applies(g: &ConvGeom) -> bool {
     #[cfg(target_arch = "x86_64")]
     let isa = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
@@ -289,7 +289,7 @@ unsafe impl Sync for OutPtr {}
 
 /// Forward convolution by `F(m^3, 5^3)` (`m` = 2, 3 or 4). Same contract as [`super::fwd`];
 /// requires [`applies`].
-pub fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom, m: usize) -> Vec<f32> {
+pub(super) fn fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom, m: usize) -> Vec<f32> {
     assert!(applies(g), "winograd::fwd: {} is not a 5x5x5 s1 p2 convolution", g.label());
     let tr = Transforms::get(m);
     let plan = Plan::new(g, m);
