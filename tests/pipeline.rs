@@ -388,14 +388,17 @@ fn a_ct_with_nan_voxels_is_refused_unless_nan_to_says_what_to_put_there() {
 /// phantom's condyle centres and the report carries the localiser's card.
 #[test]
 fn the_shipped_localisation_model_finds_both_joints_of_a_held_out_head() {
-    use dnvs_engine::pipeline::localize::{open_model, LocalizeOptions};
+    use dnvs_engine::pipeline::localize::{open_fine_model, open_model, LocalizeOptions};
     use dnvs_engine::pipeline::stages::ModelLocalizer;
     let h = head();
     let model_path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/localize_unet8.safetensors");
     let model = open_model(&model_path, Device::Cpu).expect("the shipped localisation model");
+    let fine_path = model_path.with_file_name("localize_fine_unet8.safetensors");
+    let fine = Some(open_fine_model(&fine_path, Device::Cpu).expect("the shipped fine model"));
     let mut stages = truth_stages(h, h.centers.map(Some));
-    stages.localizer = Box::new(ModelLocalizer { model, opts: LocalizeOptions::default() });
+    let opts = LocalizeOptions::default();
+    stages.localizer = Box::new(ModelLocalizer { model, fine, opts });
     let out = h.dir.join("model_localizer");
     let opts = CaseOptions { enhance: None, ..Default::default() };
     let report = run_case(&h.ct, &out, &mut stages, &opts, &mut |_| {}).expect("pipeline");

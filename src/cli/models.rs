@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use dnvs_engine::nn::model::read_card;
 use dnvs_engine::pipeline::models::{self, CachedModel};
-use dnvs_engine::train::config::{Config, Target};
+use dnvs_engine::train::config::Config;
 use dnvs_engine::train::trainer::{self, TrainOptions};
 
 #[derive(clap::Args)]
@@ -16,9 +16,9 @@ use dnvs_engine::train::trainer::{self, TrainOptions};
   dnvs-engine models train           set up the missing ones (says what and how long first)
 
 The cache is $XDG_CACHE_HOME/dnvs-engine/models/<key>/ (or ~/.cache/...), <key> a hash of the
-engine version, configs/localize.json, configs/mc.json, configs/tb.json and the shipped
-localiser. The localiser is installed from models/localize_unet8.safetensors (training it takes
-~30 min on two cores); MC and TB are trained from phantoms (~15 min on two CPU cores). `nv` does
+engine version, configs/{localize,localize_fine,mc,tb}.json and the shipped localisers. The
+localisers are installed from models/localize_unet8.safetensors (training it takes ~30 min on
+two cores) and models/localize_fine_unet8.safetensors (~8 min); MC and TB are trained from phantoms (~15 min on two CPU cores). `nv` does
 the same on first use. Each model is set up in a temporary folder and renamed into place when
 complete: a killed run leaves nothing trusted. Run from the repository (configs/, models/).")]
 pub struct Args {
@@ -163,7 +163,7 @@ fn train_one(
     cfg.loaders.dataset_dir = match &cfg.loaders.synth {
         Some(s) => {
             let [x, y, z] = cfg.loaders.voi_shape;
-            let kind = if cfg.loaders.target == Target::Joints { "heads" } else { "vois" };
+            let kind = if cfg.loaders.target.reads_heads() { "heads" } else { "vois" };
             let scan = s.voi_scan.map_or(String::new(), |v| {
                 let [a, b] = v.inplane_mm;
                 let [c, d] = v.slice_mm;

@@ -45,6 +45,11 @@ pub struct Args {
     /// localize.safetensors in --models or in the model cache). Ignored with --joints.
     #[arg(long, value_name = "MODEL")]
     localizer: Option<PathBuf>,
+    /// Fine localisation model (card target `joints_fine`; default: localize_fine.safetensors in
+    /// --models or in the model cache): refines each centre on a 64 mm box of 2 mm voxels. A
+    /// --models folder without one leaves the coarse centres (said on stderr).
+    #[arg(long, value_name = "MODEL")]
+    fine_localizer: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N (auto: a GPU that is usable and passes its self-check, else
     /// the CPU).
     #[arg(long, value_parser = super::parse_device, default_value = "auto")]
@@ -135,7 +140,22 @@ fn localizer(args: &Args, device: Device) -> anyhow::Result<Box<dyn Localizer>> 
     }
     let model = localize::open_model(&path, device)
         .with_context(|| format!("loading the localisation model {}", path.display()))?;
-    Ok(Box::new(ModelLocalizer { model, opts: localize::LocalizeOptions::default() }))
+    let fine_path = match &args.fine_localizer {
+        Some(p) => p.clone(),
+        None => models_dir(args, &["localize_fine"])?.join("localize_fine.safetensors"),
+    };
+    let fine = if fine_path.is_file() || args.fine_localizer.is_some() {
+        Some(localize::open_fine_model(&fine_path, device).with_context(|| {
+            format!("loading the fine localisation model {}", fine_path.display())
+        })?)
+    } else {
+        eprintln!(
+            "nv: no fine localisation model at {}: the coarse network's centres stand",
+            fine_path.display()
+        );
+        None
+    };
+    Ok(Box::new(ModelLocalizer { model, fine, opts: localize::LocalizeOptions::default() }))
 }
 
 /// `--models`, else the default models' folder in the cache, where the `wanted` default models

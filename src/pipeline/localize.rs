@@ -39,6 +39,9 @@ use crate::synth::Side;
 use crate::tensor::Device;
 use crate::{Error, Result};
 
+pub mod fine;
+pub use fine::{FineSource, FINE_CROP, FINE_MM, FINE_TARGET};
+
 /// Voxel size (mm) of the grid the localisation network sees.
 pub const COARSE_MM: f64 = 4.0;
 /// Smallest coarse grid (voxels along x, y, z): 192 x 256 x 256 mm, a whole head. The network is
@@ -275,6 +278,13 @@ impl<'a> CoarseHeads<'a> {
         grid.volume(data)
     }
 
+    /// The CT averaged over blocks of about [`VIEW_BLOCK_MM`] ([`block_mean`]), or the CT itself
+    /// when its voxels are that coarse; made once, on first use.
+    pub fn blocked(&self) -> &Volume {
+        let ct = self.sampler.vol;
+        self.blocks.get_or_init(|| block_mean(ct, VIEW_BLOCK_MM)).as_ref().unwrap_or(ct)
+    }
+
     /// The canvas shifted by `parity` ([`CoarseHeads::shifted`]) and then rotated by `rot` about
     /// its centre: the coarse head seen in a slightly different pose, for test-time views. Each
     /// coarse voxel is the mean of the CT voxels whose centres fall in it (binned afresh: an
@@ -297,9 +307,7 @@ impl<'a> CoarseHeads<'a> {
             affine[r][3] =
                 centre[r] + (0..3).map(|c| rot[r][c] * (grid.origin[c] - centre[c])).sum::<f64>();
         }
-        let ct = self.sampler.vol;
-        let src = self.blocks.get_or_init(|| block_mean(ct, VIEW_BLOCK_MM)).as_ref().unwrap_or(ct);
-        let (sum, count) = box_sums(src, &affine, grid.dims);
+        let (sum, count) = box_sums(self.blocked(), &affine, grid.dims);
         let mut data = vec![0f32; grid.len()];
         data.par_chunks_mut(h * w).enumerate().for_each(|(i, slab)| {
             for (q, v) in slab.iter_mut().enumerate() {
@@ -476,14 +484,28 @@ pub fn open_model(path: &std::path::Path, device: Device) -> Result<LoadedModel>
     if !probe.has_card() {
         return Ok(probe);
     }
+    open_for_target(path, device, TARGET)
+}
+
+/// Opens a fine localisation model ([`fine`]); it must carry a card of target
+/// [`FINE_TARGET`].
+///
+/// # Errors
+/// [`Error::Arg`] naming the file when it has no card or one for another target; errors of
+/// [`LoadedModel::open`].
+pub fn open_fine_model(path: &std::path::Path, device: Device) -> Result<LoadedModel> {
+    open_for_target(path, device, FINE_TARGET)
+}
+
+fn open_for_target(path: &std::path::Path, device: Device, target: &str) -> Result<LoadedModel> {
     let model = LoadedModel::open(path, &ModelOverrides::default(), device)?;
-    if model.card().target != TARGET {
+    if !model.has_card() || model.card().target != target {
+        let found = if model.has_card() { model.card().target.as_str() } else { "none (no card)" };
         return Err(Error::arg(
             "localize",
             format!(
-                "{} is a model for target '{}', not a localisation ('{TARGET}') model",
-                model.path().display(),
-                model.card().target
+                "{} is a model for target '{found}', not a '{target}' localisation model",
+                model.path().display()
             ),
         ));
     }
@@ -960,15 +982,21 @@ pub fn view_poses() -> [([[f64; 3]; 3], [usize; 3]); 8] {
 
 /// Localises both joints in `ct`: coarse head, network, [`joints_from_probs`]'s choice, then
 /// (with `views`) each centre refined on the canvas and on eight tilted and shifted views of it
-/// ([`view_poses`]) and averaged. The network's centre errs by 1-2 mm in a direction that
-/// depends on how the head lies on the 4 mm grid; averaging over views of several poses makes
-/// the centre (nearly) independent of the scan's own orientation (an oblique scan agrees with
-/// its axis-aligned twin) and closer to the truth.
+/// ([`view_poses`]) and averaged, then (with a `fine` network) refined again on a 64 mm box of
+/// 2 mm voxels around it ([`fine`]). The coarse network's centre errs by 1-2 mm in a direction
+/// that depends on how the head lies on the 4 mm grid and on what the field of view holds;
+/// the views average the first out, the fine look, which sees only the joint's surroundings,
+/// the second: an oblique scan then agrees with its axis-aligned twin.
 ///
 /// # Errors
-/// As [`coarse_head`], the network's, and [`joints_from_probs`].
-pub fn localize(ct: &Volume, model: &mut dyn JointNet, opts: &LocalizeOptions) -> Result<Joints> {
-    Ok(localize_with_maps(ct, model, opts)?.joints)
+/// As [`coarse_head`], the networks', and [`joints_from_probs`].
+pub fn localize(
+    ct: &Volume,
+    model: &mut dyn JointNet,
+    fine: Option<&mut dyn JointNet>,
+    opts: &LocalizeOptions,
+) -> Result<Joints> {
+    Ok(localize_with_maps(ct, model, fine, opts)?.joints)
 }
 
 /// [`localize`], also returning the coarse head and its probability map.
@@ -978,6 +1006,7 @@ pub fn localize(ct: &Volume, model: &mut dyn JointNet, opts: &LocalizeOptions) -
 pub fn localize_with_maps(
     ct: &Volume,
     model: &mut dyn JointNet,
+    fine: Option<&mut dyn JointNet>,
     opts: &LocalizeOptions,
 ) -> Result<Localized> {
     let heads = CoarseHeads::new(ct)?;
@@ -1001,6 +1030,14 @@ pub fn localize_with_maps(
         }
         let n = (poses.len() + 1) as f64;
         sum = sum.map(|c| c.map(|c| c.map(|v| v / n)));
+    }
+    if let Some(fine) = fine {
+        let src = FineSource::borrowed(heads.blocked());
+        for c in sum.iter_mut().flatten() {
+            if let Some(r) = fine::refine_fine(&src, fine, *c)? {
+                *c = r;
+            }
+        }
     }
     let joints = finish(sel, sum, ct, opts)?;
     Ok(Localized { joints, coarse_hu, probability })

@@ -3,7 +3,8 @@
 //!
 //! Layout: `$XDG_CACHE_HOME/dnvs-engine/models/<key>/` (or `~/.cache/...`), `<key>` a 64-bit
 //! FNV-1a hash (hex) of the engine version and every default config's name and text; inside it
-//! `localize.safetensors`, `mc.safetensors`, `tb.safetensors` (weights + card). A model is
+//! `localize.safetensors`, `localize_fine.safetensors`, `mc.safetensors`, `tb.safetensors`
+//! (weights + card). A model is
 //! trained in `<key>/.train-<name>-<pid>/` and renamed into place only when training finished,
 //! so a killed first run leaves no file a later run would trust (the temporary folder is removed
 //! on the next attempt).
@@ -13,14 +14,21 @@ use std::path::{Path, PathBuf};
 use crate::{Error, Result};
 
 /// The default models, by name, and the config each is trained with (`configs/<file>`).
-pub const DEFAULT_MODELS: [(&str, &str); 3] =
-    [("localize", "localize.json"), ("mc", "mc.json"), ("tb", "tb.json")];
+pub const DEFAULT_MODELS: [(&str, &str); 4] = [
+    ("localize", "localize.json"),
+    ("localize_fine", "localize_fine.json"),
+    ("mc", "mc.json"),
+    ("tb", "tb.json"),
+];
 
 /// Default models the repository ships trained (path relative to the configs folder's parent,
 /// the repository root): installed into the cache by copying instead of training, because
 /// training them takes far longer than a first run should (the localiser: ~30 min on two CPU
 /// cores; its recipe is beside the file).
-pub const SHIPPED_MODELS: [(&str, &str); 1] = [("localize", "models/localize_unet8.safetensors")];
+pub const SHIPPED_MODELS: [(&str, &str); 2] = [
+    ("localize", "models/localize_unet8.safetensors"),
+    ("localize_fine", "models/localize_fine_unet8.safetensors"),
+];
 
 /// The shipped file of model `name` for the configs folder `configs`, if there is one.
 pub fn shipped_model(configs: &Path, name: &str) -> Option<PathBuf> {

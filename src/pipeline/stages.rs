@@ -248,16 +248,19 @@ impl Localizer for FixedCenters {
     }
 }
 
-/// The localisation network ([`super::localize`]): both condyle centres from the whole head and
-/// their VOIs on `synth`'s VOI geometry, or the reason a side was refused.
+/// The localisation networks ([`super::localize`]): both condyle centres from the whole head
+/// (refined by the fine network when there is one) and their VOIs on `synth`'s VOI geometry, or
+/// the reason a side was refused.
 pub struct ModelLocalizer {
     pub model: LoadedModel,
+    pub fine: Option<LoadedModel>,
     pub opts: super::localize::LocalizeOptions,
 }
 
 impl Localizer for ModelLocalizer {
     fn localize(&mut self, ct: &Volume) -> Result<[SideFound; 2]> {
-        let joints = super::localize::localize(ct, &mut self.model, &self.opts)?;
+        let fine = self.fine.as_mut().map(|m| m as &mut dyn super::localize::JointNet);
+        let joints = super::localize::localize(ct, &mut self.model, fine, &self.opts)?;
         Ok(Side::BOTH.map(|side| match joints.side(side) {
             super::localize::SideResult::Found(j) => SideFound::Found(Box::new(Located {
                 center_ras_mm: j.condyle_center_ras_mm,
@@ -270,8 +273,14 @@ impl Localizer for ModelLocalizer {
         }))
     }
 
+    /// The coarse network's card, with the fine network's under `"fine"` (`null` without one).
     fn card(&self) -> Option<serde_json::Value> {
-        serde_json::to_value(self.model.card()).ok()
+        let mut card = serde_json::to_value(self.model.card()).ok()?;
+        let fine = self.fine.as_ref().and_then(|m| serde_json::to_value(m.card()).ok());
+        if let Some(obj) = card.as_object_mut() {
+            obj.insert("fine".into(), fine.unwrap_or(serde_json::Value::Null));
+        }
+        Some(card)
     }
 }
 

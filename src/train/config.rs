@@ -11,7 +11,7 @@
 //! | `training` | device, trainsize, model_name, num_epochs, k_follds_number, batch_size, learning_rate, momentum, wd, patience, delta, step_size, gamma | width, precision, run_dir, early_stopping, folds |
 //! | `loss` | loss_name, loss_type (`CE`, `D`, `DCE`), dce_w, w0, w1, nll | soft_dice |
 //! | `predict` | model_path | |
-//! | `loaders` | train_patch, train_stride, val_patch, val_stride, dicom_path, mask_path, objects, voi_shape, precrop, train_patient_ids, val_patient_ids, num_workers, batch_size, train_dataset_size, transformer, train_patch_builder, val_patch_builder | dataset_dir, target (`mc`, `tb`, `nv`, `joints`), sides, synth, window, overlap, fg_fraction, spacing_mm |
+//! | `loaders` | train_patch, train_stride, val_patch, val_stride, dicom_path, mask_path, objects, voi_shape, precrop, train_patient_ids, val_patient_ids, num_workers, batch_size, train_dataset_size, transformer, train_patch_builder, val_patch_builder | dataset_dir, target (`mc`, `tb`, `nv`, `joints`, `joints_fine`), sides, synth, window, overlap, fg_fraction, spacing_mm |
 //!
 //! Validation: with `val_patch` the original's patch grid; without it, a sliding window
 //! (`window`, `overlap`) over each whole held-out VOI, through the same code `segment` runs, so
@@ -158,17 +158,26 @@ pub enum Target {
     Nv,
     /// Both condylar heads in a whole head on the localiser's coarse grid (`train::joints`).
     Joints,
+    /// One condylar head in a 2 mm box around it (the fine localiser, `train::joints`).
+    #[serde(rename = "joints_fine")]
+    JointsFine,
 }
 
 impl Target {
-    /// The config's (and the model card's) name: `mc`, `tb`, `nv`, `joints`.
+    /// The config's (and the model card's) name: `mc`, `tb`, `nv`, `joints`, `joints_fine`.
     pub fn name(self) -> &'static str {
         match self {
             Target::Mc => "mc",
             Target::Tb => "tb",
             Target::Nv => "nv",
             Target::Joints => "joints",
+            Target::JointsFine => "joints_fine",
         }
+    }
+
+    /// Whether the samples come from whole-head scans (`synth --profile head`), not VOIs.
+    pub fn reads_heads(self) -> bool {
+        matches!(self, Target::Joints | Target::JointsFine)
     }
 
     /// The label of Table 1: `MC`, `TB`, `NV`.

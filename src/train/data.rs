@@ -94,7 +94,7 @@ fn ensure_dataset(cfg: &Config) -> Result<()> {
         });
     };
     eprintln!("dnvs-engine: writing {} phantoms to {}", s.cases, dir.display());
-    if cfg.loaders.target == Target::Joints {
+    if cfg.loaders.target.reads_heads() {
         return crate::train::synth_bridge::write_heads(dir, s.cases, s.seed);
     }
     crate::train::synth_bridge::write_phantoms(
@@ -130,11 +130,14 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
     let mut spacing: Option<[f64; 3]> = None;
     if cfg.loaders.target == Target::Joints {
         samples = crate::train::joints::samples(cfg, &ds, &ids)?;
+    } else if cfg.loaders.target == Target::JointsFine {
+        samples = crate::train::joints::fine_samples(cfg, &ds, &ids)?;
+    }
+    if cfg.loaders.target.reads_heads() {
         spacing = samples.first().map(|s| s.spacing);
     }
     // Order as the original's val loader: every case's left joint, then every case's right.
-    let joint_sides =
-        if cfg.loaders.target == Target::Joints { &[][..] } else { &cfg.loaders.sides };
+    let joint_sides = if cfg.loaders.target.reads_heads() { &[][..] } else { &cfg.loaders.sides };
     for side_name in joint_sides {
         let side = if side_name == "L" { Side::L } else { Side::R };
         for id in &ids {
@@ -231,8 +234,8 @@ pub fn target_mask(target: Target, v: &VoiCase) -> &Volume {
         Target::Mc => &v.mc,
         Target::Tb => &v.tb,
         Target::Nv => &v.nv,
-        // Joints samples are whole heads (`train::joints`), never per-joint VOIs.
-        Target::Joints => &v.tb,
+        // Joints samples come from whole heads (`train::joints`), never per-joint VOIs.
+        Target::Joints | Target::JointsFine => &v.tb,
     }
 }
 

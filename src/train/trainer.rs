@@ -29,7 +29,7 @@ use crate::io::normalize::Normalization;
 use crate::nn::{self, Mode, Network};
 use crate::optim::{Adam, AdamConfig, AdamState, StepLR};
 use crate::train::augment::{self, Patch};
-use crate::train::config::{Config, Target};
+use crate::train::config::Config;
 use crate::train::logs::{self, Csv, EpochPoint};
 use crate::train::rng::{mix_seed, Rng};
 use crate::train::{interrupt, sampling};
@@ -170,7 +170,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
         let norm = match &st.normalization {
             Some(n) => n.clone(),
             // Joints samples enter already windowed; the card must say so for inference.
-            None if cfg.loaders.target == Target::Joints => crate::train::joints::normalization(),
+            None if cfg.loaders.target.reads_heads() => crate::train::joints::normalization(),
             None => fit_normalization(cfg, &train_s)?,
         };
         st.normalization = Some(norm.clone());
