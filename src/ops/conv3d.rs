@@ -89,10 +89,9 @@ pub fn conv3d_prec(
         Device::Cpu => {
             let bias = b.map(|b| data(OP, b)).transpose()?;
             let [od, oh, ow] = g.output;
-            Tensor::from_vec(
-                cpu::fwd(data(OP, x)?, data(OP, w)?, bias, &g),
-                [g.n, od, oh, ow, g.k],
-            )?
+            // A tape-free forward may take Winograd's different rounding (see `fwd_inference`).
+            let fwd = if autograd::needs_grad(&ins) { cpu::fwd } else { cpu::fwd_inference };
+            Tensor::from_vec(fwd(data(OP, x)?, data(OP, w)?, bias, &g), [g.n, od, oh, ow, g.k])?
         }
         Device::Cuda(_) => cu::conv3d(x, w, b, &g, prec)?,
     };

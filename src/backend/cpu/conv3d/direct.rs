@@ -127,7 +127,7 @@ const POOL_KEEP: usize = 4;
 
 /// A buffer of `len` initialised floats with unspecified contents (callers write every element
 /// they read), returned to [`POOL`] when dropped.
-struct Scratch(Vec<f32>, usize);
+pub(super) struct Scratch(Vec<f32>, usize);
 
 fn pool() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>> {
     // The pool only holds plain buffers: one left by a panicking thread is still usable.
@@ -135,7 +135,7 @@ fn pool() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>> {
 }
 
 impl Scratch {
-    fn new(len: usize) -> Scratch {
+    pub(super) fn new(len: usize) -> Scratch {
         let mut pool = pool();
         // The smallest kept buffer that is long enough, else a new one.
         let best = (0..pool.len()).filter(|&i| pool[i].len() >= len).min_by_key(|&i| pool[i].len());
