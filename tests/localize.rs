@@ -320,3 +320,62 @@ fn real_head_ct_both_condyles_found_in_the_condylar_region() {
         }
     }
 }
+
+/// The command line: without `--model` the default models come from the cache (installed from
+/// `models/` into an empty cache) and the fine look runs; a fine model of the wrong target is
+/// refused with the file and both targets named.
+#[test]
+fn the_cli_uses_the_default_models_and_refuses_a_wrong_fine_model() {
+    use std::process::Command;
+    let profile = HeadProfile {
+        inplane_mm: [2.0, 2.0],
+        slice_mm: [2.0, 2.0],
+        p_one_side_out: 0.0,
+        ..HeadProfile::default()
+    };
+    let (ph, scan, ct) = head(21, &profile);
+    let dir = std::env::temp_dir().join(format!("dnvs_localize_cli_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("head.nii.gz");
+    dnvs_engine::io::write_nifti(&input, &ct, dnvs_engine::io::VoxelKind::Image).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |out: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dnvs-engine"))
+            .current_dir(repo)
+            .env("XDG_CACHE_HOME", dir.join("cache"))
+            .args(["localize", "--device", "cpu", "--voi-size", "16,16,16", "--input"])
+            .arg(&input)
+            .arg("--out")
+            .arg(dir.join(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let ok = run("default", &[]);
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{stderr}");
+    assert!(stderr.contains("localize_fine"), "the fine model is installed and used: {stderr}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("default/joints.json")).unwrap())
+            .unwrap();
+    for side in Side::BOTH {
+        let c: Vec<f64> = j[side.name()]["condyle_center_ras_mm"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let d = distance([c[0], c[1], c[2]], head_profile::joint_center(&ph, &scan, side));
+        eprintln!("cli {side}: {d:.2} mm from the truth");
+        assert!(d < CENTRE_TOL_MM, "{side}: {d:.2} mm");
+    }
+    let coarse = repo.join("models/localize_unet8.safetensors");
+    let bad = run("bad", &["--fine-model", coarse.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("localize_unet8.safetensors") && stderr.contains("joints_fine"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

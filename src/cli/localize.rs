@@ -1,7 +1,7 @@
 //! `dnvs-engine localize`: finds both temporomandibular joints in a head CT and writes a VOI per
 //! found side, resampled exactly as `synth` samples its VOIs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -18,6 +18,7 @@ use dnvs_engine::tensor::Precision;
 has a \"reason\" instead) and DIR/voi_L_ct.nii.gz, DIR/voi_R_ct.nii.gz per found side.
 
 Examples:
+  dnvs-engine localize --input head.nii.gz --out loc/ --preview   # the default models (cache)
   dnvs-engine localize --input head.nii.gz --out loc/ --model models/localize_unet8.safetensors \
       --fine-model models/localize_fine_unet8.safetensors --preview
   dnvs-engine localize --input dicom/series --out loc/ --model runs/localize/fold1 --device cpu")]
@@ -30,13 +31,16 @@ pub struct Args {
     out: PathBuf,
     /// Localisation network weights (.safetensors with a model card of target `joints`), or a
     /// training fold folder holding best.safetensors (configs/localize.json). Card-less weights
-    /// are taken as a U-Net on the 4 mm grid with the HU window [-1000, 2000].
+    /// are taken as a U-Net on the 4 mm grid with the HU window [-1000, 2000]. Default: the
+    /// default models in the cache (`dnvs-engine models`; installed from models/ when missing,
+    /// run from the repository), the fine one included.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// The fine localisation network (target `joints_fine`, e.g. the shipped
     /// models/localize_fine_unet8.safetensors): each centre is refined on a 64 mm box of 2 mm
     /// voxels around it, which makes it independent of the scan's orientation and field of view
-    /// to well under a millimetre. Without it the coarse centres stand.
+    /// to well under a millimetre. Default: the cache's with the default --model; with an
+    /// explicit --model and no --fine-model the coarse centres stand.
     #[arg(long, value_name = "MODEL")]
     fine_model: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N (auto: a GPU that is usable and passes its self-check, else
@@ -64,12 +68,13 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = gpu_check::resolve(args.device, Precision::default())?;
-    let mut model = localize::open_model(&args.model, device)
-        .with_context(|| format!("opening the localisation model {}", args.model.display()))?;
+    let (coarse_path, fine_path) = model_paths(&args)?;
+    let mut model = localize::open_model(&coarse_path, device)
+        .with_context(|| format!("opening the localisation model {}", coarse_path.display()))?;
     for w in model.warnings() {
         eprintln!("localize: warning: {w}");
     }
-    let mut fine = match &args.fine_model {
+    let mut fine = match &fine_path {
         Some(p) => Some(
             localize::open_fine_model(p, device)
                 .with_context(|| format!("opening the fine localisation model {}", p.display()))?,
@@ -144,4 +149,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         json_path.display()
     );
     Ok(())
+}
+
+/// The coarse and fine model files: as given, else the default models of the cache (installed
+/// from the repository's models/ first when missing).
+fn model_paths(args: &Args) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    match &args.model {
+        Some(m) => Ok((m.clone(), args.fine_model.clone())),
+        None => {
+            let dir = super::models::ensure_defaults(
+                Path::new("configs"),
+                None,
+                None,
+                &["localize", "localize_fine"],
+            )
+            .context(
+                "the default localisation models (run from the repository, or give --model)",
+            )?;
+            let fine = args.fine_model.clone().unwrap_or(dir.join("localize_fine.safetensors"));
+            Ok((dir.join("localize.safetensors"), Some(fine)))
+        }
+    }
 }
