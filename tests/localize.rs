@@ -260,16 +260,20 @@ fn oblique_twin(ras: &Affine, dims: [usize; 3]) -> Affine {
     a
 }
 
-#[test]
-fn lps_and_oblique_twins_give_the_ras_centres() {
-    let mut net = model();
-    let profile = HeadProfile {
+/// Heads scanned at 2 mm with both joints in view (the twin and command-line tests).
+fn two_mm_both_joints() -> HeadProfile {
+    HeadProfile {
         inplane_mm: [2.0, 2.0],
         slice_mm: [2.0, 2.0],
         p_one_side_out: 0.0,
         ..HeadProfile::default()
-    };
-    let (ph, scan, ras) = head(20, &profile);
+    }
+}
+
+#[test]
+fn lps_and_oblique_twins_give_the_ras_centres() {
+    let mut net = model();
+    let (ph, scan, ras) = head(20, &two_mm_both_joints());
     let base = run(&mut net, &ras);
     let dims = scan.dims();
     for (name, affine) in
@@ -327,13 +331,7 @@ fn real_head_ct_both_condyles_found_in_the_condylar_region() {
 #[test]
 fn the_cli_uses_the_default_models_and_refuses_a_wrong_fine_model() {
     use std::process::Command;
-    let profile = HeadProfile {
-        inplane_mm: [2.0, 2.0],
-        slice_mm: [2.0, 2.0],
-        p_one_side_out: 0.0,
-        ..HeadProfile::default()
-    };
-    let (ph, scan, ct) = head(21, &profile);
+    let (ph, scan, ct) = head(21, &two_mm_both_joints());
     let dir = std::env::temp_dir().join(format!("dnvs_localize_cli_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let input = dir.join("head.nii.gz");
