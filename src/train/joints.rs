@@ -41,9 +41,7 @@ pub fn samples(cfg: &Config, ds: &Dataset, ids: &[String]) -> Result<Vec<Sample>
     let shape = cfg.loaders.voi_shape;
     ids.iter()
         .map(|id| {
-            let entry = ds.manifest().cases.iter().find(|c| &c.id == id).ok_or_else(|| {
-                Error::Config { msg: format!("case {id} is not in {}", ds.dir().display()) }
-            })?;
+            let entry = case_entry(ds, id)?;
             let (ct, _) = ds.load_head(id)?;
             let coarse = localize::coarse_head(&ct)?;
             if coarse.dims != shape {
@@ -95,9 +93,7 @@ pub fn fine_samples(cfg: &Config, ds: &Dataset, ids: &[String]) -> Result<Vec<Sa
     }
     let mut out = Vec::new();
     for id in ids {
-        let entry = ds.manifest().cases.iter().find(|c| &c.id == id).ok_or_else(|| {
-            Error::Config { msg: format!("case {id} is not in {}", ds.dir().display()) }
-        })?;
+        let entry = case_entry(ds, id)?;
         let (ct, _) = ds.load_head(id)?;
         let src = localize::FineSource::new(&ct);
         for side in Side::BOTH {
@@ -116,6 +112,15 @@ pub fn fine_samples(cfg: &Config, ds: &Dataset, ids: &[String]) -> Result<Vec<Sa
         }
     }
     Ok(out)
+}
+
+/// The `dataset.json` entry of case `id`.
+fn case_entry<'a>(ds: &'a Dataset, id: &str) -> Result<&'a crate::synth::ManifestCase> {
+    ds.manifest()
+        .cases
+        .iter()
+        .find(|c| c.id == id)
+        .ok_or_else(|| Error::Config { msg: format!("case {id} is not in {}", ds.dir().display()) })
 }
 
 /// The condyle centre of one side of a case when its scan shows it.

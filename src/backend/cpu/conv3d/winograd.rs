@@ -362,12 +362,6 @@ unsafe fn job_avx2(job: &Job, s: &mut Scratch, out: OutPtr) {
     job.run(s, out)
 }
 
-/// Tile index -> `(batch, [tz, ty, tx])`.
-fn decode_tile(t: usize, tiles: [usize; 3]) -> (usize, [usize; 3]) {
-    let [td, th, tw] = tiles;
-    (t / (td * th * tw), [(t / (th * tw)) % td, (t / tw) % th, t % tw])
-}
-
 // ---- weight transform -------------------------------------------------------------------------
 
 /// `U (K16 / 16, n^3, C, 16)`: `U[kb][p][c][kk] = (G w[kb*16 + kk, .., c] G^T)[p]`, zero for the
@@ -462,7 +456,7 @@ fn input_transform(
     let [d, h, w] = g.input;
     let Scratch { v, cube, t, res, .. } = s;
     for tl in 0..nt {
-        let (b, [tz, ty, tx]) = decode_tile(t0 + tl, plan.tiles);
+        let (b, [tz, ty, tx]) = super::decode(t0 + tl, plan.tiles);
         // Input coordinate of the cube's first element on each axis (may be negative: padding).
         let (z0, y0, x0) = ((tz * m) as isize - 2, (ty * m) as isize - 2, (tx * m) as isize - 2);
         let inside = |v: isize, size: usize| v >= 0 && (v as usize) < size;
@@ -600,7 +594,7 @@ fn output_transform(
     let [d, h, w] = g.output;
     let Scratch { m: mm, cube, t, res, .. } = s;
     for tl in 0..nt {
-        let (b, [tz, ty, tx]) = decode_tile(t0 + tl, plan.tiles);
+        let (b, [tz, ty, tx]) = super::decode(t0 + tl, plan.tiles);
         for kk0 in (0..kc).step_by(LANES) {
             let kg = k0 + kk0;
             if kg >= k {
@@ -660,17 +654,10 @@ mod tests {
         }
     }
 
-    /// Deterministic values, uniform in [-1, 1) times `scale`.
+    /// Deterministic values, uniform in [-1, 1) times `scale` (the crate's one generator).
     fn rand(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut st = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                st ^= st << 13;
-                st ^= st >> 7;
-                st ^= st << 17;
-                ((st >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
+        let mut rng = crate::rng::Xoshiro256::seeded(seed);
+        (0..len).map(|_| (rng.unit_f64() * 2.0 - 1.0) as f32 * scale).collect()
     }
 
     /// One convolution's operands: unit-variance input, He-initialised weight (std
