@@ -82,6 +82,8 @@ fn bench_vnet(c: &mut Criterion) {
 }
 
 fn main() {
+    // As the CLI does: keep freed step buffers in the process (see `backend::cpu::memory`).
+    dnvs_engine::backend::cpu::memory::keep_freed_buffers();
     let mut c = Criterion::default().configure_from_args();
     bench_vnet(&mut c);
     c.final_summary();

@@ -6,6 +6,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     restore_sigpipe();
+    dnvs_engine::backend::cpu::memory::keep_freed_buffers();
     cli::run(cli::Cli::parse())
 }
 

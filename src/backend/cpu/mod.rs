@@ -7,6 +7,7 @@ pub mod conv_transpose3d;
 pub mod dropout;
 pub mod elementwise;
 pub mod loss;
+pub mod memory;
 pub mod norm;
 pub mod optim;
 pub mod pool;
