@@ -12,7 +12,9 @@
 //! 3. non-maximum suppression along the gradient, quantised to the nearest of the 13 neighbour
 //!    directions of the 26-neighbourhood;
 //! 4. hysteresis: voxels above `high` seed edges, voxels above `low` 26-connected to a seed join;
-//! 5. edges kept where the TB probability exceeds `prob_threshold`;
+//! 5. edges kept where the TB probability exceeds `prob_threshold` and whose centre lies on the
+//!    bone side of its edge (the smoothed value at least the mid-level between the darkest and
+//!    brightest values within `level_reach_mm` along the gradient);
 //! 6. closing (dilation then erosion by a ball of `closing_mm`, via exact distance transforms);
 //! 7. the enhanced TB = closed edges OR (TB probability > 0.5).
 
@@ -37,6 +39,9 @@ pub struct EnhanceParams {
     pub prob_threshold: f64,
     /// Radius of the closing ball (mm).
     pub closing_mm: f64,
+    /// How far along the gradient (mm, each way) an edge voxel looks for the bone and soft
+    /// tissue levels its own value is compared with (step 5).
+    pub level_reach_mm: f64,
 }
 
 impl Default for EnhanceParams {
@@ -51,6 +56,13 @@ impl Default for EnhanceParams {
             high: 300.0,
             prob_threshold: 0.2,
             closing_mm: 0.8,
+            // The steepest gradient sits on the bone surface, so an edge voxel's centre is as
+            // often just outside the bone as just inside. Adding the outside ones grew the TB by
+            // half a voxel over its whole lower face and shrank the joint space: -15 % NV on
+            // average over 18 phantom joints (9.5 % with this test). 1 mm spans the scanner
+            // blur (sigma ~0.5 mm) to the plateau on either side and reaches the middle of a
+            // roof up to 2 mm thick.
+            level_reach_mm: 1.0,
         }
     }
 }
@@ -63,11 +75,12 @@ impl EnhanceParams {
     pub fn validate(&self) -> Result<()> {
         let ok = self.sigma_mm >= 0.0
             && self.closing_mm >= 0.0
+            && self.level_reach_mm >= 0.0
             && self.low >= 0.0
             && self.high >= self.low
             && (0.0..1.0).contains(&self.prob_threshold);
-        if ok && [self.sigma_mm, self.low, self.high, self.closing_mm].iter().all(|v| v.is_finite())
-        {
+        let values = [self.sigma_mm, self.low, self.high, self.closing_mm, self.level_reach_mm];
+        if ok && values.iter().all(|v| v.is_finite()) {
             Ok(())
         } else {
             Err(Error::arg("enhance", format!("invalid parameters {self:?}")))
@@ -93,12 +106,15 @@ pub struct Enhanced {
 pub fn enhance_tb(ct: &Volume, tb_prob: &Volume, p: &EnhanceParams) -> Result<Enhanced> {
     p.validate()?;
     crate::volume::check_aligned(ct, tb_prob, "CT and TB probability")?;
-    let edges = canny(&ct.data, ct.dims, ct.spacing, p)?;
-    let n_edges = edges.iter().filter(|&&e| e).count();
-    let kept: Vec<bool> = edges
-        .iter()
-        .zip(&tb_prob.data)
-        .map(|(&e, &q)| e && f64::from(q) > p.prob_threshold)
+    let parts = canny_parts(&ct.data, ct.dims, ct.spacing, p)?;
+    let n_edges = parts.edges.iter().filter(|&&e| e).count();
+    let kept: Vec<bool> = (0..ct.len())
+        .into_par_iter()
+        .map(|q| {
+            parts.edges[q]
+                && f64::from(tb_prob.data[q]) > p.prob_threshold
+                && on_bone_side(&parts, q, ct.dims, ct.spacing, p.level_reach_mm)
+        })
         .collect();
     let closed = closing(&kept, ct.dims, ct.spacing, p.closing_mm)?;
     let mut added = 0;
@@ -124,13 +140,69 @@ pub fn canny(
     spacing: [f64; 3],
     p: &EnhanceParams,
 ) -> Result<Vec<bool>> {
+    canny_parts(data, dims, spacing, p).map(|c| c.edges)
+}
+
+/// The smoothed volume and its gradient beside the edges, for [`on_bone_side`].
+struct CannyParts {
+    smooth: Vec<f32>,
+    grad: Vec<[f32; 3]>,
+    edges: Vec<bool>,
+}
+
+fn canny_parts(
+    data: &[f32],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    p: &EnhanceParams,
+) -> Result<CannyParts> {
     check_len("canny", data.len(), dims)?;
     check_spacing("canny", spacing)?;
     let smooth = gaussian(data, dims, spacing, p.sigma_mm);
     let grad = gradient(&smooth, dims, spacing);
     let mag: Vec<f32> = grad.par_iter().map(|g| norm(*g)).collect();
     let thin = suppress(&grad, &mag, dims, spacing);
-    Ok(hysteresis(&thin, dims, p.low as f32, p.high as f32))
+    let edges = hysteresis(&thin, dims, p.low as f32, p.high as f32);
+    Ok(CannyParts { smooth, grad, edges })
+}
+
+/// Whether voxel `q`'s centre lies on the bright (bone) side of its edge: its smoothed value is at
+/// least halfway between the lowest and highest values sampled (nearest voxel, half-voxel steps)
+/// along the gradient line within `reach_mm` each way. On a thick bone's face that keeps the edge
+/// voxels already inside the bone; in a roof thinner than the blur both faces' edges sit near
+/// its bright middle and stay.
+fn on_bone_side(
+    c: &CannyParts,
+    q: usize,
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    reach_mm: f64,
+) -> bool {
+    let g = c.grad[q];
+    let len = f64::from(norm(g));
+    if len == 0.0 || reach_mm <= 0.0 {
+        return true;
+    }
+    let [_, h, w] = dims;
+    let at = [q / (h * w), (q / w) % h, q % w];
+    let unit = [0, 1, 2].map(|a| f64::from(g[a]) / len);
+    let step = spacing.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
+    let n = (reach_mm / step).ceil() as i64;
+    let (mut lo, mut hi) = (c.smooth[q], c.smooth[q]);
+    for i in -n..=n {
+        let t = i as f64 * step;
+        let mut v = 0usize;
+        let inside = (0..3).all(|a| {
+            let x = (at[a] as f64 + t * unit[a] / spacing[a]).round();
+            v = v * [1, h, w][a] + x.max(0.0) as usize;
+            x >= 0.0 && (x as usize) < dims[a]
+        });
+        if inside {
+            lo = lo.min(c.smooth[v]);
+            hi = hi.max(c.smooth[v]);
+        }
+    }
+    c.smooth[q] >= 0.5 * (lo + hi)
 }
 
 fn norm(g: [f32; 3]) -> f32 {
@@ -406,6 +478,31 @@ mod tests {
         // Off: identical parameters reject nonsense.
         let bad = EnhanceParams { low: 10.0, high: 5.0, ..Default::default() };
         assert!(enhance_tb(&ct, &prob, &bad).is_err());
+    }
+
+    #[test]
+    fn enhancement_does_not_grow_a_thick_bone_face() {
+        // A plate six voxels thick whose TB probability is right (0.9 inside) and still 0.4 one
+        // voxel outside each face: the face's edge voxels outside the bone must not be added,
+        // or the TB would grow into the joint space on every face.
+        let dims = [8, 8, 30];
+        let mut ct = Volume::zeros(dims, [0.4; 3]);
+        ct.data = plate(dims, 6);
+        let prob = ct.with_data(
+            (0..ct.len())
+                .map(|q| match q % 30 {
+                    10..=15 => 0.9,
+                    9 | 16 => 0.4,
+                    _ => 0.0,
+                })
+                .collect(),
+        );
+        let out = enhance_tb(&ct, &prob, &EnhanceParams::default()).unwrap();
+        assert!(out.edges > 0, "the faces have edges");
+        assert_eq!(out.added, 0, "added voxels outside the bone");
+        // Without the bone-side test the outer edge layer is added.
+        let loose = EnhanceParams { level_reach_mm: 0.0, ..Default::default() };
+        assert!(enhance_tb(&ct, &prob, &loose).unwrap().added > 0);
     }
 
     #[test]
