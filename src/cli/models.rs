@@ -18,7 +18,7 @@ use dnvs_engine::train::trainer::{self, TrainOptions};
 The cache is $XDG_CACHE_HOME/dnvs-engine/models/<key>/ (or ~/.cache/...), <key> a hash of the
 engine version, configs/{localize,localize_fine,mc,tb}.json and the shipped localisers. The
 localisers are installed from models/localize_unet8.safetensors (training it takes ~30 min on
-two cores) and models/localize_fine_unet8.safetensors (~8 min); MC and TB are trained from phantoms (~15 min on two CPU cores). `nv` does
+two cores) and models/localize_fine_unet8.safetensors (~8 min); MC and TB are trained from phantoms (~18 min on two CPU cores). `nv` does
 the same on first use. Each model is set up in a temporary folder and renamed into place when
 complete: a killed run leaves nothing trusted. Run from the repository (configs/, models/).")]
 pub struct Args {

@@ -125,9 +125,10 @@ pub fn cached_models(root: &Path, configs: &[(String, String)]) -> (PathBuf, Vec
 }
 
 /// Rough wall time (s) to train one model from its config on two CPU cores, validation
-/// included: measured on the default configs (docs/PERF.md, 2026-11-30, idle 2-core VM): an epoch
-/// of 48 patches of 48x64x32 took ~30 s at width 4 and ~60 s at width 8 (the small networks are
-/// far from compute-bound, so time grows about linearly with the width here).
+/// included: measured on the default configs (README main job, 2026-11-30 09:50 UTC, idle 2-core
+/// VM, freed buffers kept in the process): an epoch of 48 patches of 48x64x32 took ~20 s at width
+/// 4 and ~40 s at width 8 (the small networks are far from compute-bound, so time grows about
+/// linearly with the width here); MC and TB together 17-18 min.
 pub fn estimate_seconds(config_text: &str) -> f64 {
     let v: serde_json::Value = serde_json::from_str(config_text).unwrap_or_default();
     let get = |path: &[&str], d: f64| {
@@ -139,7 +140,7 @@ pub fn estimate_seconds(config_text: &str) -> f64 {
     let epochs = get(&["training", "num_epochs"], 12.0);
     let patches = get(&["loaders", "train_dataset_size"], 48.0);
     let width = get(&["training", "width"], 4.0);
-    30.0 * epochs * (patches / 48.0) * (patch / (48.0 * 64.0 * 32.0)) * (width / 4.0)
+    20.0 * epochs * (patches / 48.0) * (patch / (48.0 * 64.0 * 32.0)) * (width / 4.0)
 }
 
 /// Trains every missing model of `models` with `train_one(model, temp_dir) -> trained file`,
