@@ -128,7 +128,7 @@ pub fn cached_models(root: &Path, configs: &[(String, String)]) -> (PathBuf, Vec
 /// included: measured on the default configs (README main job, 2026-11-30 09:50 UTC, idle 2-core
 /// VM, freed buffers kept in the process): an epoch of 48 patches of 48x64x32 took ~20 s at width
 /// 4 and ~40 s at width 8 (the small networks are far from compute-bound, so time grows about
-/// linearly with the width here); MC and TB together 17-18 min.
+/// linearly with the width here); MC and TB together 16-18 min.
 pub fn estimate_seconds(config_text: &str) -> f64 {
     let v: serde_json::Value = serde_json::from_str(config_text).unwrap_or_default();
     let get = |path: &[&str], d: f64| {
