@@ -58,8 +58,8 @@ impl Default for EnhanceParams {
             closing_mm: 0.8,
             // The steepest gradient sits on the bone surface, so an edge voxel's centre is as
             // often just outside the bone as just inside. Adding the outside ones grew the TB by
-            // half a voxel over its whole lower face and shrank the joint space: -15 % NV on
-            // average over 18 phantom joints (9.5 % with this test). 1 mm spans the scanner
+            // half a voxel over its whole lower face and shrank the joint space: |NV error| 16.9 %
+            // on average over 18 phantom joints, 9.5 % with this test. 1 mm spans the scanner
             // blur (sigma ~0.5 mm) to the plateau on either side and reaches the middle of a
             // roof up to 2 mm thick.
             level_reach_mm: 1.0,
@@ -188,19 +188,16 @@ fn on_bone_side(
     let unit = [0, 1, 2].map(|a| f64::from(g[a]) / len);
     let step = spacing.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
     let n = (reach_mm / step).ceil() as i64;
+    // The smoothed value at the voxel nearest to `t` mm along the gradient, if inside.
+    let sample = |t: f64| -> Option<f32> {
+        let idx = [0, 1, 2].map(|a| (at[a] as f64 + t * unit[a] / spacing[a]).round());
+        let inside = idx.iter().zip(dims).all(|(&x, size)| x >= 0.0 && x < size as f64);
+        inside.then(|| c.smooth[(idx[0] as usize * h + idx[1] as usize) * w + idx[2] as usize])
+    };
     let (mut lo, mut hi) = (c.smooth[q], c.smooth[q]);
-    for i in -n..=n {
-        let t = i as f64 * step;
-        let mut v = 0usize;
-        let inside = (0..3).all(|a| {
-            let x = (at[a] as f64 + t * unit[a] / spacing[a]).round();
-            v = v * [1, h, w][a] + x.max(0.0) as usize;
-            x >= 0.0 && (x as usize) < dims[a]
-        });
-        if inside {
-            lo = lo.min(c.smooth[v]);
-            hi = hi.max(c.smooth[v]);
-        }
+    for v in (-n..=n).filter_map(|i| sample(i as f64 * step)) {
+        lo = lo.min(v);
+        hi = hi.max(v);
     }
     c.smooth[q] >= 0.5 * (lo + hi)
 }
