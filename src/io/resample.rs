@@ -26,6 +26,25 @@ pub enum Interp {
 /// # Errors
 /// [`Error::Arg`] for a spacing that is not finite and positive, or an empty volume.
 pub fn resample_to_spacing(vol: &Volume, spacing: [f64; 3], interp: Interp) -> Result<Volume> {
+    resample_shifted(vol, spacing, [0.0; 3], interp)
+}
+
+/// [`resample_to_spacing`] on a lattice whose first voxel centre sits `shift` old voxels (each
+/// finite and `>= 0`) past `vol`'s first centre: new voxel `n` samples the old continuous index
+/// `n * new / old + shift`. Lattices shifted by fractions of a new voxel sample what a coarse
+/// grid alone would fall between (`nn::model::infer`'s phases).
+///
+/// # Errors
+/// As [`resample_to_spacing`], and [`Error::Arg`] for a negative or non-finite shift.
+pub fn resample_shifted(
+    vol: &Volume,
+    spacing: [f64; 3],
+    shift: [f64; 3],
+    interp: Interp,
+) -> Result<Volume> {
+    if shift.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
+        return Err(Error::arg("resample_shifted", format!("shift {shift:?} must be >= 0")));
+    }
     if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
         return Err(Error::arg("resample_to_spacing", format!("spacing {spacing:?} must be > 0")));
     }
@@ -42,6 +61,9 @@ pub fn resample_to_spacing(vol: &Volume, spacing: [f64; 3], interp: Interp) -> R
     for (a, r) in ratio.iter().enumerate() {
         scale[a][a] = *r;
     }
+    for (a, sh) in shift.iter().enumerate() {
+        scale[a][3] = *sh;
+    }
     let affine = orientation::mul(&vol.affine, &scale);
 
     // Per axis: for each new index, the two old indices and the weight of the second.
@@ -50,7 +72,7 @@ pub fn resample_to_spacing(vol: &Volume, spacing: [f64; 3], interp: Interp) -> R
             let last = vol.dims[a] - 1;
             (0..dims[a])
                 .map(|n| {
-                    let x = (n as f64 * ratio[a]).min(last as f64);
+                    let x = (n as f64 * ratio[a] + shift[a]).min(last as f64);
                     match interp {
                         Interp::Nearest => {
                             let i = (x.round() as usize).min(last);
@@ -158,6 +180,26 @@ mod tests {
             }
         }
         v
+    }
+
+    #[test]
+    fn a_shifted_lattice_keeps_world_positions() {
+        let v = ramp([8, 6, 5], [1.0, 1.0, 2.0]);
+        let r = resample_shifted(&v, [2.0, 1.0, 2.0], [1.0, 0.5, 0.0], Interp::Linear).unwrap();
+        assert_eq!(r.dims, [4, 6, 5]);
+        // The first centre moved by one old voxel along i and half of one along j.
+        assert_eq!(orientation::apply(&r.affine, [0.0; 3]), [6.0, 0.5, 0.0]);
+        for i in 0..3 {
+            for j in 0..5 {
+                for k in 0..5 {
+                    let p = orientation::apply(&r.affine, [i as f64, j as f64, k as f64]);
+                    let want = (p[0] - 5.0) + 2.0 * p[1] - p[2];
+                    let got = r.data[r.index(i, j, k)] as f64;
+                    assert!((got - want).abs() < 1e-4, "({i},{j},{k}) {got} vs {want}");
+                }
+            }
+        }
+        assert!(resample_shifted(&v, [2.0; 3], [-0.5, 0.0, 0.0], Interp::Linear).is_err());
     }
 
     #[test]

@@ -311,8 +311,9 @@ impl LoadedModel {
     }
 
     /// Segments `vol`: the card's normalisation, resampling to the card's spacing when `vol`'s
-    /// differs by more than [`SPACING_TOL`] (linear) and back (linear probabilities, then argmax),
-    /// sliding window with the card's window.
+    /// differs by more than [`SPACING_TOL`] (linear, on two lattices per axis where the card's is
+    /// at least [`PHASE_MIN_RATIO`] coarser: [`phased_probabilities`]) and back (linear
+    /// probabilities, then argmax), sliding window with the card's window.
     ///
     /// # Errors
     /// [`Error::Arg`] when `vol` holds non-finite voxels (with their count) or is empty; any
@@ -324,6 +325,7 @@ impl LoadedModel {
             window: self.card.window,
             overlap: self.overlap,
             blend: self.blend,
+            phased: true,
         };
         infer(self.net.as_mut(), vol, &opts)
     }
@@ -339,6 +341,9 @@ pub struct InferOptions<'a> {
     pub window: [usize; 3],
     pub overlap: f32,
     pub blend: Blend,
+    /// Sample a coarser network grid on shifted lattices ([`phased_probabilities`]); otherwise
+    /// on one lattice through the input's first voxel centre.
+    pub phased: bool,
 }
 
 /// The one inference path of the engine (used by `segment`, `eval`, validation during training
@@ -355,19 +360,18 @@ pub fn infer(net: &mut dyn Network, vol: &Volume, o: &InferOptions) -> Result<Pr
             format!("{bad} of {} voxels are NaN or infinite", vol.data.len()),
         ));
     }
-    let target = o.spacing_mm.filter(|s| needs_resampling(vol.spacing, *s));
-    let mut x = match target {
-        Some(s) => {
-            crate::io::resample::resample_to_spacing(vol, s, crate::io::resample::Interp::Linear)?
-        }
-        None => vol.clone(),
-    };
-    o.normalization.apply(&mut x.data);
     let seg = segment::Options { window: o.window, overlap: o.overlap, blend: o.blend };
-    let fg = segment::sliding_window_with(net, &x, &seg)?;
-    let fg = match target {
-        Some(_) => onto_grid(&fg, vol),
-        None => fg,
+    let fg = match o.spacing_mm.filter(|s| needs_resampling(vol.spacing, *s)) {
+        Some(s) => phased_probabilities(vol, s, o.phased, |x| {
+            let mut x = x;
+            o.normalization.apply(&mut x.data);
+            segment::sliding_window_with(net, &x, &seg)
+        })?,
+        None => {
+            let mut x = vol.clone();
+            o.normalization.apply(&mut x.data);
+            segment::sliding_window_with(net, &x, &seg)?
+        }
     };
     if let Some(n) = Some(fg.data.iter().filter(|v| !v.is_finite()).count()).filter(|n| *n > 0) {
         return Err(Error::arg("predict", format!("the network produced {n} non-finite values")));
@@ -375,6 +379,59 @@ pub fn infer(net: &mut dyn Network, vol: &Volume, o: &InferOptions) -> Result<Pr
     let bg = fg.with_data(fg.data.iter().map(|p| 1.0 - p).collect());
     let labels = segment::mask_from_probs(&fg);
     Ok(Prediction { probs: vec![bg, fg], labels })
+}
+
+/// Smallest ratio of the network's spacing to the input's on an axis for [`phased_probabilities`]
+/// to sample it on two lattices.
+const PHASE_MIN_RATIO: f64 = 1.5;
+
+/// The network's foreground probability on `vol`'s grid when it runs at spacing `s`
+/// (`predict` maps a lattice of the input resampled to `s` to its probabilities).
+///
+/// One coarse lattice decides only every other input voxel along an axis 2x coarser; the
+/// voxels between take the mean of two decisions, and a surface between two coarse centres lands
+/// on a coarse boundary, off by up to half a coarse voxel. Each axis at least
+/// [`PHASE_MIN_RATIO`] coarser is therefore sampled on two lattices, the second shifted by half a
+/// coarse voxel: their union is a lattice of half the coarse spacing (the input's own, at ratio
+/// 2), and its values are interpolated back onto `vol`'s grid. The network sees the same
+/// context at every phase; the cost is one `predict` per phase, up to 8. Without `phased`, one
+/// lattice through `vol`'s first voxel centre.
+fn phased_probabilities(
+    vol: &Volume,
+    s: [f64; 3],
+    phased: bool,
+    mut predict: impl FnMut(Volume) -> Result<Volume>,
+) -> Result<Volume> {
+    use crate::io::resample::{resample_shifted, Interp};
+    let ratio = [0, 1, 2].map(|a| s[a] / vol.spacing[a]);
+    let split = ratio.map(|r| if phased && r >= PHASE_MIN_RATIO { 2 } else { 1 });
+    let mut union: Option<Volume> = None;
+    for p in 0..split.iter().product::<usize>() {
+        let phase = [p / (split[1] * split[2]), p / split[2] % split[1], p % split[2]];
+        let shift = [0, 1, 2].map(|a| phase[a] as f64 * ratio[a] / split[a] as f64);
+        let x = resample_shifted(vol, s, shift, Interp::Linear)?;
+        let lattice = x.dims;
+        let fg = predict(x)?;
+        if fg.dims != lattice || fg.data.len() != lattice.iter().product::<usize>() {
+            return Err(Error::shape("predict", lattice, fg.dims));
+        }
+        let u = union.get_or_insert_with(|| {
+            let dims = [0, 1, 2].map(|a| lattice[a] * split[a]);
+            let spacing = [0, 1, 2].map(|a| s[a] / split[a] as f64);
+            Volume::zeros(dims, spacing)
+        });
+        let [_, ud1, ud2] = u.dims;
+        let [_, h, w] = lattice;
+        for (q, &v) in fg.data.iter().enumerate() {
+            let (i, j, k) = (q / (h * w), q / w % h, q % w);
+            let ui = i * split[0] + phase[0];
+            let uj = j * split[1] + phase[1];
+            let uk = k * split[2] + phase[2];
+            u.data[(ui * ud1 + uj) * ud2 + uk] = v;
+        }
+    }
+    let union = union.ok_or_else(|| Error::arg("predict", "no phase was sampled"))?;
+    Ok(onto_grid(&union, vol))
 }
 
 /// True when `have` differs from `want` (positive) by more than [`SPACING_TOL`] on some axis.
@@ -566,6 +623,33 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 0.4 mm volume that is 1 above the plane `k = edge + 0.5` (between two voxel centres)
+    /// and 0 below, and a stand-in network at 0.8 mm that thresholds what it sees at one half.
+    fn step_through(edge: usize) -> (Volume, Volume) {
+        let mut v = Volume::zeros([3, 4, 12], [0.4; 3]);
+        for (q, x) in v.data.iter_mut().enumerate() {
+            *x = f32::from(u8::from(q % 12 > edge));
+        }
+        let threshold = |x: Volume| {
+            Ok(x.with_data(x.data.iter().map(|&p| f32::from(u8::from(p > 0.5))).collect()))
+        };
+        let phased = phased_probabilities(&v, [0.8; 3], true, threshold).unwrap();
+        (v, phased)
+    }
+
+    #[test]
+    fn phased_lattices_place_a_surface_to_the_input_voxel() {
+        // Odd and even edges: one 0.8 mm lattice sees only every other plane, so one of the two
+        // would land half a coarse voxel off; the union of the phases finds both exactly.
+        for edge in [4, 5] {
+            let (v, phased) = step_through(edge);
+            assert_eq!(phased.dims, v.dims);
+            for (q, (&want, &got)) in v.data.iter().zip(&phased.data).enumerate() {
+                assert_eq!(got, want, "edge {edge}, voxel {q}");
+            }
+        }
+    }
 
     #[test]
     fn sha256_matches_the_standard_vectors() {

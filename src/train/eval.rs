@@ -96,7 +96,14 @@ pub fn eval(cfg: &Config, opts: &EvalOptions) -> Result<EvalReport> {
         let mut net = nn::build_seeded(arch, width, mix_seed(&[cfg.manual_seed, fold as u64]))?;
         net.load_safetensors(&ckpt)?;
         net.to_device(prep.device)?;
-        let res = trainer::evaluate(cfg, net.as_mut(), &samples, &norm, prep.device, true)?;
+        let res = trainer::evaluate(
+            cfg,
+            net.as_mut(),
+            &samples,
+            &norm,
+            prep.device,
+            trainer::Scoring::Final,
+        )?;
         for (s, (scores, dist)) in samples.iter().zip(res) {
             rows.push(TestRow {
                 fold,

@@ -159,6 +159,7 @@ fn whole_voi_probs(
     s: &Sample,
     norm: &Normalization,
     dev: Device,
+    phased: bool,
 ) -> Result<(Tensor, Patch)> {
     let (image, label, spacing) = match &s.native {
         Some(n) => (&n.image, &n.label, n.spacing),
@@ -172,6 +173,7 @@ fn whole_voi_probs(
         window: cfg.window(),
         overlap: cfg.loaders.overlap,
         blend: Blend::Gaussian,
+        phased,
     };
     let pred = model::infer(net, &vol, &opts)?;
     let [d, h, w] = image.dims;
@@ -182,8 +184,19 @@ fn whole_voi_probs(
     Ok((Tensor::from_vec(p, vec![1, d, h, w, 2])?.to_device(dev)?, label.clone()))
 }
 
-/// Scores (and, with `with_hd`, distances) of `net` on each sample, averaged over its patches
-/// (one "patch", the whole VOI, without `val_patch`).
+/// How thoroughly [`evaluate`] scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scoring {
+    /// After every epoch: overlap scores on one lattice, which is all the ranking of epochs
+    /// needs; the shifted lattices of `segment` would make each validation up to eight passes.
+    Epoch,
+    /// The test rows, the card and `eval`: `segment`'s own path (its shifted lattices) and the
+    /// surface distances too, so the card's Dice is the Dice a user gets.
+    Final,
+}
+
+/// Scores (and, for [`Scoring::Final`], distances) of `net` on each sample, averaged over its
+/// patches (one "patch", the whole VOI, without `val_patch`).
 ///
 /// # Errors
 /// [`Error::Diverged`] when the network's output is not finite (no score is made of it); any
@@ -194,8 +207,9 @@ pub fn evaluate(
     samples: &[&Sample],
     norm: &Normalization,
     dev: Device,
-    with_hd: bool,
+    scoring: Scoring,
 ) -> Result<Vec<(Scores, Distances)>> {
+    let (phased, with_hd) = (scoring == Scoring::Final, scoring == Scoring::Final);
     let mut out = Vec::with_capacity(samples.len());
     for s in samples {
         let pairs: Vec<(Tensor, Patch)> = if cfg.loaders.val_patch.is_some() {
@@ -204,7 +218,7 @@ pub fn evaluate(
                 .map(|(img, lab)| Ok((patch_probs(net, &img, dev)?, lab)))
                 .collect::<Result<_>>()?
         } else {
-            vec![whole_voi_probs(cfg, net, s, norm, dev).map_err(as_divergence)?]
+            vec![whole_voi_probs(cfg, net, s, norm, dev, phased).map_err(as_divergence)?]
         };
         let mut acc = (Scores::default(), Distances::default());
         for (probs, lab) in &pairs {

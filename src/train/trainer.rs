@@ -45,7 +45,7 @@ pub use crate::train::data::{
 };
 use crate::train::evaluate::{add_scores, criterion_unread, div_scores, fmt_f, mean_of, pack};
 pub use crate::train::evaluate::{
-    criterion, evaluate, table_1, test_fields, Distances, Scores, TestRow,
+    criterion, evaluate, table_1, test_fields, Distances, Scores, Scoring, TestRow,
 };
 
 /// Options of one `train` invocation.
@@ -309,7 +309,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<RunSummary> {
         let mut best = nn::build(cfg.arch()?, cfg.width())?;
         best.load_safetensors(&best_path)?;
         best.to_device(prep.device)?;
-        let res = evaluate(cfg, best.as_mut(), &val_s, &norm, prep.device, true)?;
+        let res = evaluate(cfg, best.as_mut(), &val_s, &norm, prep.device, Scoring::Final)?;
         let first_row = summary.tests.len();
         for (s, (sc, dist)) in val_s.iter().zip(res) {
             let row = TestRow {
@@ -560,7 +560,7 @@ fn run_epoch(
         bar.finish_and_clear();
     }
     let train_mean = div_scores(sum, n_batches as f64);
-    let res = evaluate(cfg, net, val_s, norm, dev, false).map_err(|e| match e {
+    let res = evaluate(cfg, net, val_s, norm, dev, Scoring::Epoch).map_err(|e| match e {
         Error::Diverged(m) => Error::Diverged(format!("{} validation: {m}", at(n_batches - 1))),
         e => e,
     })?;
