@@ -24,7 +24,9 @@ use dnvs_engine::tensor::Precision;
 `dnvs-engine train` carry a model card (see `dnvs-engine info MODEL`): the architecture, width,
 normalisation, voxel spacing and window come from it, and the flags below only override it (with
 a warning when they contradict it). An input whose spacing differs from the card's by more than
-1 % is resampled to it (linear) and the probabilities brought back to the input's grid. Weights
+1 % is resampled to it (linear) and the probabilities brought back to the input's grid; along an
+axis where the card's grid is at least 1.5x coarser a second lattice, shifted by half a card
+voxel, is segmented too (up to 8 passes), so every input voxel gets a network decision. Weights
 converted from PyTorch have no card: then --arch and --normalize are required.")]
 pub struct Args {
     /// Network weights (.safetensors), or a folder holding best.safetensors.

@@ -649,6 +649,11 @@ mod tests {
                 assert_eq!(got, want, "edge {edge}, voxel {q}");
             }
         }
+        // One lattice through the first centre: the odd voxel at the edge 4.5 is the mean of
+        // the decisions either side, right on the threshold.
+        let (v, _) = step_through(4);
+        let one = phased_probabilities(&v, [0.8; 3], false, Ok).unwrap();
+        assert_eq!(one.data[5], 0.5);
     }
 
     #[test]
