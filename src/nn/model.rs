@@ -361,17 +361,13 @@ pub fn infer(net: &mut dyn Network, vol: &Volume, o: &InferOptions) -> Result<Pr
         ));
     }
     let seg = segment::Options { window: o.window, overlap: o.overlap, blend: o.blend };
+    let mut run = |mut x: Volume| {
+        o.normalization.apply(&mut x.data);
+        segment::sliding_window_with(net, &x, &seg)
+    };
     let fg = match o.spacing_mm.filter(|s| needs_resampling(vol.spacing, *s)) {
-        Some(s) => phased_probabilities(vol, s, o.phased, |x| {
-            let mut x = x;
-            o.normalization.apply(&mut x.data);
-            segment::sliding_window_with(net, &x, &seg)
-        })?,
-        None => {
-            let mut x = vol.clone();
-            o.normalization.apply(&mut x.data);
-            segment::sliding_window_with(net, &x, &seg)?
-        }
+        Some(s) => phased_probabilities(vol, s, o.phased, &mut run)?,
+        None => run(vol.clone())?,
     };
     if let Some(n) = Some(fg.data.iter().filter(|v| !v.is_finite()).count()).filter(|n| *n > 0) {
         return Err(Error::arg("predict", format!("the network produced {n} non-finite values")));

@@ -209,7 +209,7 @@ pub fn evaluate(
     dev: Device,
     scoring: Scoring,
 ) -> Result<Vec<(Scores, Distances)>> {
-    let (phased, with_hd) = (scoring == Scoring::Final, scoring == Scoring::Final);
+    let thorough = scoring == Scoring::Final;
     let mut out = Vec::with_capacity(samples.len());
     for s in samples {
         let pairs: Vec<(Tensor, Patch)> = if cfg.loaders.val_patch.is_some() {
@@ -218,7 +218,7 @@ pub fn evaluate(
                 .map(|(img, lab)| Ok((patch_probs(net, &img, dev)?, lab)))
                 .collect::<Result<_>>()?
         } else {
-            vec![whole_voi_probs(cfg, net, s, norm, dev, phased).map_err(as_divergence)?]
+            vec![whole_voi_probs(cfg, net, s, norm, dev, thorough).map_err(as_divergence)?]
         };
         let mut acc = (Scores::default(), Distances::default());
         for (probs, lab) in &pairs {
@@ -233,7 +233,7 @@ pub fn evaluate(
             let y = Tensor::from_vec(lab.data.clone(), vec![1, d, h, w])?.to_device(dev)?;
             let (_, sc) = autograd::no_grad(|| criterion(cfg, probs, &y))?;
             add_scores(&mut acc.0, &sc);
-            if with_hd {
+            if thorough {
                 let pred = metrics::argmax_fg(&p);
                 let gt: Vec<bool> = lab.data.iter().map(|v| *v > 0.5).collect();
                 let spacing = s.native.as_ref().map_or(s.spacing, |n| n.spacing);
