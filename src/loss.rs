@@ -38,15 +38,25 @@ fn check_target_shape(op: &'static str, x: &Tensor, target: &Tensor) -> Result<(
     Ok((x.dims()[r - 1], dev))
 }
 
-/// The class ids of a CPU target, each checked to lie in `0..c`. (A GPU target is not read back
-/// to the host per loss: the fused kernel treats an id outside `0..c` as an ignore label, and the
-/// training data are checked when a batch is built.)
-fn class_ids(op: &'static str, target: &Tensor, c: usize) -> Result<Vec<u32>> {
+/// The target value the cross-entropies skip: the voxel adds nothing to the loss nor to the
+/// weight sum it is averaged by (PyTorch's default `ignore_index`). The Dice losses take none.
+pub const IGNORE_INDEX: f32 = -100.0;
+
+/// What an ignored voxel's id becomes for the CPU kernels: outside every `0..c`.
+const IGNORED_ID: u32 = u32::MAX;
+
+/// The class ids of a CPU target, each checked to lie in `0..c` ([`IGNORE_INDEX`] too where
+/// `ignore` allows it). (A GPU target is not read back to the host per loss: the fused kernel
+/// treats an id outside `0..c` as an ignore label, and the training data are checked when a batch
+/// is built.)
+fn class_ids(op: &'static str, target: &Tensor, c: usize, ignore: bool) -> Result<Vec<u32>> {
     cpu(op, target)?
         .iter()
         .map(|&t| {
             if t >= 0.0 && t.fract() == 0.0 && (t as usize) < c {
                 Ok(t as u32)
+            } else if ignore && t == IGNORE_INDEX {
+                Ok(IGNORED_ID)
             } else {
                 Err(Error::arg(op, format!("target value {t} is not a class id in 0..{c}")))
             }
@@ -89,7 +99,8 @@ fn upstream(op: &'static str, g: &Tensor) -> Result<f32> {
 }
 
 /// Cross-entropy of logits, the weighted mean of `F.cross_entropy(logits, target, weight)`:
-/// `sum_v w[t_v] * -log softmax(x_v)[t_v] / sum_v w[t_v]`.
+/// `sum_v w[t_v] * -log softmax(x_v)[t_v] / sum_v w[t_v]`, over the voxels whose target is not
+/// [`IGNORE_INDEX`] (a target all ignored gives NaN, as PyTorch's does).
 ///
 /// # Shapes
 /// `logits: (N, D, H, W, C)`, `target: (N, D, H, W)`, `weight: C` values -> scalar.
@@ -104,7 +115,7 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor, weight: Option<&[f32]>) -
     if dev.is_cuda() {
         return fused(op, logits, target, weight, LossSpec::CROSS_ENTROPY);
     }
-    let ids = class_ids(op, target, c)?;
+    let ids = class_ids(op, target, c, true)?;
     let (sum, wsum) = k::ce_fwd(cpu(op, logits)?, &ids, c, &w);
     let out = Tensor::scalar((sum / wsum) as f32);
     let x = logits.clone();
@@ -115,7 +126,8 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor, weight: Option<&[f32]>) -
 }
 
 /// Weighted NLL on probabilities, what the original trains with (its networks end in a
-/// softmax): `-sum_v w[t_v] * log p_v[t_v] / sum_v w[t_v]`. Probabilities under
+/// softmax): `-sum_v w[t_v] * log p_v[t_v] / sum_v w[t_v]`, skipping [`IGNORE_INDEX`] voxels as
+/// [`cross_entropy`] does. Probabilities under
 /// [`k::P_FLOOR`] (1e-30) are clamped so the loss stays finite.
 ///
 /// # Shapes
@@ -130,7 +142,7 @@ pub fn nll_probs(probs: &Tensor, target: &Tensor, weight: Option<&[f32]>) -> Res
     if dev.is_cuda() {
         return fused(op, probs, target, weight, LossSpec::NLL_PROBS);
     }
-    let ids = class_ids(op, target, c)?;
+    let ids = class_ids(op, target, c, true)?;
     let (sum, wsum) = k::nll_probs_fwd(cpu(op, probs)?, &ids, c, &w);
     let out = Tensor::scalar((sum / wsum) as f32);
     let p = probs.clone();
@@ -164,7 +176,7 @@ pub fn soft_dice(probs: &Tensor, target: &Tensor) -> Result<Tensor> {
     if dev.is_cuda() {
         return fused(op, probs, target, None, LossSpec::SOFT_DICE);
     }
-    let ids = class_ids(op, target, c)?;
+    let ids = class_ids(op, target, c, false)?;
     let [inter, sp, sg] = k::soft_dice_sums(cpu(op, probs)?, &ids, c);
     let union = sp + sg + 1e-6;
     let out = Tensor::scalar((1.0 - 2.0 * inter / union) as f32);
@@ -224,7 +236,7 @@ pub fn hard_dice_scores(probs: &Tensor, target: &Tensor) -> Result<(Tensor, Tens
     if dev.is_cuda() {
         return hard_dice_cuda(probs, target);
     }
-    let ids = class_ids(op, target, c)?;
+    let ids = class_ids(op, target, c, false)?;
     let [inter, sr, sg] = k::hard_dice_sums(cpu(op, probs)?, &ids, c);
     let union = sr + sg + 2e-6;
     let dice = 2.0 * inter / union;

@@ -100,6 +100,38 @@ fn nll_of_a_zero_probability_stays_finite() {
 }
 
 #[test]
+fn ignored_voxels_leave_the_cross_entropies_untouched() {
+    // Voxels 2, 5 and 7 ignored: the weighted mean runs over the other five only, and the
+    // ignored rows get no gradient, as PyTorch's `ignore_index` does.
+    let ig = loss::IGNORE_INDEX;
+    let p1: [f32; 8] = [0.9, 0.8, 0.6, 0.2, 0.3, 0.3, 0.4, 0.1];
+    let t = [1.0, 1.0, ig, 0.0, 1.0, ig, 0.0, ig];
+    let w: [f32; 2] = [0.7, 2.0];
+    let kept: Vec<usize> = (0..8).filter(|&v| t[v] != ig).collect();
+    let p_t = |v: usize| if t[v] == 1.0 { p1[v] } else { 1.0 - p1[v] };
+    let w_t = |v: usize| w[t[v] as usize];
+    let want = kept.iter().map(|&v| -w_t(v) * p_t(v).ln()).sum::<f32>()
+        / kept.iter().map(|&v| w_t(v)).sum::<f32>();
+    let p = two_class(&p1);
+    let nll = loss::nll_probs(&p, &target(&t), Some(&w)).unwrap();
+    assert!((nll.item().unwrap() - want).abs() < 1e-6, "{} vs {want}", nll.item().unwrap());
+    let g = backward(&nll).unwrap().get(&p).unwrap().to_vec().unwrap();
+    for v in [2, 5, 7] {
+        assert_eq!(&g[2 * v..2 * v + 2], &[0.0, 0.0], "ignored voxel {v} got a gradient");
+    }
+    assert!(g[0..2].iter().any(|&x| x != 0.0));
+    // Logits: the same rule (the probabilities' logs are logits of the same softmax).
+    let logits =
+        Tensor::param(p1.iter().flat_map(|&q| [(1.0 - q).ln(), q.ln()]).collect(), [1, 2, 2, 2, 2])
+            .unwrap();
+    let ce = loss::cross_entropy(&logits, &target(&t), Some(&w)).unwrap();
+    assert!((ce.item().unwrap() - want).abs() < 1e-5, "{} vs {want}", ce.item().unwrap());
+    // The Dice losses have no ignore label: an ignored voxel there is an error, not a 0.
+    assert!(loss::soft_dice(&p, &target(&t)).is_err());
+    assert!(loss::hard_dice(&p, &target(&t)).is_err());
+}
+
+#[test]
 fn channel_dropout_is_seeded_and_whole_channel() {
     let dims = [3, 2, 2, 2, 16];
     let x = tensor(vec![1.0; 3 * 8 * 16], &dims);

@@ -137,6 +137,11 @@ fn bad_values_are_errors() {
     assert!(e.contains("ResNet") && e.contains("UNetAtt"), "{e}");
     let e = err_of(&ORIGINAL.replace("\"device\": \"cuda:0\"", "\"device\": \"tpu\""));
     assert!(e.contains("tpu"), "{e}");
+    let e = err_of(&ORIGINAL.replace("\"dce_w\": 1,", "\"dce_w\": 1, \"joint_w\": -2,"));
+    assert!(e.contains("loss.joint_w (-2)"), "{e}");
+    let joint = ORIGINAL.replace("\"dce_w\": 1,", "\"dce_w\": 1, \"joint_w\": 0.5,");
+    let cfg = Config::parse(&joint).unwrap();
+    assert_eq!((cfg.loss.joint_w, cfg.loss.joint_margin_mm), (0.5, 1.6));
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! | section | original keys | engine keys added |
 //! |---|---|---|
 //! | `training` | device, trainsize, model_name, num_epochs, k_follds_number, batch_size, learning_rate, momentum, wd, patience, delta, step_size, gamma | width, precision, run_dir, early_stopping, folds |
-//! | `loss` | loss_name, loss_type (`CE`, `D`, `DCE`), dce_w, w0, w1, nll | soft_dice |
+//! | `loss` | loss_name, loss_type (`CE`, `D`, `DCE`), dce_w, w0, w1, nll | soft_dice, joint_w, joint_margin_mm |
 //! | `predict` | model_path | |
 //! | `loaders` | train_patch, train_stride, val_patch, val_stride, dicom_path, mask_path, objects, voi_shape, precrop, train_patient_ids, val_patient_ids, num_workers, batch_size, train_dataset_size, transformer, train_patch_builder, val_patch_builder | dataset_dir, target (`mc`, `tb`, `nv`, `joints`, `joints_fine`), sides, synth, window, overlap, fg_fraction, spacing_mm |
 //!
@@ -135,6 +135,15 @@ pub struct LossConfig {
     /// Engine key: the differentiable soft Dice instead of the original's hard Dice.
     #[serde(default)]
     pub soft_dice: bool,
+    /// Engine key: weight of a second NLL term averaged over the joint region only (the voxels
+    /// within `joint_margin_mm` of the truth negative volume). The faces that bound the joint
+    /// space decide the NV, yet they are a small part of a bone's volume, so the whole-patch
+    /// Dice and CE barely see a face one voxel off. 0 (the default) leaves the loss as it was.
+    #[serde(default)]
+    pub joint_w: f32,
+    /// Engine key: how far around the truth negative volume the joint region reaches (mm).
+    #[serde(default = "d_joint_margin")]
+    pub joint_margin_mm: f64,
 }
 
 /// `predict`: the checkpoint `eval` uses by default.
@@ -317,6 +326,9 @@ fn d_run_dir() -> PathBuf {
 fn d_true() -> bool {
     true
 }
+fn d_joint_margin() -> f64 {
+    1.6
+}
 fn d_loss() -> String {
     "DCE".into()
 }
@@ -414,6 +426,12 @@ impl Config {
         self.arch()?;
         if !["CE", "D", "DCE"].contains(&self.loss.loss_type.as_str()) {
             return bad(format!("loss.loss_type `{}` is not CE, D or DCE", self.loss.loss_type));
+        }
+        let (jw, jm) = (self.loss.joint_w, self.loss.joint_margin_mm);
+        if !(jw.is_finite() && jw >= 0.0 && jm.is_finite() && jm >= 0.0) {
+            return bad(format!(
+                "loss.joint_w ({jw}) and loss.joint_margin_mm ({jm}) must be finite and >= 0"
+            ));
         }
         if !["bf16", "fp32"].contains(&t.precision.as_str()) {
             return bad(format!("training.precision `{}` is not bf16 or fp32", t.precision));

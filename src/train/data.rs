@@ -31,6 +31,9 @@ pub struct Sample {
     /// The VOI at the data set's own spacing when `loaders.spacing_mm` resampled `image` and
     /// `label`: whole-VOI validation scores this, through the resampling `segment` does.
     pub native: Option<NativeVoi>,
+    /// 0/1 joint region on `label`'s grid (the truth NV grown by `loss.joint_margin_mm`), where
+    /// the loss's joint term looks; `None` when `loss.joint_w` is 0.
+    pub joint: Option<Patch>,
 }
 
 /// A joint's VOI (CT and 0/1 mask) on the data set's own grid.
@@ -191,14 +194,22 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
             let image = sampling::crop(&v.ct.data, v.ct.dims, c, voi);
             let mut label = sampling::crop(&mask.data, mask.dims, c, voi);
             label.data.iter_mut().for_each(|x| *x = if *x > 0.5 { 1.0 } else { 0.0 });
+            if cfg.loss.joint_w > 0.0 {
+                check_aligned(id, side_name, &v.ct, &v.nv)?;
+            }
+            let joint = match cfg.loss.joint_w > 0.0 {
+                true => Some(joint_region(&v.nv, c, voi, cfg.loss.joint_margin_mm)?),
+                false => None,
+            };
             let native = NativeVoi { image, label, spacing: v.ct.spacing };
-            let (image, label, spacing, native) = match cfg.loaders.spacing_mm {
+            let (image, label, spacing, joint, native) = match cfg.loaders.spacing_mm {
                 Some(s) if crate::nn::model::needs_resampling(native.spacing, s) => {
                     let (image, label) = onto_training_grid(&native, s)?;
                     check_patch_fits(cfg, id, side_name, image.dims)?;
-                    (image, label, s, Some(native))
+                    let joint = joint.map(|j| mask_onto_grid(&j, native.spacing, s)).transpose()?;
+                    (image, label, s, joint, Some(native))
                 }
-                _ => (native.image, native.label, native.spacing, None),
+                _ => (native.image, native.label, native.spacing, joint, None),
             };
             let foreground =
                 (0..label.data.len() as u32).filter(|i| label.data[*i as usize] > 0.5).collect();
@@ -210,6 +221,7 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
                 spacing,
                 foreground,
                 native,
+                joint,
             });
         }
     }
@@ -240,19 +252,48 @@ pub fn target_mask(target: Target, v: &VoiCase) -> &Volume {
 }
 
 /// A native VOI resampled onto the training grid of `spacing` mm: the CT linearly (as `segment`
-/// resamples its input), the mask linearly and then thresholded at one half.
+/// resamples its input), the mask as [`mask_onto_grid`].
 fn onto_training_grid(native: &NativeVoi, spacing: [f64; 3]) -> Result<(Patch, Patch)> {
-    use crate::io::resample::{resample_to_spacing, Interp};
-    let on_grid = |p: &Patch| -> Result<Patch> {
-        let mut v = Volume::zeros(p.dims, native.spacing);
-        v.data.clone_from(&p.data);
-        let r = resample_to_spacing(&v, spacing, Interp::Linear)?;
-        Ok(Patch { data: r.data, dims: r.dims })
-    };
-    let image = on_grid(&native.image)?;
-    let mut label = on_grid(&native.label)?;
-    label.data.iter_mut().for_each(|x| *x = if *x > 0.5 { 1.0 } else { 0.0 });
+    let image = linear_onto_grid(&native.image, native.spacing, spacing)?;
+    let label = mask_onto_grid(&native.label, native.spacing, spacing)?;
     Ok((image, label))
+}
+
+/// A patch of `from` mm voxels resampled linearly onto `to` mm voxels.
+fn linear_onto_grid(p: &Patch, from: [f64; 3], to: [f64; 3]) -> Result<Patch> {
+    use crate::io::resample::{resample_to_spacing, Interp};
+    let mut v = Volume::zeros(p.dims, from);
+    v.data.clone_from(&p.data);
+    let r = resample_to_spacing(&v, to, Interp::Linear)?;
+    Ok(Patch { data: r.data, dims: r.dims })
+}
+
+/// A 0/1 mask resampled linearly onto `to` mm voxels and thresholded at one half.
+fn mask_onto_grid(p: &Patch, from: [f64; 3], to: [f64; 3]) -> Result<Patch> {
+    let mut m = linear_onto_grid(p, from, to)?;
+    m.data.iter_mut().for_each(|x| *x = if *x > 0.5 { 1.0 } else { 0.0 });
+    Ok(m)
+}
+
+/// The joint region of a VOI cropped at `corner` to `shape`: the voxels within `margin_mm` of
+/// the truth negative volume, 0/1. It spans both faces that bound the joint space (the condyle's
+/// top and the fossa's floor) wherever the NV touches them. All 0 when the NV mask is empty.
+fn joint_region(
+    nv: &Volume,
+    corner: [usize; 3],
+    shape: [usize; 3],
+    margin_mm: f64,
+) -> Result<Patch> {
+    let cropped = sampling::crop(&nv.data, nv.dims, corner, shape);
+    let seeds: Vec<bool> = cropped.data.iter().map(|&x| x > 0.5).collect();
+    let mut data = vec![0.0f32; seeds.len()];
+    if seeds.iter().any(|&b| b) {
+        let d = crate::geometry::edt::distance_to(&seeds, shape, nv.spacing)?;
+        for (o, &d) in data.iter_mut().zip(&d) {
+            *o = f32::from(u8::from(f64::from(d) <= margin_mm));
+        }
+    }
+    Ok(Patch { data, dims: shape })
 }
 
 /// `train_patch` (and `val_patch`) must fit in a VOI on the training grid.
@@ -337,4 +378,28 @@ pub fn fit_normalization(cfg: &Config, train: &[&Sample]) -> Result<Normalizatio
         }
     }
     Ok(Normalization::None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_joint_region_is_the_nv_grown_by_the_margin() {
+        // One NV voxel at (5, 5, 5) of a 0.4 mm grid; a 0.9 mm margin reaches offsets up to
+        // |o|^2 = 5 voxels^2 (0.89 mm): two along an axis, (1, 2, 0), but not (1, 2, 2) (1.2 mm).
+        let mut nv = Volume::zeros([12, 12, 12], [0.4; 3]);
+        nv.data[(5 * 12 + 5) * 12 + 5] = 1.0;
+        let r = joint_region(&nv, [1, 1, 1], [10, 10, 10], 0.9).unwrap();
+        let at = |i: usize, j: usize, k: usize| r.data[(i * 10 + j) * 10 + k];
+        assert_eq!(at(4, 4, 4), 1.0);
+        assert_eq!(at(4, 4, 6), 1.0);
+        assert_eq!(at(4, 4, 7), 0.0);
+        assert_eq!(at(5, 6, 6), 0.0);
+        // (0,0,0), (1,0,0) x6, (2,0,0) x6, (1,1,0) x12, (1,1,1) x8, (2,1,0) x24.
+        assert_eq!(r.data.iter().filter(|&&x| x == 1.0).count(), 1 + 6 + 6 + 12 + 8 + 24);
+        // No NV: no region (the joint term then sits out).
+        let none = joint_region(&Volume::zeros([12; 3], [0.4; 3]), [0; 3], [12; 3], 0.9).unwrap();
+        assert!(none.data.iter().all(|&x| x == 0.0));
+    }
 }

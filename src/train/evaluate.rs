@@ -85,17 +85,24 @@ pub struct Distances {
 /// # Shapes
 /// `probs (N, D, H, W, 2)`, `target (N, D, H, W)`.
 pub fn criterion(cfg: &Config, probs: &Tensor, target: &Tensor) -> Result<(Tensor, Scores)> {
-    let (total, scalars) = criterion_unread(cfg, probs, target)?;
+    let (total, scalars) = criterion_unread(cfg, probs, target, None)?;
     Ok((total, Scores::read(&scalars)?))
 }
 
 /// [`criterion`] without reading anything: the loss and its scores packed as one tensor
 /// `[loss, ce, 1 - dice, dice, iou]` (see [`Scores::read`]) on the probabilities' device, so a
-/// training step can add its own scalars and read them all in one transfer.
+/// training step can add its own scalars and read them all in one transfer. With `joint` (the
+/// label inside the joint region, [`loss::IGNORE_INDEX`] outside) the loss adds
+/// `loss.joint_w` times the NLL over the joint region; the logged CE stays the whole patch's.
 ///
 /// # Errors
 /// As [`criterion`].
-pub fn criterion_unread(cfg: &Config, probs: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn criterion_unread(
+    cfg: &Config,
+    probs: &Tensor,
+    target: &Tensor,
+    joint: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     let l = &cfg.loss;
     let w = [l.w0, l.w1];
     let ce = loss::nll_probs(probs, target, Some(&w))?;
@@ -105,6 +112,13 @@ pub fn criterion_unread(cfg: &Config, probs: &Tensor, target: &Tensor) -> Result
         "CE" => ce.clone(),
         "D" => dice_loss,
         _ => crate::ops::add(&dice_loss, &crate::ops::scale(&ce, l.dce_w)?)?,
+    };
+    let total = match joint.filter(|_| l.joint_w > 0.0) {
+        Some(j) => {
+            let joint_ce = loss::nll_probs(probs, j, Some(&w))?;
+            crate::ops::add(&total, &crate::ops::scale(&joint_ce, l.joint_w)?)?
+        }
+        None => total,
     };
     let scalars = pack(&[&total, &ce, &hard_scores])?;
     Ok((total, scalars))

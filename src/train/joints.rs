@@ -152,6 +152,7 @@ fn sample(id: &str, side: String, image: &crate::volume::Volume, label: Vec<f32>
         spacing: image.spacing,
         foreground,
         native: None,
+        joint: None,
     }
 }
 

@@ -26,6 +26,7 @@ use std::path::PathBuf;
 
 use crate::autograd;
 use crate::io::normalize::Normalization;
+use crate::loss;
 use crate::nn::{self, Mode, Network};
 use crate::optim::{Adam, AdamConfig, AdamState, StepLR};
 use crate::train::augment::{self, Patch};
@@ -77,18 +78,39 @@ pub struct RunSummary {
     pub written: Vec<String>,
 }
 
-fn to_tensors(batch: &[(Patch, Patch)], dev: Device) -> Result<(Tensor, Tensor)> {
-    let [d, h, w] = batch[0].0.dims;
+/// One training example: the augmented CT patch, its label and, with `loss.joint_w`, its joint
+/// region (transformed as the label is).
+struct Example {
+    image: Patch,
+    label: Patch,
+    joint: Option<Patch>,
+}
+
+/// A batch on the device: the network input `(N, D, H, W, 1)`, the target `(N, D, H, W)` and,
+/// when some example's joint region is not empty, the joint target: the label inside the region
+/// and [`loss::IGNORE_INDEX`] outside, for the loss's joint term.
+fn to_tensors(batch: &[Example], dev: Device) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let [d, h, w] = batch[0].image.dims;
     let n = batch.len();
     let mut x = Vec::with_capacity(n * d * h * w);
     let mut y = Vec::with_capacity(n * d * h * w);
-    for (img, lab) in batch {
-        x.extend_from_slice(&img.data);
-        y.extend_from_slice(&lab.data);
+    let mut joint = Vec::new();
+    for e in batch {
+        x.extend_from_slice(&e.image.data);
+        y.extend_from_slice(&e.label.data);
+        if let Some(j) = &e.joint {
+            let inside = |(&l, &r): (&f32, &f32)| if r > 0.5 { l } else { loss::IGNORE_INDEX };
+            joint.extend(e.label.data.iter().zip(&j.data).map(inside));
+        }
     }
+    let any_joint = joint.len() == y.len() && joint.iter().any(|&t| t != loss::IGNORE_INDEX);
     let x = Tensor::from_vec(x, vec![n, d, h, w, 1])?.to_device(dev)?;
     let y = Tensor::from_vec(y, vec![n, d, h, w])?.to_device(dev)?;
-    Ok((x, y))
+    let joint = match any_joint {
+        true => Some(Tensor::from_vec(joint, vec![n, d, h, w])?.to_device(dev)?),
+        false => None,
+    };
+    Ok((x, y, joint))
 }
 
 /// Trains every configured fold (or continues a run), writing the run directory.
@@ -502,15 +524,22 @@ fn run_epoch(
                 grid[rng.below(grid.len())]
             };
             let s = train_s[i];
-            let mut img = sampling::crop(&s.image.data, s.image.dims, corner, patch);
-            let mut lab = sampling::crop(&s.label.data, s.label.dims, corner, patch);
+            let mut image = sampling::crop(&s.image.data, s.image.dims, corner, patch);
+            let mut label = sampling::crop(&s.label.data, s.label.dims, corner, patch);
             let t = &cfg.transforms;
-            augment::apply_pair(&t.train_raw, &t.train_label, &mut img, &mut lab, norm, rng.fork());
-            batch.push((img, lab));
+            let seed = rng.fork();
+            augment::apply_pair(&t.train_raw, &t.train_label, &mut image, &mut label, norm, seed);
+            // The joint region moves with the label: same list, same seed, nearest sampling.
+            let joint = s.joint.as_ref().map(|j| {
+                let mut j = sampling::crop(&j.data, j.dims, corner, patch);
+                augment::apply_list(&t.train_label, &mut j, norm, seed, true);
+                j
+            });
+            batch.push(Example { image, label, joint });
         }
-        let (x, y) = to_tensors(&batch, dev)?;
+        let (x, y, joint) = to_tensors(&batch, dev)?;
         let probs = net.forward(&x, Mode::Train { seed: rng.fork() })?;
-        let (loss, scalars) = criterion_unread(cfg, &probs, &y)?;
+        let (loss, scalars) = criterion_unread(cfg, &probs, &y, joint.as_ref())?;
         let grads = autograd::backward(&loss)?;
         // The tape's saved inputs share the parameters' buffers: release it so that Adam updates
         // them in place instead of filling fresh pages every step.
@@ -593,4 +622,35 @@ fn progress_bar(quiet: bool, n: u64, fold: usize, epoch: usize) -> Option<indica
     bar.set_style(style);
     bar.set_prefix(format!("fold {fold} epoch {}", epoch + 1));
     Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patch(v: &[f32]) -> Patch {
+        Patch { data: v.to_vec(), dims: [1, 1, v.len()] }
+    }
+
+    #[test]
+    fn the_joint_target_keeps_the_label_inside_the_region_only() {
+        let ig = loss::IGNORE_INDEX;
+        let e = |label: &[f32], joint: Option<&[f32]>| Example {
+            image: patch(&[0.0; 4]),
+            label: patch(label),
+            joint: joint.map(patch),
+        };
+        let batch = [
+            e(&[1.0, 1.0, 0.0, 0.0], Some(&[0.0, 1.0, 1.0, 0.0])),
+            e(&[0.0, 1.0, 1.0, 0.0], Some(&[0.0; 4])),
+        ];
+        let (_, y, j) = to_tensors(&batch, Device::Cpu).unwrap();
+        assert_eq!(y.to_vec().unwrap(), [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0]);
+        let j = j.expect("one example has a joint region").to_vec().unwrap();
+        assert_eq!(j, [ig, 1.0, 0.0, ig, ig, ig, ig, ig]);
+        // No region anywhere, or no joint term configured: no joint target.
+        let none = [e(&[1.0, 0.0, 0.0, 0.0], Some(&[0.0; 4]))];
+        assert!(to_tensors(&none, Device::Cpu).unwrap().2.is_none());
+        assert!(to_tensors(&[e(&[1.0, 0.0, 0.0, 0.0], None)], Device::Cpu).unwrap().2.is_none());
+    }
 }

@@ -1,4 +1,5 @@
-//! Loss kernels over `(rows, c)` class scores with one class id per row.
+//! Loss kernels over `(rows, c)` class scores with one class id per row. The cross-entropies
+//! skip a row whose id is not in `0..c` (an ignored voxel: no loss, no weight, no gradient).
 //!
 //! Sums run in f64 per block of rows and are combined with rayon; the gradients are per-row maps.
 
@@ -42,6 +43,9 @@ fn sum_rows(
 /// Weighted cross-entropy on logits: `(sum_r w[t_r] * -log_softmax(x_r)[t_r], sum_r w[t_r])`.
 pub fn ce_fwd(x: &[f32], ids: &[u32], c: usize, w: &[f32]) -> (f64, f64) {
     let s = sum_rows(x, ids, c, 2, |t, row, acc| {
+        if t >= c {
+            return;
+        }
         let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let lse = f64::from(m) + row.iter().map(|&v| f64::from(v - m).exp()).sum::<f64>().ln();
         acc[0] += f64::from(w[t]) * (lse - f64::from(row[t]));
@@ -58,6 +62,9 @@ pub fn ce_bwd(x: &[f32], ids: &[u32], c: usize, w: &[f32], scale: f32) -> Vec<f3
         for (r, o) in block.chunks_exact_mut(c).enumerate() {
             let row = &x[(r0 + r) * c..(r0 + r + 1) * c];
             let t = ids[r0 + r] as usize;
+            if t >= c {
+                continue;
+            }
             let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let mut sum = 0.0f32;
             for (oi, &v) in o.iter_mut().zip(row) {
@@ -77,6 +84,9 @@ pub fn ce_bwd(x: &[f32], ids: &[u32], c: usize, w: &[f32], scale: f32) -> Vec<f3
 /// Weighted NLL on probabilities: `(sum_r w[t_r] * -log p_r[t_r], sum_r w[t_r])`.
 pub fn nll_probs_fwd(p: &[f32], ids: &[u32], c: usize, w: &[f32]) -> (f64, f64) {
     let s = sum_rows(p, ids, c, 2, |t, row, acc| {
+        if t >= c {
+            return;
+        }
         acc[0] -= f64::from(w[t]) * f64::from(row[t].max(P_FLOOR)).ln();
         acc[1] += f64::from(w[t]);
     });
@@ -90,7 +100,9 @@ pub fn nll_probs_bwd(p: &[f32], ids: &[u32], c: usize, w: &[f32], scale: f32) ->
     for_rows_mut(&mut out, c, |r0, block| {
         for (r, o) in block.chunks_exact_mut(c).enumerate() {
             let t = ids[r0 + r] as usize;
-            o[t] = -scale * w[t] / p[(r0 + r) * c + t].max(P_FLOOR);
+            if t < c {
+                o[t] = -scale * w[t] / p[(r0 + r) * c + t].max(P_FLOOR);
+            }
         }
     });
     out
