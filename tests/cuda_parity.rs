@@ -673,3 +673,41 @@ fn multi_tensor_adam() {
         }
     }
 }
+
+/// The joint term's target: class ids inside the joint region, `IGNORE_INDEX` outside. The GPU's
+/// fused NLL skips those voxels as the CPU's does (no loss, no weight, no gradient).
+#[test]
+fn ignored_voxels_match_between_devices() {
+    let Some(o) = gpu() else { return };
+    let d = [2, 5, 3, 7];
+    let v: usize = d.iter().product();
+    let t: Vec<f32> = random_vec(v, 830)
+        .iter()
+        .map(|r| {
+            if *r < -0.3 {
+                dnvs_engine::loss::IGNORE_INDEX
+            } else {
+                f32::from(u8::from(*r > 0.3))
+            }
+        })
+        .collect();
+    let probs: Vec<f32> =
+        random_vec(v, 831).iter().flat_map(|r| [0.5 - 0.45 * r, 0.5 + 0.45 * r]).collect();
+    let shape = vec![d[0], d[1], d[2], d[3], 2];
+    let w = [0.6f32, 1.7];
+    let on = |dev: Device| {
+        let p = Tensor::from_vec(probs.clone(), shape.clone()).unwrap().to_device(dev).unwrap();
+        let p = p.requires_grad();
+        let tg = Tensor::from_vec(t.clone(), d.to_vec()).unwrap().to_device(dev).unwrap();
+        let l = dnvs_engine::loss::nll_probs(&p, &tg, Some(&w)).unwrap();
+        let g = autograd::backward(&l).unwrap().get(&p).unwrap().to_device(Device::Cpu).unwrap();
+        (l.item().unwrap(), g)
+    };
+    let (cpu_loss, cpu_grad) = on(Device::Cpu);
+    let (gpu_loss, gpu_grad) = on(Device::Cuda(o));
+    assert!(
+        (gpu_loss - cpu_loss).abs() <= 1e-5 * cpu_loss.abs().max(1.0),
+        "{gpu_loss} vs {cpu_loss}"
+    );
+    check("nll with ignored voxels", "bwd", &gpu_grad, &cpu_grad, 1e-4);
+}

@@ -112,7 +112,7 @@ fn trainer_step(
     let x = Tensor::from_vec(batch.0.to_vec(), [n, d, h, w, 1]).unwrap().to_device(dev).unwrap();
     let y = Tensor::from_vec(batch.1.to_vec(), dims).unwrap().to_device(dev).unwrap();
     let probs = net.forward(&x, Mode::Train { seed }).expect("forward");
-    let (l, scalars) = criterion_unread(cfg, &probs, &y).expect("criterion");
+    let (l, scalars) = criterion_unread(cfg, &probs, &y, None).expect("criterion");
     let grads = autograd::backward(&l).expect("backward");
     drop((l, probs));
     let params = net.parameters();

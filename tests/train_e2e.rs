@@ -423,3 +423,30 @@ fn a_mask_that_does_not_align_with_its_ct_fails_before_training() {
     assert!(e.to_string().to_lowercase().contains("align"), "{e}");
     assert!(!run.join("state.json").exists(), "failed before training");
 }
+
+/// `loss.joint_w` adds the NLL over the joint region to the loss: on the first step (same
+/// weights, same batch) the logged CE is unchanged and the loss grows by the joint term; the run
+/// trains to the end with a finite loss.
+#[test]
+fn the_joint_term_adds_to_the_loss_and_trains() {
+    let dir = scratch("joint");
+    let quiet = TrainOptions { quiet: true, ..Default::default() };
+    let first_step = |name: &str, joint_w: f32| {
+        let run = dir.join(name);
+        let text = config_json(dataset(), &run, 1, 4)
+            .replace("\"nll\": \"True\"", &format!("\"nll\": \"True\", \"joint_w\": {joint_w}"));
+        let sub = dir.join(format!("cfg_{name}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let cfg = Config::load(&write_config(&sub, &text)).unwrap();
+        assert!(trainer::train(&cfg, &quiet).unwrap().finished);
+        let csv = std::fs::read_to_string(run.join("loss_convergence.csv")).unwrap();
+        let row = csv.lines().find(|l| l.contains(",train,")).expect("a training row").to_string();
+        let cols: Vec<f64> = row.split(',').skip(4).map(|v| v.parse().unwrap()).collect();
+        (cols[0], cols[1])
+    };
+    let (loss0, ce0) = first_step("plain", 0.0);
+    let (loss1, ce1) = first_step("joint", 1.0);
+    assert!(loss0.is_finite() && loss1.is_finite());
+    assert!((ce1 - ce0).abs() < 1e-6, "the whole-patch CE is the same: {ce0} vs {ce1}");
+    assert!(loss1 > loss0 + 1e-3, "the joint term adds to the loss: {loss0} vs {loss1}");
+}
