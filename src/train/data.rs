@@ -193,13 +193,12 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
             let c = sampling::centre_corner(v.ct.dims, voi);
             let image = sampling::crop(&v.ct.data, v.ct.dims, c, voi);
             let mut label = sampling::crop(&mask.data, mask.dims, c, voi);
-            label.data.iter_mut().for_each(|x| *x = if *x > 0.5 { 1.0 } else { 0.0 });
-            if cfg.loss.joint_w > 0.0 {
+            binarize(&mut label);
+            let joint = if cfg.loss.joint_w > 0.0 {
                 check_aligned(id, side_name, &v.ct, &v.nv)?;
-            }
-            let joint = match cfg.loss.joint_w > 0.0 {
-                true => Some(joint_region(&v.nv, c, voi, cfg.loss.joint_margin_mm)?),
-                false => None,
+                Some(joint_region(&v.nv, c, voi, cfg.loss.joint_margin_mm)?)
+            } else {
+                None
             };
             let native = NativeVoi { image, label, spacing: v.ct.spacing };
             let (image, label, spacing, joint, native) = match cfg.loaders.spacing_mm {
@@ -271,8 +270,13 @@ fn linear_onto_grid(p: &Patch, from: [f64; 3], to: [f64; 3]) -> Result<Patch> {
 /// A 0/1 mask resampled linearly onto `to` mm voxels and thresholded at one half.
 fn mask_onto_grid(p: &Patch, from: [f64; 3], to: [f64; 3]) -> Result<Patch> {
     let mut m = linear_onto_grid(p, from, to)?;
-    m.data.iter_mut().for_each(|x| *x = if *x > 0.5 { 1.0 } else { 0.0 });
+    binarize(&mut m);
     Ok(m)
+}
+
+/// A mask's values as 0/1: foreground where above one half.
+fn binarize(m: &mut Patch) {
+    m.data.iter_mut().for_each(|x| *x = if *x > 0.5 { 1.0 } else { 0.0 });
 }
 
 /// The joint region of a VOI cropped at `corner` to `shape`: the voxels within `margin_mm` of
