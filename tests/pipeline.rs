@@ -10,7 +10,7 @@ use dnvs_engine::geometry::NvParams;
 use dnvs_engine::io::{self, orientation, resample::crop_or_pad, Volume, VoxelKind};
 use dnvs_engine::pipeline::enhance::EnhanceParams;
 use dnvs_engine::pipeline::stages::{
-    FixedCenters, LabelSegmenter, NegativeVolume, ThresholdSegmenter, VoiSpec,
+    cut_voi, FixedCenters, LabelSegmenter, NegativeVolume, ThresholdSegmenter, VoiSpec,
 };
 use dnvs_engine::pipeline::{run_case, CaseOptions, Stages};
 use dnvs_engine::synth::{generate_case, Side, SynthConfig};
@@ -300,10 +300,15 @@ fn an_empty_segmentation_makes_the_side_null_with_a_reason() {
 
 /// A tiny untrained V-Net saved with a card, standing in for a trained MC or TB model.
 fn tiny_model(dir: &Path, target: &str) -> PathBuf {
+    tiny_model_file(dir, target, 7, &format!("{target}.safetensors"))
+}
+
+/// [`tiny_model`] with its weights drawn from `seed`, saved as `dir/file`.
+fn tiny_model_file(dir: &Path, target: &str, seed: u64, file: &str) -> PathBuf {
     use dnvs_engine::io::normalize::Normalization;
     use dnvs_engine::nn::model::{save_with_card, ModelCard, CARD_FORMAT};
     use dnvs_engine::nn::{build_seeded, Arch};
-    let net = build_seeded(Arch::VNet, 2, 7).unwrap();
+    let net = build_seeded(Arch::VNet, 2, seed).unwrap();
     let card = ModelCard {
         format: CARD_FORMAT,
         arch: Arch::VNet,
@@ -316,16 +321,56 @@ fn tiny_model(dir: &Path, target: &str) -> PathBuf {
         window: [32; 3],
         config_sha256: "0".repeat(64),
         dataset: "none (untrained test model)".into(),
-        seed: 7,
+        seed,
         train_cases: vec![],
         val_cases: vec![],
         dice: None,
         hd95_mm: None,
         engine_version: dnvs_engine::VERSION.into(),
     };
-    let path = dir.join(format!("{target}.safetensors"));
+    let path = dir.join(file);
     save_with_card(net.as_ref(), &path, &card).unwrap();
     path
+}
+
+/// An ensemble (`mc.safetensors`, `mc.2.safetensors`, as `models train` installs one per fold)
+/// segments with the mean of its members' probabilities, and the report's card lists the others.
+#[test]
+fn an_ensemble_segments_with_the_mean_of_its_members() {
+    use dnvs_engine::nn::model::{LoadedModel, ModelOverrides};
+    use dnvs_engine::pipeline::models::member_paths;
+    use dnvs_engine::pipeline::stages::{ModelSegmenter, Segmenter};
+    let h = head();
+    let dir = h.dir.join("ensemble");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (seed, file) in [(7, "mc.safetensors"), (8, "mc.2.safetensors"), (9, "mc.4.safetensors")] {
+        tiny_model_file(&dir, "mc", seed, file);
+    }
+    let paths = member_paths(&dir, "mc");
+    assert_eq!(paths, [dir.join("mc.safetensors"), dir.join("mc.2.safetensors")], "stops at 3");
+    assert!(member_paths(&dir, "tb").is_empty());
+    let open = |p: &Path| LoadedModel::open(p, &ModelOverrides::default(), Device::Cpu).unwrap();
+    let ct = io::read_volume(&h.ct).unwrap();
+    let voi = cut_voi(&ct, h.centers[1], &small_voi()).unwrap();
+    let fg = |members: Vec<LoadedModel>| {
+        let mut seg = ModelSegmenter { mc: members, tb: vec![open(&paths[0])] };
+        let cards = seg.cards();
+        (seg.segment(&voi, h.centers[1]).unwrap().mc, cards)
+    };
+    let (a, _) = fg(vec![open(&paths[0])]);
+    let (b, _) = fg(vec![open(&paths[1])]);
+    let (mean, cards) = fg(paths.iter().map(|p| open(p)).collect());
+    assert_eq!(mean.dims, voi.dims);
+    let worst = (0..a.data.len())
+        .map(|i| (mean.data[i] - 0.5 * (a.data[i] + b.data[i])).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-6, "mean of the members, off by {worst}");
+    assert!(a.data.iter().zip(&b.data).any(|(x, y)| (x - y).abs() > 1e-3), "members differ");
+    let mc = cards[0].as_ref().unwrap();
+    assert_eq!(mc["seed"], 7);
+    assert_eq!(mc["ensemble"].as_array().map(|m| m.len()), Some(1));
+    assert_eq!(mc["ensemble"][0]["seed"], 8);
+    assert!(cards[1].as_ref().unwrap().get("ensemble").is_none(), "one TB model: no list");
 }
 
 #[test]
@@ -340,7 +385,7 @@ fn carded_models_segment_through_the_model_stage_and_their_cards_reach_the_repor
     };
     let mut stages = Stages {
         localizer: Box::new(FixedCenters { centers: [None, Some(h.centers[1])], voi: small_voi() }),
-        segmenter: Box::new(ModelSegmenter { mc: open("mc"), tb: open("tb") }),
+        segmenter: Box::new(ModelSegmenter { mc: vec![open("mc")], tb: vec![open("tb")] }),
         nv: Box::new(NegativeVolume { params: NvParams::default(), device: Device::Cpu }),
     };
     let out = h.dir.join("carded");

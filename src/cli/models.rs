@@ -20,7 +20,9 @@ engine version, configs/{localize,localize_fine,mc,tb}.json and the shipped loca
 localisers are installed from models/localize_unet8.safetensors (training it takes ~30 min on
 two cores) and models/localize_fine_unet8.safetensors (~8 min); MC and TB are trained from phantoms (~18 min on two CPU cores). `nv` does
 the same on first use. Each model is set up in a temporary folder and renamed into place when
-complete: a killed run leaves nothing trusted. Run from the repository (configs/, models/).")]
+complete: a killed run leaves nothing trusted. A config with several training.folds trains one
+model per fold and installs them as an ensemble (tb.safetensors, tb.2.safetensors, ...), which
+nv averages. Run from the repository (configs/, models/).")]
 pub struct Args {
     #[command(subcommand)]
     action: Option<Action>,
@@ -106,12 +108,12 @@ fn install_one(
     m: &CachedModel,
     tmp: &Path,
     device: Option<&str>,
-) -> dnvs_engine::Result<PathBuf> {
+) -> dnvs_engine::Result<Vec<PathBuf>> {
     match models::shipped_model(configs, &m.name).filter(|p| p.is_file()) {
         Some(src) => {
             let dst = tmp.join(format!("{}.safetensors", m.name));
             std::fs::copy(&src, &dst).map_err(|e| dnvs_engine::Error::io(&src, e))?;
-            Ok(dst)
+            Ok(vec![dst])
         }
         None => train_one(configs, m, tmp, device),
     }
@@ -141,23 +143,33 @@ fn print_model(m: &CachedModel) -> anyhow::Result<()> {
         println!("  {:<9} missing (dnvs-engine models train)", m.name);
         return Ok(());
     }
-    match read_card(&m.path)? {
-        Some(card) => println!("  {:<9} {}\n    {}", m.name, m.path.display(), card.describe()),
-        None => println!("  {:<9} {} (no card)", m.name, m.path.display()),
+    let members = m.members();
+    let label = if members.len() > 1 {
+        format!("{} (ensemble of {})", m.name, members.len())
+    } else {
+        m.name.clone()
+    };
+    println!("  {label}");
+    for p in &members {
+        match read_card(p)? {
+            Some(card) => println!("    {}\n      {}", p.display(), card.describe()),
+            None => println!("    {} (no card)", p.display()),
+        }
     }
     Ok(())
 }
 
-/// Trains one model with its config, run folder and phantoms inside `tmp`; returns the best
-/// weights of the first fold.
+/// Trains one model with its config, run folders and phantoms inside `tmp`; returns the best
+/// weights of each configured fold (all folds when none are listed), in order: the members of
+/// the model's ensemble. Each fold is its own run, so a member depends on its fold alone (the
+/// first member of `"folds": [1, 2]` is the model of `"folds": [1]`).
 fn train_one(
     configs: &Path,
     m: &CachedModel,
     tmp: &Path,
     device: Option<&str>,
-) -> dnvs_engine::Result<PathBuf> {
+) -> dnvs_engine::Result<Vec<PathBuf>> {
     let mut cfg = Config::load(&configs.join(&m.config))?;
-    cfg.training.run_dir = tmp.join("run");
     // The phantoms are a function of `loaders.synth` alone, so models with the same settings
     // share one folder beside the models (synth writes it atomically).
     cfg.loaders.dataset_dir = match &cfg.loaders.synth {
@@ -176,15 +188,24 @@ fn train_one(
     if let Some(d) = device {
         cfg.training.device = d.to_string();
     }
-    cfg.validate()?;
-    let opts = TrainOptions { resume: false, stop_after_epochs: None, quiet: false, nan_to: None };
-    let summary = trainer::train(&cfg, &opts)?;
-    if summary.best_model.is_file() {
-        Ok(summary.best_model)
-    } else {
-        Err(dnvs_engine::Error::format(
-            &summary.run_dir,
-            "training finished without a best.safetensors",
-        ))
+    let folds =
+        cfg.training.folds.clone().unwrap_or_else(|| (1..=cfg.training.k_follds_number).collect());
+    let mut members = Vec::with_capacity(folds.len());
+    for fold in folds {
+        let mut one = cfg.clone();
+        one.training.folds = Some(vec![fold]);
+        one.training.run_dir = tmp.join(format!("run-fold{fold}"));
+        one.validate()?;
+        let opts =
+            TrainOptions { resume: false, stop_after_epochs: None, quiet: false, nan_to: None };
+        let summary = trainer::train(&one, &opts)?;
+        if !summary.best_model.is_file() {
+            return Err(dnvs_engine::Error::format(
+                &summary.run_dir,
+                "training finished without a best.safetensors",
+            ));
+        }
+        members.push(summary.best_model);
     }
+    Ok(members)
 }

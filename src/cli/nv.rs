@@ -11,6 +11,7 @@ use dnvs_engine::nn::model::{LoadedModel, ModelOverrides};
 use dnvs_engine::pipeline::cohort::{self, CaseStatus};
 use dnvs_engine::pipeline::enhance::EnhanceParams;
 use dnvs_engine::pipeline::localize;
+use dnvs_engine::pipeline::models;
 use dnvs_engine::pipeline::report;
 use dnvs_engine::pipeline::stages::{
     FixedCenters, LabelSegmenter, Localizer, ModelLocalizer, ModelSegmenter, NegativeVolume,
@@ -38,7 +39,8 @@ pub struct Args {
     /// Output folder (replaced only when the run completes).
     #[arg(long)]
     out: PathBuf,
-    /// Folder with mc.safetensors and tb.safetensors (default: the default models in the cache).
+    /// Folder with mc.safetensors and tb.safetensors (default: the default models in the cache);
+    /// mc.2.safetensors, tb.2.safetensors, ... there are ensemble members, averaged.
     #[arg(long)]
     models: Option<PathBuf>,
     /// Localisation model (a weights file whose card has target `joints`; default:
@@ -185,23 +187,26 @@ fn segmenter(args: &Args, device: Device) -> anyhow::Result<Box<dyn Segmenter>> 
         SegChoice::Models => {}
     }
     let dir = models_dir(args, &["mc", "tb"])?;
-    let load = |name: &str| -> anyhow::Result<LoadedModel> {
-        let path = dir.join(format!("{name}.safetensors"));
-        if !path.is_file() {
-            bail!(
-                "no {name} model at {}: train the defaults with `dnvs-engine models train`, pass \
-                 --models DIR, or use --segmenter threshold|gt",
-                path.display()
-            );
-        }
-        let m = LoadedModel::open(&path, &ModelOverrides::default(), device)
+    let load = |path: &Path| -> anyhow::Result<LoadedModel> {
+        let m = LoadedModel::open(path, &ModelOverrides::default(), device)
             .with_context(|| format!("loading {}", path.display()))?;
         for w in m.warnings() {
-            eprintln!("nv: {name} model: {w}");
+            eprintln!("nv: {}: {w}", path.display());
         }
         Ok(m)
     };
-    Ok(Box::new(ModelSegmenter { mc: load("mc")?, tb: load("tb")? }))
+    let members = |name: &str| -> anyhow::Result<Vec<LoadedModel>> {
+        let paths = models::member_paths(&dir, name);
+        if paths.is_empty() {
+            bail!(
+                "no {name} model at {}: train the defaults with `dnvs-engine models train`, pass \
+                 --models DIR, or use --segmenter threshold|gt",
+                dir.join(format!("{name}.safetensors")).display()
+            );
+        }
+        paths.iter().map(|p| load(p)).collect()
+    };
+    Ok(Box::new(ModelSegmenter { mc: members("mc")?, tb: members("tb")? }))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -341,10 +341,12 @@ impl Segmenter for LabelSegmenter {
 }
 
 /// The trained MC and TB models (`nn::model::LoadedModel`): each card decides normalisation,
-/// spacing and window; the foreground probability (class 1) of each, on the VOI grid.
+/// spacing and window; the foreground probability (class 1) of each, on the VOI grid. A structure
+/// with several models (an ensemble, e.g. one per training fold) takes the mean of their
+/// probabilities: their errors are partly independent, so the mean wanders less than any one.
 pub struct ModelSegmenter {
-    pub mc: LoadedModel,
-    pub tb: LoadedModel,
+    pub mc: Vec<LoadedModel>,
+    pub tb: Vec<LoadedModel>,
 }
 
 fn foreground(m: &mut LoadedModel, voi: &Volume) -> Result<Volume> {
@@ -356,13 +358,48 @@ fn foreground(m: &mut LoadedModel, voi: &Volume) -> Result<Volume> {
         .ok_or_else(|| Error::arg("segment", format!("{path}: the model has no foreground class")))
 }
 
+/// The mean foreground probability of `members` (at least one) on `voi`'s grid.
+fn mean_foreground(members: &mut [LoadedModel], voi: &Volume) -> Result<Volume> {
+    let n = members.len();
+    let mut sum: Option<Volume> = None;
+    for m in members.iter_mut() {
+        let p = foreground(m, voi)?;
+        match &mut sum {
+            None => sum = Some(p),
+            Some(s) => s.data.iter_mut().zip(&p.data).for_each(|(a, b)| *a += b),
+        }
+    }
+    let mut mean = sum.ok_or_else(|| Error::arg("segment", "a structure without a model"))?;
+    if n > 1 {
+        let inv = 1.0 / n as f32;
+        mean.data.iter_mut().for_each(|v| *v *= inv);
+    }
+    Ok(mean)
+}
+
+/// The first member's card; with more members, their cards under `"ensemble"`.
+fn ensemble_card(members: &[LoadedModel]) -> Option<serde_json::Value> {
+    let mut cards = members.iter().map(|m| serde_json::to_value(m.card()).ok());
+    let mut first = cards.next()??;
+    if members.len() > 1 {
+        let rest: Vec<serde_json::Value> = cards.flatten().collect();
+        if let Some(obj) = first.as_object_mut() {
+            obj.insert("ensemble".into(), serde_json::Value::Array(rest));
+        }
+    }
+    Some(first)
+}
+
 impl Segmenter for ModelSegmenter {
     fn segment(&mut self, voi: &Volume, _center: [f64; 3]) -> Result<SegProbs> {
-        Ok(SegProbs { mc: foreground(&mut self.mc, voi)?, tb: foreground(&mut self.tb, voi)? })
+        Ok(SegProbs {
+            mc: mean_foreground(&mut self.mc, voi)?,
+            tb: mean_foreground(&mut self.tb, voi)?,
+        })
     }
 
     fn cards(&self) -> [Option<serde_json::Value>; 2] {
-        [self.mc.card(), self.tb.card()].map(|c| serde_json::to_value(c).ok())
+        [ensemble_card(&self.mc), ensemble_card(&self.tb)]
     }
 }
 
