@@ -152,7 +152,12 @@ fn print_model(m: &CachedModel) -> anyhow::Result<()> {
     println!("  {label}");
     for p in &members {
         match read_card(p)? {
-            Some(card) => println!("    {}\n      {}", p.display(), card.describe()),
+            Some(card) => {
+                println!("    {}", p.display());
+                for line in card.describe().lines() {
+                    println!("      {line}");
+                }
+            }
             None => println!("    {} (no card)", p.display()),
         }
     }
