@@ -360,7 +360,7 @@ fn foreground(m: &mut LoadedModel, voi: &Volume) -> Result<Volume> {
 
 /// The mean foreground probability of `members` (at least one) on `voi`'s grid.
 fn mean_foreground(members: &mut [LoadedModel], voi: &Volume) -> Result<Volume> {
-    let n = members.len();
+    let inv = 1.0 / members.len() as f32;
     let mut sum: Option<Volume> = None;
     for m in members.iter_mut() {
         let p = foreground(m, voi)?;
@@ -370,22 +370,18 @@ fn mean_foreground(members: &mut [LoadedModel], voi: &Volume) -> Result<Volume> 
         }
     }
     let mut mean = sum.ok_or_else(|| Error::arg("segment", "a structure without a model"))?;
-    if n > 1 {
-        let inv = 1.0 / n as f32;
-        mean.data.iter_mut().for_each(|v| *v *= inv);
-    }
+    // Exact for one member: x * 1.0 == x.
+    mean.data.iter_mut().for_each(|v| *v *= inv);
     Ok(mean)
 }
 
-/// The first member's card; with more members, their cards under `"ensemble"`.
+/// The first member's card; with more members, the others' cards under `"ensemble"`.
 fn ensemble_card(members: &[LoadedModel]) -> Option<serde_json::Value> {
-    let mut cards = members.iter().map(|m| serde_json::to_value(m.card()).ok());
-    let mut first = cards.next()??;
-    if members.len() > 1 {
-        let rest: Vec<serde_json::Value> = cards.flatten().collect();
-        if let Some(obj) = first.as_object_mut() {
-            obj.insert("ensemble".into(), serde_json::Value::Array(rest));
-        }
+    let mut cards = members.iter().filter_map(|m| serde_json::to_value(m.card()).ok());
+    let mut first = cards.next()?;
+    let rest: Vec<serde_json::Value> = cards.collect();
+    if let (false, Some(obj)) = (rest.is_empty(), first.as_object_mut()) {
+        obj.insert("ensemble".into(), serde_json::Value::Array(rest));
     }
     Some(first)
 }
