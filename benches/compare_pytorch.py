@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The PyTorch side of benches/compare_pytorch.sh: the paper's V-Net (width 16) on the CPU.
+"""The PyTorch side of benches/compare_pytorch.sh: the paper's V-Net (width 16), CPU or GPU.
 
 Times one of
   step    forward in train mode, NLL of the softmax probabilities against a fixed random 0/1
@@ -15,6 +15,12 @@ it). Layout is PyTorch's default NCDHW (oneDNN picks its own blocked layout insi
 
     pip install torch monai   # plain PyPI; the CPU runs need nothing else
     python benches/compare_pytorch.py --what step --patch 32,32,32 --threads 2 --reps 5
+
+On a GPU (`--device cuda`, cuDNN with benchmark mode on, three warm-up steps) `--precision` picks
+fp32 (TF32 off), tf32 (TF32 matmuls and convolutions) or bf16 (autocast), the anchors
+`dnvs-engine bench --device cuda` is compared with:
+
+    python benches/compare_pytorch.py --what step --device cuda --patch 112,144,64 --precision bf16
 """
 
 import argparse
@@ -127,12 +133,15 @@ class VNet(nn.Module):
         return self.out_tr(y)
 
 
-def timed(fn, reps):
-    fn()  # warm-up: oneDNN primitive creation, first-touch pages
+def timed(fn, reps, warmup=1, sync=lambda: None):
+    for _ in range(warmup):  # oneDNN primitive creation / cuDNN autotuning, first-touch pages
+        fn()
+    sync()
     out = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
+        sync()
         out.append((time.perf_counter() - t) * 1e3)
     return out
 
@@ -145,35 +154,48 @@ def main():
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
+                    help="GPU only: fp32 (TF32 off), tf32, or bf16 autocast")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    dev = torch.device(a.device)
+    gpu = dev.type == "cuda"
+    sync, warmup = (torch.cuda.synchronize, 3) if gpu else (lambda: None, 1)
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+        tf32 = a.precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    autocast = gpu and a.precision == "bf16"
     d, h, w = (int(v) for v in a.patch.split(","))
-    net = VNet(a.width)
+    net = VNet(a.width).to(dev)
     if a.what == "step":
-        x = torch.rand(1, 1, d, h, w) - 0.5
-        target = (torch.rand(1, d, h, w) > 0.5).long()
+        x = torch.rand(1, 1, d, h, w, device=dev) - 0.5
+        target = (torch.rand(1, d, h, w, device=dev) > 0.5).long()
         opt = torch.optim.Adam(net.parameters())
         net.train()
 
         def step():
             opt.zero_grad(set_to_none=True)
-            probs = net(x)
-            loss = F.nll_loss(torch.log(probs.clamp_min(1e-30)), target)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                probs = net(x)
+            loss = F.nll_loss(torch.log(probs.float().clamp_min(1e-30)), target)
             loss.backward()
             opt.step()
             return loss.item()
 
-        ms = timed(step, a.reps)
+        ms = timed(step, a.reps, warmup, sync)
     elif a.what == "forward":
-        x = torch.rand(1, 1, d, h, w) - 0.5
+        x = torch.rand(1, 1, d, h, w, device=dev) - 0.5
         net.eval()
 
         def fwd():
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 net(x)
 
-        ms = timed(fwd, a.reps)
+        ms = timed(fwd, a.reps, warmup, sync)
     else:
         from monai.inferers import sliding_window_inference
 
@@ -188,7 +210,9 @@ def main():
         ms = timed(window, a.reps)
     print(json.dumps({"side": "pytorch", "what": a.what, "patch": a.patch, "ms": statistics.median(ms),
                       "all_ms": [round(v, 1) for v in ms], "torch": torch.__version__,
-                      "threads": torch.get_num_threads()}))
+                      "threads": torch.get_num_threads(), "device": a.device,
+                      "precision": a.precision if gpu else "fp32",
+                      "card": torch.cuda.get_device_name(dev) if gpu else "cpu"}))
 
 
 if __name__ == "__main__":

@@ -140,6 +140,31 @@ extern "C" __global__ void gate_mul_bwd_weight_f32(i64 voxels, int c,
     }
 }
 
+// ---- channel dropout ------------------------------------------------------------------------------
+
+// SplitMix64's output function of x + golden (crate::rng::mix64), bit for bit.
+__device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
+    unsigned long long z = x + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// out[i] = x[i] * m(sample, channel), the multiplier drawn here exactly as the CPU's
+// backend::cpu::dropout::channel_mask draws it: u = top 24 bits of mix64(base ^ (s * C + ch)) as
+// a uniform in [0, 1), 0 when u < p, else keep = 1 / (1 - p). Drawing it on the device keeps a
+// training step free of host copies; the same launch on the output gradient is the backward.
+extern "C" __global__ void channel_dropout_fwd_f32(i64 n, i64 per, int c, float p, float keep,
+                                                   unsigned long long base,
+                                                   const float* __restrict__ x,  // (N, ..., C)
+                                                   float* __restrict__ out) {    // like x
+    GRID_STRIDE(i, n) {
+        unsigned long long j = (unsigned long long)((i / per) * c + i % c);
+        float u = (float)(mix64(base ^ j) >> 40) / 16777216.0f;
+        out[i] = x[i] * (u < p ? 0.0f : keep);
+    }
+}
+
 // ---- concatenation along channels ----------------------------------------------------------------
 
 // out[v, off + ch] = x[v, ch] for ch < cx. One launch per concatenated input.

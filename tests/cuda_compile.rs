@@ -61,6 +61,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "sigmoid_fwd_f32",
             "sigmoid_bwd_input_f32",
             "gate_mul_fwd_f32",
+            "channel_dropout_fwd_f32",
             "gate_mul_bwd_weight_f32",
             "concat_fwd_f32",
             "concat_bwd_input_f32",

@@ -88,7 +88,7 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
     if loss.numel() != 1 {
         return Err(Error::shape("backward", "a one-element loss", loss.dims()));
     }
-    let seed = Tensor::full(loss.shape(), 1.0, loss.device())?;
+    let seed = crate::backend::full(loss.shape(), 1.0, loss.device())?;
     backward_with(loss, seed)
 }
 

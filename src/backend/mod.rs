@@ -25,6 +25,18 @@ pub fn device_of(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
     Ok(first)
 }
 
+/// A tensor of `shape` filled with `value` on `device`; on a GPU a fill kernel writes it, so
+/// nothing crosses the bus (the seed of every backward, for one).
+///
+/// # Errors
+/// Those of the device (a GPU that cannot be reached, a failed launch).
+pub fn full(shape: impl Into<crate::tensor::Shape>, value: f32, device: Device) -> Result<Tensor> {
+    match device {
+        Device::Cpu => Tensor::full(shape, value, device),
+        Device::Cuda(ordinal) => cuda::elementwise::full(shape, value, ordinal),
+    }
+}
+
 /// `a + b` on whatever device holds them, without recording anything: the forward of `ops::add`
 /// and how the tape sums gradients that meet.
 ///

@@ -56,7 +56,13 @@ fn check_gpu(precision: &str) -> anyhow::Result<()> {
     }
     let v = gpu_check::run_check(0, prec).context("running the GPU self-check")?;
     let (rtol, atol) = gpu_check::tolerance(prec);
-    println!("self-check of cuda:0 ({}), tolerance {rtol:e} relative + {atol:e} of max:", v.key);
+    let (nr, na) = gpu_check::NORM_TOLERANCE;
+    println!(
+        "self-check of cuda:0 ({}): ops per element within {rtol:e} relative + {atol:e} of max; \
+         the f32 V-Net's gradients per tensor within {nr:e} of its norm + {na:e} of the \
+         norm of all its gradients:",
+        v.key
+    );
     for op in &v.ops {
         let mark = if op.agrees { "ok" } else { "DISAGREES" };
         println!("  {:<48} {:>9.3}x tolerance  {mark}", op.name, op.worst);

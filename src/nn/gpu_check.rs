@@ -3,12 +3,12 @@
 //! On the first use of a GPU (per device architecture, kernel-source hash and precision) the
 //! engine runs the same small workload on the GPU and on the CPU (the oracle) and compares:
 //! single ops in the order a V-Net uses them (convolution, down and up convolution, batch norm,
-//! activations, softmax, losses), then a small V-Net forward, its parameter gradients and one
-//! Adam step. The verdict is cached next to the kernel cache, so later runs only read a file.
+//! activations, softmax, losses, one Adam step), then a small V-Net's forward, loss and parameter
+//! gradients. The verdict is cached next to the kernel cache, so later runs only read a file.
 //! When the GPU disagrees, `device: auto` falls back to the CPU with one line naming the first
 //! op that disagreed, and an explicit `cuda` is an error with the same message.
 //!
-//! Tolerances, `|gpu - cpu| <= rtol * |cpu| + atol * max|cpu|` per element:
+//! Single ops, `|gpu - cpu| <= rtol * |cpu| + atol * max|cpu|` per element:
 //! - f32: rtol 1e-3, atol 1e-4. The kernels sum in a different order than the CPU; f32 has
 //!   2^-24 relative rounding, so a difference above 1e-3 is a bug, not rounding.
 //! - bf16 convolutions: rtol 3e-2, atol 2e-2. Each operand is rounded to 8 mantissa bits (relative
@@ -16,6 +16,19 @@
 //!   products is bounded relative to the sum of magnitudes, which for zero-mean activations is
 //!   several times the result: about 1e-2 of the tensor's scale per layer. The check runs a few
 //!   layers deep, so twice that plus margin; a wrong kernel is off by O(1).
+//!
+//! The V-Net runs in f32 whatever the precision checked: it tests that the kernels chain (the
+//! tape, skips, concatenation, dropout, gradients meeting), which f32 shows sharply, while bf16
+//! accuracy is a property of the single convolutions above. Its forward and loss are compared
+//! per element at the f32 tolerance, its gradients per tensor:
+//! `||gpu - cpu|| <= 1e-3 ||cpu|| + 1e-4 ||g||`, `g` every gradient of the network together.
+//! Per element would be wrong there: the bias of a convolution that a batch norm follows has an
+//! exactly zero gradient, so both devices return the rounding noise of a sum over every voxel,
+//! which no relative tolerance can match, and a weight gradient of a deep layer sums many
+//! products whose order differs, leaving a few small elements far off in relative terms while
+//! the tensor as a whole agrees. On an H200 (2026-11-30) every weight gradient agreed to a
+//! relative 1.5e-5 or better, while the per-element check failed on those biases, and a floor of
+//! `1e-4 rms sqrt(n)` per tensor still failed the 2-element output bias (2.1x).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -29,11 +42,30 @@ use crate::optim::{Adam, AdamConfig};
 use crate::tensor::{Device, Precision, Tensor};
 use crate::{loss, ops, Error, Result};
 
+/// How an entry of the workload is compared (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Per element at the checked precision's tolerance (the single ops).
+    Elements,
+    /// Per element at the f32 tolerance whatever the precision (what always computes in f32).
+    ElementsF32,
+    /// As a whole tensor by its L2 norm, with a floor from the norm of all such entries together
+    /// (the gradients of a network).
+    Norm,
+}
+
 /// One named result of the workload (an op's output or a gradient), on the host.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     pub name: String,
     pub values: Vec<f32>,
+    pub check: Check,
+}
+
+impl Entry {
+    fn new(name: impl Into<String>, values: Vec<f32>, check: Check) -> Self {
+        Entry { name: name.into(), values, check }
+    }
 }
 
 /// How one entry of the GPU run compares with the CPU's.
@@ -126,10 +158,10 @@ fn op_entries(
     let out = f(&ts)?;
     let seed = Tensor::from_vec(values(out.numel(), 99, 1.0), out.dims().to_vec())?;
     let grads = backward_with(&out, seed.to_device(dev)?)?;
-    let mut entries = vec![Entry { name: format!("{name} out"), values: out.to_vec()? }];
+    let mut entries = vec![Entry::new(format!("{name} out"), out.to_vec()?, Check::Elements)];
     for (i, t) in ts.iter().enumerate() {
         if let Some(g) = grads.get(t) {
-            entries.push(Entry { name: format!("{name} grad {i}"), values: g.to_vec()? });
+            entries.push(Entry::new(format!("{name} grad {i}"), g.to_vec()?, Check::Elements));
         }
     }
     Ok(entries)
@@ -188,18 +220,36 @@ fn op_workload(dev: Device, prec: Precision) -> Result<Vec<Entry>> {
     out.extend(op_entries("hard_dice", dev, &[(vec![1, 6, 5, 1, 2], 16)], |t| {
         Ok(loss::hard_dice(&probs(t)?, &target)?.loss)
     })?);
+    out.extend(adam_entries(dev)?);
     Ok(out)
 }
 
-/// A width-4 V-Net on a 32x16x16 input: forward, the gradient of every parameter, one Adam
-/// step's new parameters.
-fn vnet_workload(dev: Device, prec: Precision) -> Result<Vec<Entry>> {
+/// One Adam step (lr 1e-2, weight decay 0.1) of two parameters from the same gradients on each
+/// device: the new parameters (Adam computes in f32 on both).
+fn adam_entries(dev: Device) -> Result<Vec<Entry>> {
+    let up = |dims: Vec<usize>, seed: u64| -> Result<Tensor> {
+        let n = dims.iter().product();
+        Tensor::from_vec(values(n, seed, 1.0), dims)?.to_device(dev)
+    };
+    let params = [up(vec![4, 3, 3, 3, 2], 31)?, up(vec![5], 32)?];
+    let grads = [up(vec![4, 3, 3, 3, 2], 33)?, up(vec![5], 34)?];
+    let cfg = AdamConfig { lr: 1e-2, weight_decay: 0.1, ..AdamConfig::default() };
+    let new = Adam::new(cfg).step(&params, &grads)?;
+    new.iter()
+        .enumerate()
+        .map(|(i, p)| Ok(Entry::new(format!("adam param {i}"), p.to_vec()?, Check::ElementsF32)))
+        .collect()
+}
+
+/// A width-4 V-Net in f32 on a 32^3 input (its deepest batch norm sees 2x2x2 voxels): forward,
+/// loss and the gradient of every parameter.
+fn vnet_workload(dev: Device) -> Result<Vec<Entry>> {
     let mut net = build_seeded(Arch::VNet, 4, 7)?;
     net.to_device(dev)?;
-    net.set_precision(prec);
-    let dims = [1, 32, 16, 16];
+    net.set_precision(Precision::F32);
+    let dims = [1, 32, 32, 32];
     let n: usize = dims.iter().product();
-    let x = Tensor::from_vec(values(n, 21, 1.0), [1, 32, 16, 16, 1])?.to_device(dev)?;
+    let x = Tensor::from_vec(values(n, 21, 1.0), [1, 32, 32, 32, 1])?.to_device(dev)?;
     let labels: Vec<f32> = values(n, 22, 1.0).into_iter().map(|v| f32::from(v > 0.3)).collect();
     let y = Tensor::from_vec(labels, dims)?.to_device(dev)?;
     let probs = net.forward(&x, Mode::Train { seed: 5 })?;
@@ -208,29 +258,23 @@ fn vnet_workload(dev: Device, prec: Precision) -> Result<Vec<Entry>> {
     let names = net.parameter_names();
     let params = net.parameters();
     let mut out = vec![
-        Entry { name: "vnet forward".into(), values: probs.to_vec()? },
-        Entry { name: "vnet loss".into(), values: l.to_vec()? },
+        Entry::new("vnet forward", probs.to_vec()?, Check::ElementsF32),
+        Entry::new("vnet loss", l.to_vec()?, Check::ElementsF32),
     ];
-    let mut g = Vec::with_capacity(params.len());
     for (name, p) in names.iter().zip(&params) {
-        let gp = match grads.get(p) {
-            Some(gp) => gp.clone(),
-            None => Tensor::zeros(p.dims(), dev)?,
+        let values = match grads.get(p) {
+            Some(gp) => gp.to_vec()?,
+            None => vec![0.0; p.numel()],
         };
-        out.push(Entry { name: format!("vnet grad {name}"), values: gp.to_vec()? });
-        g.push(gp);
-    }
-    let new = Adam::new(AdamConfig { lr: 1e-2, ..AdamConfig::default() }).step(&params, &g)?;
-    for (name, p) in names.iter().zip(&new) {
-        out.push(Entry { name: format!("adam {name}"), values: p.to_vec()? });
+        out.push(Entry::new(format!("vnet grad {name}"), values, Check::Norm));
     }
     Ok(out)
 }
 
-/// The whole workload on `dev`: single ops, then the V-Net step.
+/// The whole workload on `dev`: single ops (convolutions in `prec`), then the f32 V-Net.
 pub fn workload(dev: Device, prec: Precision) -> Result<Vec<Entry>> {
     let mut out = op_workload(dev, prec)?;
-    out.extend(vnet_workload(dev, prec)?);
+    out.extend(vnet_workload(dev)?);
     Ok(out)
 }
 
@@ -244,30 +288,64 @@ pub fn tolerance(prec: Precision) -> (f64, f64) {
     }
 }
 
+/// `(rtol, atol relative to the norm of all gradients)` of the per-tensor [`Check::Norm`]
+/// comparison.
+pub const NORM_TOLERANCE: (f64, f64) = (1e-3, 1e-4);
+
+/// The largest `|gpu - cpu| / (rtol |cpu| + atol max|cpu|)` over the elements.
+fn worst_element(cpu: &[f32], gpu: &[f32], (rtol, atol): (f64, f64)) -> f64 {
+    let scale = cpu.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+    cpu.iter()
+        .zip(gpu)
+        .map(|(&a, &b)| {
+            let tol = rtol * f64::from(a.abs()) + atol * scale + f64::MIN_POSITIVE;
+            let err = f64::from((a - b).abs());
+            if err.is_finite() {
+                err / tol
+            } else {
+                f64::INFINITY
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+fn norm(v: impl Iterator<Item = f64>) -> f64 {
+    v.map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// `||gpu - cpu|| / (rtol ||cpu|| + atol ||all||)`, `||all||` the norm of every gradient.
+fn norm_ratio(cpu: &[f32], gpu: &[f32], all: f64) -> f64 {
+    let (rtol, atol) = NORM_TOLERANCE;
+    let err = norm(cpu.iter().zip(gpu).map(|(&a, &b)| f64::from(a) - f64::from(b)));
+    let reference = norm(cpu.iter().map(|&a| f64::from(a)));
+    let tol = rtol * reference + atol * all + f64::MIN_POSITIVE;
+    if err.is_finite() {
+        err / tol
+    } else {
+        f64::INFINITY
+    }
+}
+
 /// Compares the GPU run with the CPU run entry by entry (a missing or mis-sized entry, or a
 /// non-finite value, disagrees).
 pub fn compare(cpu: &[Entry], gpu: &[Entry], prec: Precision, key: &str) -> Verdict {
-    let (rtol, atol) = tolerance(prec);
+    let all = norm(
+        cpu.iter()
+            .filter(|e| e.check == Check::Norm)
+            .flat_map(|e| &e.values)
+            .map(|&v| f64::from(v)),
+    );
     let ops = cpu
         .iter()
         .map(|c| {
             let worst = match gpu.iter().find(|g| g.name == c.name) {
-                Some(g) if g.values.len() == c.values.len() => {
-                    let scale = c.values.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
-                    c.values
-                        .iter()
-                        .zip(&g.values)
-                        .map(|(&a, &b)| {
-                            let tol = rtol * f64::from(a.abs()) + atol * scale + f64::MIN_POSITIVE;
-                            let err = f64::from((a - b).abs());
-                            if err.is_finite() {
-                                err / tol
-                            } else {
-                                f64::INFINITY
-                            }
-                        })
-                        .fold(0.0, f64::max)
-                }
+                Some(g) if g.values.len() == c.values.len() => match c.check {
+                    Check::Elements => worst_element(&c.values, &g.values, tolerance(prec)),
+                    Check::ElementsF32 => {
+                        worst_element(&c.values, &g.values, tolerance(Precision::F32))
+                    }
+                    Check::Norm => norm_ratio(&c.values, &g.values, all),
+                },
                 _ => f64::INFINITY,
             };
             OpAgreement { name: c.name.clone(), worst, agrees: worst <= 1.0 }
@@ -393,7 +471,37 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, values: &[f32]) -> Entry {
-        Entry { name: name.into(), values: values.to_vec() }
+        Entry::new(name, values.to_vec(), Check::Elements)
+    }
+
+    fn grad(name: &str, values: &[f32]) -> Entry {
+        Entry::new(name, values.to_vec(), Check::Norm)
+    }
+
+    /// A gradient whose true value is zero (a bias before a batch norm) is rounding noise on
+    /// both devices and agrees; a weight gradient with a few small elements far off in relative
+    /// terms agrees as a tensor; a wrong one (5 % off as a whole) does not.
+    #[test]
+    fn gradients_compare_as_tensors_against_the_networks_scale() {
+        let w: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3).collect();
+        let cpu = [grad("w", &w), grad("bias", &[1e-9, -2e-9, 3e-10])];
+        let mut w_gpu: Vec<f32> = w.iter().map(|x| x * (1.0 + 1e-6)).collect();
+        let zero = w.iter().position(|x| *x == 0.0).expect("one element is 0");
+        w_gpu[zero] = 1e-6; // infinitely far off relatively, nothing next to the tensor
+        let noise = [grad("w", &w_gpu), grad("bias", &[-4e-9, 1e-9, 0.0])];
+        let v = compare(&cpu, &noise, Precision::F32, "k");
+        assert!(v.passed(), "{:?}", v.first_disagreement());
+        let wrong: Vec<f32> = w.iter().map(|x| x * 1.05).collect();
+        let v = compare(&cpu, &[grad("w", &wrong), grad("bias", &[0.0; 3])], Precision::F32, "k");
+        assert_eq!(v.first_disagreement().map(|o| o.name.as_str()), Some("w"));
+        // The same zero-gradient noise compared per element fails: why gradients are tensors.
+        let per_element = compare(
+            &[entry("bias", &[1e-9, -2e-9, 3e-10])],
+            &[entry("bias", &[-4e-9, 1e-9, 0.0])],
+            Precision::F32,
+            "k",
+        );
+        assert!(!per_element.passed());
     }
 
     #[test]

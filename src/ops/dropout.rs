@@ -4,6 +4,7 @@
 use super::{channels, data, like};
 use crate::autograd::record;
 use crate::backend::cpu::dropout as k;
+use crate::backend::cuda::elementwise as cu;
 use crate::tensor::{Device, Tensor};
 use crate::{Error, Result};
 
@@ -30,13 +31,15 @@ pub fn channel_dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     let c = channels(op, x)?;
     let n = x.dims()[0];
     let per = x.numel().checked_div(n).unwrap_or(0);
-    let mask = k::channel_mask(n, c, p, seed);
     if let Device::Cuda(_) = x.device() {
-        // The same (N, C) mask as the CPU's, expanded on the host and uploaded once; an
-        // elementwise multiply (whose backward masks the gradient alike) does the rest.
-        let full = Tensor::from_vec(k::expand_mask(&mask, n, c, per), x.shape())?;
-        return super::mul(x, &full.to_device(x.device())?);
+        // The same (N, C) mask as the CPU's, drawn by the kernel itself: no host copy.
+        let (keep, base) = (k::keep_scale(p), k::mask_base(seed));
+        let out = cu::channel_dropout(x, p, keep, base)?;
+        return Ok(record(op, out, &[x], move |g| {
+            Ok(vec![Some(cu::channel_dropout(g, p, keep, base)?)])
+        }));
     }
+    let mask = k::channel_mask(n, c, p, seed);
     let out = like(k::apply_mask(data(op, x)?, &mask, c, per), x)?;
     let dims = x.dims().to_vec();
     Ok(record(op, out, &[x], move |g| {

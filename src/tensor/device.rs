@@ -286,6 +286,13 @@ impl CudaBuffer {
         Ok(CudaBuffer { data: CudaData::F32(slice), stream, ordinal })
     }
 
+    /// `len` zeros on GPU `ordinal`, set on the device (a memset: nothing crosses the bus).
+    pub fn zeros_f32(ordinal: usize, len: usize) -> Result<Self> {
+        let stream = cuda_context(ordinal)?.stream.clone();
+        let slice = stream.alloc_zeros::<f32>(len).map_err(cuda_err)?;
+        Ok(CudaBuffer { data: CudaData::F32(slice), stream, ordinal })
+    }
+
     /// Downloads the values as f32 (synchronises the stream; counted by [`transfers`]).
     pub fn to_host_f32(&self) -> Result<Vec<f32>> {
         let out = match &self.data {

@@ -128,10 +128,19 @@ impl Tensor {
 
     /// All zeros on `device`.
     pub fn zeros(shape: impl Into<Shape>, device: Device) -> Result<Self> {
-        Self::full(shape, 0.0, device)
+        let shape = shape.into();
+        match device {
+            Device::Cpu => Self::full(shape, 0.0, device),
+            // A memset on the device: a training step's zero gradients cross no bus.
+            Device::Cuda(ordinal) => Self::from_storage(
+                Storage::Cuda(CudaBuffer::zeros_f32(ordinal, shape.numel())?),
+                shape,
+            ),
+        }
     }
 
-    /// Every element `value`, on `device`.
+    /// Every element `value`, on `device` (on a GPU the values are uploaded from the host: code
+    /// above the backends fills on the device with `backend::full` instead).
     pub fn full(shape: impl Into<Shape>, value: f32, device: Device) -> Result<Self> {
         let shape = shape.into();
         let t = Self::from_vec(vec![value; shape.numel()], shape)?;

@@ -5,10 +5,24 @@ use super::elementwise::for_rows_mut;
 /// SplitMix64's mixer, so a mask is a pure function of (seed, index).
 use crate::rng::{mix64 as splitmix64, unit_f32};
 
-/// One multiplier per (sample, channel): 0 with probability `p`, else `1 / (1 - p)`.
+/// The multiplier of a kept channel: `1 / (1 - p)` (0 when every channel drops).
+pub fn keep_scale(p: f32) -> f32 {
+    if p < 1.0 {
+        1.0 / (1.0 - p)
+    } else {
+        0.0
+    }
+}
+
+/// The hash every draw of one seed's mask starts from (the GPU kernel takes it as is).
+pub fn mask_base(seed: u64) -> u64 {
+    splitmix64(seed)
+}
+
+/// One multiplier per (sample, channel): 0 with probability `p`, else `1 / (1 - p)`. The GPU's
+/// `channel_dropout_fwd_f32` draws the same values on the device.
 pub fn channel_mask(n: usize, c: usize, p: f32, seed: u64) -> Vec<f32> {
-    let keep = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
-    let base = splitmix64(seed);
+    let (keep, base) = (keep_scale(p), mask_base(seed));
     (0..n * c)
         .map(|i| {
             // The top 24 bits give a uniform f32 in [0, 1) exactly.
@@ -36,31 +50,4 @@ pub fn apply_mask(x: &[f32], mask: &[f32], c: usize, per: usize) -> Vec<f32> {
         }
     });
     out
-}
-
-/// The `(N, C)` dropout mask repeated over the `per / C` voxels of each sample: the elementwise
-/// factor that [`apply_mask`] applies (what a GPU multiplies by).
-pub fn expand_mask(mask: &[f32], n: usize, c: usize, per: usize) -> Vec<f32> {
-    let mut full = Vec::with_capacity(n * per);
-    for row in mask.chunks(c.max(1)).take(n) {
-        for _ in 0..per.checked_div(c).unwrap_or(0) {
-            full.extend_from_slice(row);
-        }
-    }
-    full
-}
-
-#[cfg(test)]
-mod expand_tests {
-    use super::*;
-
-    #[test]
-    fn expanded_mask_is_what_apply_mask_multiplies_by() {
-        let (n, c, per) = (2, 3, 12);
-        let x: Vec<f32> = (0..n * per).map(|i| i as f32 + 1.0).collect();
-        let mask = channel_mask(n, c, 0.5, 9);
-        let full = expand_mask(&mask, n, c, per);
-        let prod: Vec<f32> = x.iter().zip(&full).map(|(a, b)| a * b).collect();
-        assert_eq!(prod, apply_mask(&x, &mask, c, per));
-    }
 }

@@ -289,6 +289,30 @@ pub fn gate_mul_backward(x: &Tensor, gate: &Tensor, g: &Tensor) -> Result<(Tenso
     Ok((wrap(&gpu, gx, x.shape())?, wrap(&gpu, ggate, gate.shape())?))
 }
 
+/// Channel dropout of `x` (`(N, ..., C)`): every element times its (sample, channel) multiplier,
+/// 0 with probability `p` else `keep`, drawn on the device from `base` exactly as
+/// `backend::cpu::dropout::channel_mask` draws it. Applied to an output gradient, the backward.
+pub fn channel_dropout(x: &Tensor, p: f32, keep: f32, base: u64) -> Result<Tensor> {
+    const OP: &str = "channel_dropout";
+    let c = *x.dims().last().ok_or_else(|| Error::shape(OP, "(N, ..., C)", x.dims()))?;
+    let n_samples = x.dims().first().copied().unwrap_or(1).max(1);
+    let gpu = common_gpu(OP, &[x])?;
+    let n = x.numel();
+    let name = kernel_name(OP, Pass::Fwd, None, "f32");
+    let f = gpu.function(STEM, &name)?;
+    let (nn, per, ci) = (long(n), long(n / n_samples), int(OP, c)?);
+    let mut out = alloc(&gpu, n)?;
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&nn).arg(&per).arg(&ci).arg(&p).arg(&keep).arg(&base);
+        b.arg(f32_slice(OP, x)?).arg(&mut out);
+        // SAFETY: channel_dropout_fwd_f32(n, per, c, p, keep, base, x, out): x and out hold n
+        // floats, per = n / N divides into whole samples of c channels; every element written.
+        unsafe { launch::launch(&gpu, &name, &mut b, grid_1d(&gpu, n))? };
+    }
+    wrap(&gpu, out, x.shape())
+}
+
 /// Concatenates channels-last tensors along their last axis.
 ///
 /// # Shapes
