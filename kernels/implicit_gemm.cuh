@@ -36,15 +36,11 @@
 #define PAD_H 8  // bf16 row padding: 80-byte rows put the 8 fragment rows on distinct banks
 #define PAD_F 4
 
-// Reads src (N, SD, SH, SW, SC) at voxel (b, q) shifted by kernel tap `tap`, channel ch; 0 outside
-// the volume or (reversed) where the stride does not divide.
-__device__ __forceinline__ float gather(const float* __restrict__ src, int sd, int sh, int sw,
-                                        int sc, int b, int qz, int qy, int qx, int tap, int ch,
-                                        const ConvParams& p, bool reversed) {
-    int tx = tap % p.kw;
-    int t2 = tap / p.kw;
-    int ty = t2 % p.kh;
-    int tz = t2 / p.kh;
+// Reads src (N, SD, SH, SW, SC) at voxel (b, q) shifted by the kernel tap (tz, ty, tx), channel
+// ch; 0 outside the volume or (reversed) where the stride does not divide.
+__device__ __forceinline__ float gather_at(const float* __restrict__ src, int sd, int sh, int sw,
+                                           int sc, int b, int qz, int qy, int qx, int tz, int ty,
+                                           int tx, int ch, const ConvParams& p, bool reversed) {
     int z, y, x;
     if (!reversed) {
         z = qz * p.stride - p.pad + tz;
@@ -52,14 +48,31 @@ __device__ __forceinline__ float gather(const float* __restrict__ src, int sd, i
         x = qx * p.stride - p.pad + tx;
     } else {
         int az = qz + p.pad - tz, ay = qy + p.pad - ty, ax = qx + p.pad - tx;
-        if (az < 0 || ay < 0 || ax < 0) return 0.0f;
-        if (az % p.stride || ay % p.stride || ax % p.stride) return 0.0f;
-        z = az / p.stride;
-        y = ay / p.stride;
-        x = ax / p.stride;
+        if (p.stride == 1) {
+            // Every stride-1 layer (all of the V-Net's 5x5x5 ones) skips the six divisions.
+            z = az;
+            y = ay;
+            x = ax;
+        } else {
+            if (az < 0 || ay < 0 || ax < 0) return 0.0f;
+            if (az % p.stride || ay % p.stride || ax % p.stride) return 0.0f;
+            z = az / p.stride;
+            y = ay / p.stride;
+            x = ax / p.stride;
+        }
     }
     if (z < 0 || y < 0 || x < 0 || z >= sd || y >= sh || x >= sw) return 0.0f;
     return src[((((i64)b * sd + z) * sh + y) * sw + x) * sc + ch];
+}
+
+// gather_at with the flat tap index `tap` (z-major, as the weights store it).
+__device__ __forceinline__ float gather(const float* __restrict__ src, int sd, int sh, int sw,
+                                        int sc, int b, int qz, int qy, int qx, int tap, int ch,
+                                        const ConvParams& p, bool reversed) {
+    int tx = tap % p.kw;
+    int t2 = tap / p.kw;
+    return gather_at(src, sd, sh, sw, sc, b, qz, qy, qx, t2 / p.kh, t2 % p.kh, tx, ch, p,
+                     reversed);
 }
 
 struct Voxel {
@@ -251,11 +264,89 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p,
     const int g = lane >> 2, tq = lane & 3;
     const int ty = tid >> 4, tx = tid & 15;
 
-    if (t_begin < t_end) load_tile(t_begin);
+    // CONV_BWD_WEIGHT gathers B = x at (output voxel r, column n = (tap, channel)). A thread
+    // stages the same 8 columns (n0 + rbase + 8 i) in every reduction tile, so their tap offsets
+    // and channels are decomposed once here; per tile only the row's voxel is split. Without
+    // this each element paid six integer divisions, and the weight gradients took 45 % of an
+    // H200's V-Net step (2026-11-30 profile).
+    int col_dz[8], col_dy[8], col_dx[8], col_ch[8];
+    if constexpr (MODE == CONV_BWD_WEIGHT) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            int n = n0 + rbase + 8 * i;
+            int tap = n / p.c;
+            int tx_ = tap % p.kw, t2 = tap / p.kw;
+            col_dx[i] = tx_ - p.pad;
+            col_dy[i] = t2 % p.kh - p.pad;
+            col_dz[i] = t2 / p.kh - p.pad;
+            col_ch[i] = n < N ? n % p.c : -1;
+        }
+    }
+    auto load_tile_bwd_weight = [&](i64 t) {
+        i64 r = t * BK + kk;
+        bool live = r < R;
+        Voxel v = split_voxel(live ? r : 0, p.od, p.oh, p.ow);
+        int bz = v.z * p.stride, by = v.y * p.stride, bx = v.x * p.stride;
+        i64 base = (i64)v.b * p.d;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            int row = rbase + 8 * i;
+            i64 m = m0 + row;
+            ra[i] = (m < M && live) ? a[r * p.k + m] : 0.0f;
+            int z = bz + col_dz[i], y = by + col_dy[i], x = bx + col_dx[i];
+            bool in = live && col_ch[i] >= 0 && z >= 0 && y >= 0 && x >= 0 && z < p.d &&
+                      y < p.h && x < p.w;
+            rb[i] = in ? b[(((base + z) * p.h + y) * p.w + x) * p.c + col_ch[i]] : 0.0f;
+        }
+    };
+    // The four gathered-row modes: the reduction index r = (tap, channel) is the same for the
+    // 8 rows and 8 columns a thread stages, so it is decomposed once per tile, not per element.
+    constexpr bool gathered_rows = MODE == CONV_FWD || MODE == TCONV_FWD ||
+                                   MODE == CONV_BWD_INPUT || MODE == TCONV_BWD_INPUT;
+    auto load_tile_gathered_rows = [&](i64 t) {
+        i64 r = t * BK + kk;
+        bool live = r < R;
+        constexpr bool fwd = MODE == CONV_FWD || MODE == TCONV_FWD;
+        constexpr bool reversed = MODE == TCONV_FWD || MODE == CONV_BWD_INPUT;
+        int inner = fwd ? p.c : p.k;  // channels of the gathered tensor
+        int rr = live ? (int)r : 0;
+        int tap = rr / inner, ch = rr % inner;
+        int tx_ = tap % p.kw, t2 = tap / p.kw;
+        int ty_ = t2 % p.kh, tz_ = t2 / p.kh;
+        int taps = p.kd * p.kh * p.kw;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            int row = rbase + 8 * i;
+            i64 m = m0 + row;
+            const Voxel& v = row_vox[row];
+            if (fwd)
+                ra[i] = (m < M && live) ? gather_at(a, p.d, p.h, p.w, p.c, v.b, v.z, v.y, v.x,
+                                                    tz_, ty_, tx_, ch, p, reversed)
+                                        : 0.0f;
+            else
+                ra[i] = (m < M && live) ? gather_at(a, p.od, p.oh, p.ow, p.k, v.b, v.z, v.y, v.x,
+                                                    tz_, ty_, tx_, ch, p, reversed)
+                                        : 0.0f;
+            int n = n0 + row;
+            // fwd: w (k, taps*c) at [n][r]; bwd-input: w[ko = ch][tap][n]
+            i64 bi = fwd ? (i64)n * taps * p.c + r : ((i64)ch * taps + tap) * p.c + n;
+            rb[i] = (n < N && live) ? b[bi] : 0.0f;
+        }
+    };
+    auto next_tile = [&](i64 t) {
+        if constexpr (MODE == CONV_BWD_WEIGHT)
+            load_tile_bwd_weight(t);
+        else if constexpr (gathered_rows)
+            load_tile_gathered_rows(t);
+        else
+            load_tile(t);
+    };
+
+    if (t_begin < t_end) next_tile(t_begin);
     for (i64 t = t_begin; t < t_end; ++t) {
         store_tile();
         __syncthreads();
-        if (t + 1 < t_end) load_tile(t + 1);
+        if (t + 1 < t_end) next_tile(t + 1);
         if constexpr (BF16) {
 #pragma unroll
             for (int ks = 0; ks < BK; ks += 16) {

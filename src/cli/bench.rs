@@ -4,8 +4,9 @@
 //! times one V-Net training step (forward, `nll_probs`, backward, Adam, `set_parameters`) at the
 //! anchor patch 112x144x64 on a GPU or a small patch on the CPU (`--patch`), median of N steps.
 //! Optionally times a no-grad forward at the patch (`--forward`), a sliding-window inference
-//! over a volume with the patch as window (`--window-over`), and prints where a CPU step's time
-//! goes, per phase and per convolution shape and pass (`--profile`).
+//! over a volume with the patch as window (`--window-over`), and prints where a step's time goes,
+//! per phase and per convolution shape and pass on the CPU, per kernel and grid on a GPU
+//! (`--profile`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -29,7 +30,8 @@ use dnvs_engine::{autograd, loss, Error};
                         dnvs-engine bench --device cpu --patch 32,32,32 --profile\n  \
                         dnvs-engine bench --device cpu --no-kernels --patch 64,64,32 --forward \
                         --window-over 120,150,70\n  \
-                        dnvs-engine bench --device cuda --json bench-h100.json")]
+                        dnvs-engine bench --device cuda --json bench-h100.json\n  \
+                        dnvs-engine bench --device cuda --no-kernels --profile --reps 3")]
 pub struct Args {
     /// cpu or cuda (cuda:N for another GPU). A GPU is timed without the self-check: a benchmark
     /// measures a device, it does not trust its numbers.
@@ -62,9 +64,10 @@ pub struct Args {
     /// blending) over a random volume of D,H,W voxels.
     #[arg(long, value_name = "D,H,W", value_parser = super::parse_dhw)]
     window_over: Option<[usize; 3]>,
-    /// Print where the CPU training step's time goes: forward, backward and Adam per step, and
-    /// every kernel by op, shape and pass (per step, over the timed steps). With `--forward
-    /// --no-step`, the same table for the tape-free forward instead.
+    /// Print where the training step's time goes: forward, backward and Adam per step, and
+    /// every kernel by op, shape and pass (CPU) or by kernel and grid (GPU, each launch
+    /// synchronised: slower than a plain step), per step over the timed steps. With `--forward
+    /// --no-step` (CPU), the same table for the tape-free forward instead.
     #[arg(long)]
     profile: bool,
     /// Timed repetitions of the step / forward (median reported); default 5 on the CPU.
@@ -290,9 +293,16 @@ impl Trainer {
 
 /// Prints the median phase times of CPU steps and the per-convolution table of
 /// [`profile`], and returns both as JSON.
-fn profile_step(width: usize, patch: [usize; 3], reps: usize) -> anyhow::Result<Value> {
-    let mut t = Trainer::new(Device::Cpu, width, patch, Precision::F32)?;
-    t.step()?; // warm-up: first-touch pages and thread pool start-up
+fn profile_step(
+    device: Device,
+    precision: Precision,
+    width: usize,
+    patch: [usize; 3],
+    reps: usize,
+) -> anyhow::Result<Value> {
+    let mut t = Trainer::new(device, width, patch, precision)?;
+    // Warm-up: first-touch pages and the thread pool (CPU), kernel compilation (GPU).
+    t.step()?;
     profile::enable(true);
     let mut phases = Vec::with_capacity(reps);
     for _ in 0..reps {
@@ -306,13 +316,15 @@ fn profile_step(width: usize, patch: [usize; 3], reps: usize) -> anyhow::Result<
         v[v.len() / 2]
     };
     let [d, h, w] = patch;
-    println!("profile of cpu/vnet_step_f32/w{width}/{d}x{h}x{w}, median of {reps} steps:");
+    let prec = precision.suffix();
+    println!("profile of {device}/vnet_step_{prec}/w{width}/{d}x{h}x{w}, median of {reps} steps:");
     let names = ["forward+loss", "backward", "adam+set_parameters"];
     for (i, n) in names.iter().enumerate() {
         println!("  {n:<22} {:>9.1} ms", median(i) * 1e3);
     }
     let (conv_total, ops) = print_ops(&rows, reps, "step");
-    Ok(json!({ "steps": reps, "forward_ms": median(0) * 1e3, "backward_ms": median(1) * 1e3,
+    Ok(json!({ "device": device.to_string(), "precision": prec,
+               "steps": reps, "forward_ms": median(0) * 1e3, "backward_ms": median(1) * 1e3,
                "adam_ms": median(2) * 1e3, "conv_ms": conv_total, "ops": ops }))
 }
 
@@ -443,8 +455,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(p) = args.patch {
         check_patch(p)?;
     }
-    if (args.profile || args.forward || args.window_over.is_some()) && device != Device::Cpu {
-        bail!("--profile, --forward and --window-over time the CPU only (got --device {device})");
+    if (args.forward || args.window_over.is_some()) && device != Device::Cpu {
+        bail!("--forward and --window-over time the CPU only (got --device {device})");
     }
     let kernels = match device {
         _ if args.no_kernels => Vec::new(),
@@ -477,11 +489,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Value::Array(steps)
     };
-    let patch = args.patch.unwrap_or(CPU_PATCH);
+    let patch = args.patch.unwrap_or(match device {
+        Device::Cpu => CPU_PATCH,
+        Device::Cuda(_) => GPU_PATCH,
+    });
     let reps = args.reps.unwrap_or(if args.quick { 3 } else { 5 }).max(1);
     // With --forward and --no-step, --profile profiles the forward instead of a step.
     let step_profile = args.profile && !(args.forward && args.no_step);
-    let profiled = if step_profile { profile_step(args.width, patch, reps)? } else { Value::Null };
+    let profiled = match (step_profile, device) {
+        (false, _) => Value::Null,
+        (true, Device::Cpu) => profile_step(device, Precision::F32, args.width, patch, reps)?,
+        (true, Device::Cuda(_)) => Value::Array(
+            [Precision::Bf16, Precision::F32]
+                .into_iter()
+                .map(|p| profile_step(device, p, args.width, patch, reps))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        ),
+    };
     let forward = match args.forward {
         true => bench_forward(args.width, patch, reps, args.profile && !step_profile)?,
         false => Value::Null,

@@ -19,13 +19,19 @@ class P: pass
 
 def gather(src, sd, sh, sw, sc, b, qz, qy, qx, tap, ch, p, rev):
     tx = tap % p.kw; t2 = tap // p.kw; ty = t2 % p.kh; tz = t2 // p.kh
+    return gather_at(src, sd, sh, sw, sc, b, qz, qy, qx, tz, ty, tx, ch, p, rev)
+
+def gather_at(src, sd, sh, sw, sc, b, qz, qy, qx, tz, ty, tx, ch, p, rev):
     if not rev:
         z, y, x = qz*p.stride-p.pad+tz, qy*p.stride-p.pad+ty, qx*p.stride-p.pad+tx
     else:
         az, ay, ax = qz+p.pad-tz, qy+p.pad-ty, qx+p.pad-tx
-        if az < 0 or ay < 0 or ax < 0: return 0.0
-        if az % p.stride or ay % p.stride or ax % p.stride: return 0.0
-        z, y, x = az//p.stride, ay//p.stride, ax//p.stride
+        if p.stride == 1:
+            z, y, x = az, ay, ax
+        else:
+            if az < 0 or ay < 0 or ax < 0: return 0.0
+            if az % p.stride or ay % p.stride or ax % p.stride: return 0.0
+            z, y, x = az//p.stride, ay//p.stride, ax//p.stride
     if z < 0 or y < 0 or x < 0 or z >= sd or y >= sh or x >= sw: return 0.0
     return src[((((b*sd+z)*sh+y)*sw+x)*sc+ch)]
 
@@ -104,14 +110,48 @@ def run(mode, bf, p, a, b, bias, out, gz=None):
                 v = split_voxel(m, p.od, p.oh, p.ow) if mode in (CONV_FWD, TCONV_FWD, CONV_BWD_INPUT_TAP) else split_voxel(m, p.d, p.h, p.w)
             row_vox.append(v)
         acc = np.zeros((256, 16))
+        # CONV_BWD_WEIGHT: each thread's 8 columns decomposed once per block, as the .cuh does.
+        cols = {}
+        if mode == CONV_BWD_WEIGHT:
+            for tid in range(256):
+                rb = tid >> 5
+                for i in range(8):
+                    n = n0+rb+8*i; tap = n//p.c; tx = tap % p.kw; t2 = tap//p.kw
+                    cols[tid, i] = (t2//p.kh-p.pad, t2 % p.kh-p.pad, tx-p.pad, n % p.c if n < N else -1)
         for tt in range(tb, te):
             sa = np.zeros((BM, BK), np.float32); sb = np.zeros((BN, BK), np.float32)
             for tid in range(256):
                 kk, rb = tid & 31, tid >> 5; r = tt*BK+kk
+                if mode == CONV_BWD_WEIGHT:
+                    live = r < R
+                    vb_, vz, vy, vx = split_voxel(r if live else 0, p.od, p.oh, p.ow)
                 for i in range(8):
                     row = rb+8*i; m = m0+row; n = n0+row
-                    va = load_a(mode, a, p, m, row_vox[row], r, tap_z) if (m < M and r < R) else 0.0
-                    vb = load_b(mode, b, p, r, n, tap_z) if (n < N and r < R) else 0.0
+                    if mode == CONV_BWD_WEIGHT:
+                        va = a[r*p.k+m] if (m < M and live) else 0.0
+                        dz, dy, dx, ch = cols[tid, i]
+                        z, y, x = vz*p.stride+dz, vy*p.stride+dy, vx*p.stride+dx
+                        inside = live and ch >= 0 and 0 <= z < p.d and 0 <= y < p.h and 0 <= x < p.w
+                        vb = b[((((vb_*p.d+z)*p.h+y)*p.w+x)*p.c+ch)] if inside else 0.0
+                        if n < N and r < R:  # the generic path gives the same value
+                            assert vb == load_b(mode, b, p, r, n, tap_z)
+                    elif mode in (CONV_FWD, TCONV_FWD, CONV_BWD_INPUT, TCONV_BWD_INPUT):
+                        # the .cuh's load_tile_gathered_rows: r decomposed once per tile
+                        live = r < R; fwd = mode in (CONV_FWD, TCONV_FWD)
+                        rev = mode in (TCONV_FWD, CONV_BWD_INPUT)
+                        inner = p.c if fwd else p.k; rr = r if live else 0
+                        tap, ch = rr // inner, rr % inner
+                        tx_, t2 = tap % p.kw, tap // p.kw; ty_, tz_ = t2 % p.kh, t2 // p.kh
+                        taps = p.kd*p.kh*p.kw
+                        src = (p.d, p.h, p.w, p.c) if fwd else (p.od, p.oh, p.ow, p.k)
+                        va = gather_at(a, *src, *row_vox[row], tz_, ty_, tx_, ch, p, rev) if (m < M and live) else 0.0
+                        bi = n*taps*p.c + r if fwd else (ch*taps + tap)*p.c + n
+                        vb = b[bi] if (n < N and live) else 0.0
+                        if m < M and live: assert va == load_a(mode, a, p, m, row_vox[row], r, tap_z)
+                        if n < N and live: assert vb == load_b(mode, b, p, r, n, tap_z)
+                    else:
+                        va = load_a(mode, a, p, m, row_vox[row], r, tap_z) if (m < M and r < R) else 0.0
+                        vb = load_b(mode, b, p, r, n, tap_z) if (n < N and r < R) else 0.0
                     sa[row, kk] = bf16(va) if bf else va
                     sb[row, kk] = bf16(vb) if bf else vb
             if bf:

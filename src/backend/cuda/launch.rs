@@ -131,6 +131,11 @@ pub fn grid_channels(gpu: &Gpu, rows: usize, c: usize) -> LaunchConfig {
 /// kernel, and in debug builds waits for the kernel so that an asynchronous fault is reported
 /// here, against its own name, rather than at some later call.
 ///
+/// While `backend::cpu::profile` records (`bench --profile --device cuda`), the stream is
+/// synchronised before and after the launch and the wall time between goes to the profile table
+/// under the kernel's name and grid: one kernel's time each, plus a launch and a synchronisation
+/// (~10-20 us), so only kernels well above that read true.
+///
 /// # Safety
 /// The caller guarantees that the arguments pushed on `builder` match the kernel's signature in
 /// order and type, and that every buffer is large enough for the indices the kernel computes
@@ -141,8 +146,24 @@ pub unsafe fn launch(
     builder: &mut LaunchArgs<'_>,
     cfg: LaunchConfig,
 ) -> Result<()> {
+    let sync = |what: &str| {
+        gpu.stream.synchronize().map_err(|e| Error::Cuda(format!("{name} {what}: {e}")))
+    };
+    let profiled = crate::backend::cpu::profile::enabled();
+    if profiled {
+        sync("(waiting for the work before it)")?;
+    }
+    let (gx, gy, gz) = cfg.grid_dim;
+    let timing = match profiled {
+        true => crate::backend::cpu::profile::scope(|| format!("{name} grid {gx}x{gy}x{gz}")),
+        false => None,
+    };
     // SAFETY: forwarded from this function's contract.
     unsafe { builder.launch(cfg) }.map_err(|e| Error::Cuda(format!("launching {name}: {e}")))?;
+    if profiled {
+        sync("failed")?;
+        drop(timing);
+    }
     if cfg!(debug_assertions) {
         gpu.stream.synchronize().map_err(|e| Error::Cuda(format!("{name} failed: {e}")))?;
     }
