@@ -108,15 +108,22 @@ impl ConvParams {
     }
 }
 
+/// Blocks per SM that split-K aims for when the output tiles are too few. The weight gradients of
+/// the large layers (a 32 x 4000 output over a million voxels) are latency-bound chains of
+/// reduction tiles: on an H200 (2026-11-30, V-Net bf16 step, two alternating rounds) a target of
+/// 2 blocks per SM gave 297 ms, 8 gave 265 ms, 16 gave 255 ms. 8 is the one whose CUDA tests ran
+/// on that card.
+const SPLIT_BLOCKS_PER_SM: usize = 8;
+
 /// How many reduction slices give the GPU enough blocks when `tiles` output tiles do not: about
-/// two blocks per SM, at least four reduction steps per slice.
+/// [`SPLIT_BLOCKS_PER_SM`] blocks per SM, at least four reduction steps per slice.
 pub(crate) fn split_k(gpu: &Gpu, tiles: usize, reduction: usize) -> usize {
     split_k_for(gpu.sms as usize, tiles, reduction)
 }
 
 /// [`split_k`] for a GPU with `sms` multiprocessors.
 pub(crate) fn split_k_for(sms: usize, tiles: usize, reduction: usize) -> usize {
-    let target = 2 * sms;
+    let target = SPLIT_BLOCKS_PER_SM * sms;
     if tiles >= target {
         return 1;
     }
@@ -411,10 +418,10 @@ mod tests {
     fn split_k_fills_an_h100_only_when_tiles_are_few() {
         let h100 = 132;
         // conv3d backward-weight, k5 C16 at 112x144x64: a 16 x 2000 output (32 tiles) reduced
-        // over 1 M voxels: split 9 gives 288 blocks for 132 SMs.
-        assert_eq!(split_k_for(h100, 32, 112 * 144 * 64), 9);
-        // Forward k5 C128 at 14x18x8: 2016 voxels x 128 = 64 tiles -> split 5.
-        assert_eq!(split_k_for(h100, 64, 125 * 128), 5);
+        // over 1 M voxels: split 33 gives 1056 blocks, 8 per SM.
+        assert_eq!(split_k_for(h100, 32, 112 * 144 * 64), 33);
+        // Forward k5 C128 at 14x18x8: 2016 voxels x 128 = 64 tiles -> split 17.
+        assert_eq!(split_k_for(h100, 64, 125 * 128), 17);
         // Forward k3 C32 at 112x144x64: 16128 tiles, no split.
         assert_eq!(split_k_for(h100, 16128, 27 * 32), 1);
         // A short reduction is never cut below four 32-wide steps per slice.
