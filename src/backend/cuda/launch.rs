@@ -153,20 +153,19 @@ pub unsafe fn launch(
     if profiled {
         sync("(waiting for the work before it)")?;
     }
-    let (gx, gy, gz) = cfg.grid_dim;
     let timing = match profiled {
-        true => crate::backend::cpu::profile::scope(|| format!("{name} grid {gx}x{gy}x{gz}")),
+        true => crate::backend::cpu::profile::scope(|| {
+            let (gx, gy, gz) = cfg.grid_dim;
+            format!("{name} grid {gx}x{gy}x{gz}")
+        }),
         false => None,
     };
     // SAFETY: forwarded from this function's contract.
     unsafe { builder.launch(cfg) }.map_err(|e| Error::Cuda(format!("launching {name}: {e}")))?;
-    if profiled {
+    if profiled || cfg!(debug_assertions) {
         sync("failed")?;
-        drop(timing);
     }
-    if cfg!(debug_assertions) {
-        gpu.stream.synchronize().map_err(|e| Error::Cuda(format!("{name} failed: {e}")))?;
-    }
+    drop(timing);
     Ok(())
 }
 
