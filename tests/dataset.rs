@@ -137,3 +137,29 @@ fn missing_and_misaligned_files_are_named() {
     let err = Dataset::open(&dir.0).unwrap_err().to_string();
     assert!(err.contains("case_0001_L_nv.nii.gz") && err.contains("missing"), "{err}");
 }
+
+#[test]
+fn extra_scans_of_a_voi_round_trip() {
+    use dnvs_engine::synth::VoiScan;
+    let dir = TempDir::new("scans");
+    let scan = VoiScan { inplane_mm: [0.8, 1.6], slice_mm: [0.8, 2.0], draws: 3 };
+    let cfg = SynthConfig { voi_scan: Some(scan), ..small(5) };
+    synth::write_dataset(&dir.0, 1, &cfg, false, &|_| {}).unwrap();
+    let ds = Dataset::open(&dir.0).unwrap();
+    let side = &ds.manifest().cases[0].sides[&Side::L];
+    assert_eq!(side.scans, ["voi/case_0001_L_ct2.nii.gz", "voi/case_0001_L_ct3.nii.gz"]);
+    let mem = synth::generate_case(&cfg, 0).unwrap();
+    for v in &mem.vois {
+        let s = ds.load_voi("case_0001", v.side).unwrap();
+        assert_eq!(s.scans.len(), 2);
+        for (got, want) in s.scans.iter().zip(&v.scans) {
+            assert_eq!(got.data, want.data, "extra scans are whole HU, stored exactly");
+        }
+    }
+    // A data set of one draw names no extra scans (dataset.json as before the option).
+    let one = TempDir::new("scans1");
+    let cfg1 = SynthConfig { voi_scan: Some(VoiScan { draws: 1, ..scan }), ..small(5) };
+    synth::write_dataset(&one.0, 1, &cfg1, false, &|_| {}).unwrap();
+    let json = std::fs::read_to_string(one.0.join("dataset.json")).unwrap();
+    assert!(!json.contains("scans"), "{json}");
+}

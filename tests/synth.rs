@@ -317,7 +317,7 @@ fn mean_step_x(v: &dnvs_engine::io::Volume) -> f64 {
 fn voi_scan_cuts_the_ct_from_a_coarser_scan_and_keeps_the_truth() {
     use dnvs_engine::synth::VoiScan;
     let straight = case(&small(7), 0);
-    let scan = VoiScan { inplane_mm: [1.2, 1.2], slice_mm: [1.2, 1.2] };
+    let scan = VoiScan { inplane_mm: [1.2, 1.2], slice_mm: [1.2, 1.2], draws: 1 };
     let cut = SynthConfig { voi_scan: Some(scan), ..small(7) };
     let (a, b) = (case(&cut, 0), case(&cut, 0));
     for (s, (x, y)) in straight.vois.iter().zip(a.vois.iter().zip(&b.vois)) {
@@ -337,9 +337,36 @@ fn voi_scan_cuts_the_ct_from_a_coarser_scan_and_keeps_the_truth() {
     // The head itself is the same scan as without the option.
     assert_eq!(bits(&a.head_ct.data), bits(&straight.head_ct.data));
     let bad = SynthConfig {
-        voi_scan: Some(VoiScan { inplane_mm: [1.0, 0.5], slice_mm: [1.0, 1.0] }),
+        voi_scan: Some(VoiScan { inplane_mm: [1.0, 0.5], slice_mm: [1.0, 1.0], draws: 1 }),
         ..small(7)
     };
     let e = synth::generate_case(&bad, 0).expect_err("a reversed range is refused");
     assert!(e.to_string().contains("inplane_mm"), "{e}");
+}
+
+#[test]
+fn voi_scan_draws_see_one_anatomy_through_several_scanners() {
+    use dnvs_engine::synth::VoiScan;
+    let one = VoiScan { inplane_mm: [0.6, 1.6], slice_mm: [0.6, 2.0], draws: 1 };
+    let three = VoiScan { draws: 3, ..one };
+    let a = case(&SynthConfig { voi_scan: Some(one), ..small(7) }, 0);
+    let b = case(&SynthConfig { voi_scan: Some(three), ..small(7) }, 0);
+    for (x, y) in a.vois.iter().zip(&b.vois) {
+        // The first scan is the one a single draw makes; the masks are the same truth.
+        assert!(x.scans.is_empty());
+        assert_eq!(bits(&x.ct.data), bits(&y.ct.data));
+        assert_eq!(bits(&x.tb.data), bits(&y.tb.data));
+        assert_eq!(y.scans.len(), 2);
+        for s in &y.scans {
+            assert_eq!((s.dims, s.affine), (y.ct.dims, y.ct.affine));
+            // Another scanner of the same anatomy: different voxels, still the same picture.
+            assert_ne!(bits(&s.data), bits(&y.ct.data));
+            let r = common::correlation(&s.data, &y.ct.data);
+            assert!(r > 0.85, "side {}: correlation {r:.3} between draws", y.side);
+        }
+        assert_ne!(bits(&y.scans[0].data), bits(&y.scans[1].data));
+    }
+    let bad = SynthConfig { voi_scan: Some(VoiScan { draws: 0, ..one }), ..small(7) };
+    let e = synth::generate_case(&bad, 0).expect_err("zero draws are refused");
+    assert!(e.to_string().contains("draws 0"), "{e}");
 }

@@ -184,7 +184,8 @@ fn train_one(
             let scan = s.voi_scan.map_or(String::new(), |v| {
                 let [a, b] = v.inplane_mm;
                 let [c, d] = v.slice_mm;
-                format!("-scan{a}-{b}x{c}-{d}")
+                let draws = if v.draws > 1 { format!("-d{}", v.draws) } else { String::new() };
+                format!("-scan{a}-{b}x{c}-{d}{draws}")
             });
             tmp.with_file_name(format!(".phantoms-{kind}-{}-{}-{x}x{y}x{z}{scan}", s.cases, s.seed))
         }

@@ -58,6 +58,10 @@ pub struct Args {
     /// The slice spacing range LO,HI (mm) of --voi-scan-inplane-mm's simulated scan.
     #[arg(long, value_name = "LO,HI", value_parser = parse_range, requires = "voi_scan_inplane_mm")]
     voi_scan_slice_mm: Option<[f64; 2]>,
+    /// Scans drawn per VOI with --voi-scan-inplane-mm (1..=16): the same anatomy through
+    /// independently drawn voxel sizes, phase and noise, written as `voi/*_ct2.nii.gz`, ...
+    #[arg(long, default_value_t = 1, requires = "voi_scan_inplane_mm")]
+    voi_scan_draws: usize,
     /// With --profile head: probability that one joint is outside the field of view.
     #[arg(long, default_value_t = 0.15)]
     p_one_side_out: f64,
@@ -88,10 +92,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             p_one_side_out: args.p_one_side_out,
             ..HeadProfile::default()
         }),
-        voi_scan: args
-            .voi_scan_inplane_mm
-            .zip(args.voi_scan_slice_mm)
-            .map(|(inplane_mm, slice_mm)| VoiScan { inplane_mm, slice_mm }),
+        voi_scan: args.voi_scan_inplane_mm.zip(args.voi_scan_slice_mm).map(
+            |(inplane_mm, slice_mm)| VoiScan { inplane_mm, slice_mm, draws: args.voi_scan_draws },
+        ),
         ..SynthConfig::default()
     };
     let bar = if std::io::stderr().is_terminal() {

@@ -121,6 +121,20 @@ pub struct SynthConfig {
 pub struct VoiScan {
     pub inplane_mm: [f64; 2],
     pub slice_mm: [f64; 2],
+    /// Scans drawn per VOI (1..=16): the same anatomy and truth seen through `draws` scanners of
+    /// independently drawn voxel sizes, phase and noise. A model learns the scanner from these
+    /// and the anatomy from the cases, so extra draws add scanner variety without new anatomy.
+    #[serde(default = "one_draw", skip_serializing_if = "is_one_draw")]
+    pub draws: usize,
+}
+
+fn one_draw() -> usize {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_one_draw(d: &usize) -> bool {
+    *d == 1
 }
 
 impl VoiScan {
@@ -134,6 +148,9 @@ impl VoiScan {
                     format!("voi scan {name} [{lo}, {hi}]: need 0.25 <= lo <= hi <= 4 mm"),
                 ));
             }
+        }
+        if !(1..=16).contains(&self.draws) {
+            return Err(Error::arg("synth", format!("voi scan draws {}: need 1..=16", self.draws)));
         }
         Ok(())
     }
@@ -201,6 +218,8 @@ pub struct VoiCase {
     pub side: Side,
     /// CT in HU.
     pub ct: Volume,
+    /// More scans of the same VOI ([`VoiScan::draws`] - 1 of them), aligned with `ct`.
+    pub scans: Vec<Volume>,
     /// Masks 0/1, aligned with `ct`.
     pub mc: Volume,
     pub tb: Volume,
@@ -301,15 +320,25 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
                 let e = ph.eval(w);
                 (e.hu as f32, ph.label(&truths[side.index()], w, &e))
             });
+            let mut scans = Vec::new();
             match cfg.voi_scan {
                 None => finish_ct(&mut ct, grid.dims, cfg, &ph, 1 + side.index() as u64),
-                Some(scan) => ct = scanned_voi_ct(cfg, &ph, index, side, &grid, scan),
+                Some(scan) => {
+                    ct = scanned_voi_ct(cfg, &ph, index, side, &grid, scan, 0);
+                    scans = (1..scan.draws)
+                        .map(|k| {
+                            let draw = scanned_voi_ct(cfg, &ph, index, side, &grid, scan, k);
+                            ct_volume(&grid, draw)
+                        })
+                        .collect();
+                }
             }
             let mask = |id: u8| grid.volume(labels.iter().map(|&l| f32::from(l == id)).collect());
             let nv_count = labels.iter().filter(|&&l| l == 3).count();
             VoiCase {
                 side,
                 ct: ct_volume(&grid, ct),
+                scans,
                 mc: mask(1),
                 tb: mask(2),
                 nv: mask(3),
@@ -326,7 +355,9 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
 /// The VOI's CT as cut from a head scan ([`VoiScan`]): the anatomy rendered on an axis-aligned
 /// scan grid of drawn voxel sizes and phase covering the VOI, blurred and noised in that grid's
 /// voxels as a head is ([`finish_ct`]), then sampled trilinearly onto the VOI grid and rounded
-/// to whole HU, as `pipeline::localize::cut_voi` samples a head.
+/// to whole HU, as `pipeline::localize::cut_voi` samples a head. `draw` k > 0 is another scan
+/// of the same VOI: its own voxel sizes, phase and noise (draw 0 keeps the streams it always
+/// had, so data sets of one draw do not change).
 fn scanned_voi_ct(
     cfg: &SynthConfig,
     ph: &Phantom,
@@ -334,8 +365,10 @@ fn scanned_voi_ct(
     side: Side,
     voi: &Grid,
     scan: VoiScan,
+    draw: usize,
 ) -> Vec<f32> {
-    let mut rng = Rng::new(hash_words(&[cfg.seed, case as u64, side.index() as u64, 0x7363_616e]));
+    let key = [cfg.seed, case as u64, side.index() as u64, 0x7363_616e, draw as u64];
+    let mut rng = Rng::new(hash_words(if draw == 0 { &key[..4] } else { &key[..] }));
     let inplane = rng.uniform(scan.inplane_mm[0], scan.inplane_mm[1]);
     let spacing = [inplane, inplane, rng.uniform(scan.slice_mm[0], scan.slice_mm[1])];
     // Enough scan voxels beyond the VOI for the blur's reach and the interpolation's corners.
@@ -348,7 +381,8 @@ fn scanned_voi_ct(
     });
     let grid = Grid { dims, spacing, origin };
     let (mut hu, _) = render(&grid, |w| (ph.eval(w).hu as f32, ()));
-    finish_ct(&mut hu, grid.dims, cfg, ph, 3 + side.index() as u64);
+    let noise = if draw == 0 { 3 } else { 5 + 2 * draw as u64 };
+    finish_ct(&mut hu, grid.dims, cfg, ph, noise + side.index() as u64);
     let (ct, _) = render(voi, |w| (grid.sample_linear(&hu, w).round().clamp(-1024.0, 3071.0), ()));
     ct
 }
@@ -415,6 +449,9 @@ pub struct ManifestSide {
     /// cut off at one side); absent when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_field_of_view: Option<bool>,
+    /// More scans of the same VOI (`VoiScan::draws`), CT files like `image`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scans: Vec<String>,
 }
 
 fn mkdir(p: &Path) -> Result<()> {
@@ -442,8 +479,12 @@ fn write_case(root: &Path, case: &PhantomCase, preview: bool) -> Result<Manifest
                 .condyle_center_ras_mm
                 .map(|c| c.map(|x| (x * 1e4).round() / 1e4)),
             in_field_of_view: v.in_field_of_view.filter(|in_fov| !in_fov),
+            scans: (1..=v.scans.len()).map(|k| name(&format!("ct{}", k + 1))).collect(),
         };
         crate::io::write_nifti(&root.join(&entry.image), &v.ct, VoxelKind::Image)?;
+        for (path, vol) in entry.scans.iter().zip(&v.scans) {
+            crate::io::write_nifti(&root.join(path), vol, VoxelKind::Image)?;
+        }
         for (path, vol) in [(&entry.mc, &v.mc), (&entry.tb, &v.tb), (&entry.nv, &v.nv)] {
             crate::io::write_nifti(&root.join(path), vol, VoxelKind::Mask)?;
         }

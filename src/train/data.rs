@@ -34,6 +34,9 @@ pub struct Sample {
     /// 0/1 joint region on `label`'s grid (the truth NV grown by `loss.joint_margin_mm`), where
     /// the loss's joint term looks; `None` when `loss.joint_w` is 0.
     pub joint: Option<Patch>,
+    /// More scans of this VOI on `image`'s grid (`loaders.synth.voi_scan.draws`): training
+    /// patches come from `image` or one of these at random; validation sees `image` alone.
+    pub scans: Vec<Patch>,
 }
 
 /// A joint's VOI (CT and 0/1 mask) on the data set's own grid.
@@ -200,15 +203,21 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
             } else {
                 None
             };
+            let scans: Vec<Patch> =
+                v.scans.iter().map(|ct| sampling::crop(&ct.data, ct.dims, c, voi)).collect();
             let native = NativeVoi { image, label, spacing: v.ct.spacing };
-            let (image, label, spacing, joint, native) = match cfg.loaders.spacing_mm {
+            let (image, label, spacing, joint, native, scans) = match cfg.loaders.spacing_mm {
                 Some(s) if crate::nn::model::needs_resampling(native.spacing, s) => {
                     let (image, label) = onto_training_grid(&native, s)?;
                     check_patch_fits(cfg, id, side_name, image.dims)?;
                     let joint = joint.map(|j| mask_onto_grid(&j, native.spacing, s)).transpose()?;
-                    (image, label, s, joint, Some(native))
+                    let scans = scans
+                        .iter()
+                        .map(|p| linear_onto_grid(p, native.spacing, s))
+                        .collect::<Result<Vec<_>>>()?;
+                    (image, label, s, joint, Some(native), scans)
                 }
-                _ => (native.image, native.label, native.spacing, joint, None),
+                _ => (native.image, native.label, native.spacing, joint, None, scans),
             };
             let foreground =
                 (0..label.data.len() as u32).filter(|i| label.data[*i as usize] > 0.5).collect();
@@ -221,6 +230,7 @@ pub fn prepare_with(cfg: &Config, nan_to: Option<f32>) -> Result<Prepared> {
                 foreground,
                 native,
                 joint,
+                scans,
             });
         }
     }

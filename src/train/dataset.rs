@@ -93,16 +93,18 @@ impl Dataset {
             .ok_or_else(|| Error::arg("dataset", format!("case `{case_id}` has no side {side}")))?;
         let ct_path = self.dir.join(&s.image);
         let ct = read_nifti(&ct_path)?;
-        let load_mask = |rel: &str| -> Result<Volume> {
+        let load_aligned = |rel: &str| -> Result<Volume> {
             let p = self.dir.join(rel);
             let m = read_nifti(&p)?;
             check_aligned(&ct, &ct_path, &m, &p)?;
             Ok(m)
         };
-        let (mc, tb, nv) = (load_mask(&s.mc)?, load_mask(&s.tb)?, load_mask(&s.nv)?);
+        let (mc, tb, nv) = (load_aligned(&s.mc)?, load_aligned(&s.tb)?, load_aligned(&s.nv)?);
+        let scans = s.scans.iter().map(|rel| load_aligned(rel)).collect::<Result<Vec<_>>>()?;
         Ok(VoiCase {
             side,
             ct,
+            scans,
             mc,
             tb,
             nv,
@@ -132,6 +134,7 @@ fn case_files(c: &ManifestCase) -> Vec<&str> {
     let mut v = vec![c.image.as_str(), c.label.as_str()];
     for s in c.sides.values() {
         v.extend([s.image.as_str(), s.mc.as_str(), s.tb.as_str(), s.nv.as_str()]);
+        v.extend(s.scans.iter().map(String::as_str));
     }
     v
 }

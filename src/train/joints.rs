@@ -153,6 +153,7 @@ fn sample(id: &str, side: String, image: &crate::volume::Volume, label: Vec<f32>
         foreground,
         native: None,
         joint: None,
+        scans: Vec::new(),
     }
 }
 

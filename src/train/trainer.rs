@@ -452,7 +452,25 @@ fn patch_corner(s: &Sample, patch: [usize; 3], fg_fraction: f64, rng: &mut Rng) 
     sampling::random_corner(dims, patch, rng)
 }
 
-/// Squared L2 norm of the gradients, in f64; infinite or NaN when one is.
+/// The CT a training patch is cut from: the sample's image, or with more scans of the VOI one
+/// of them all at random (no draw for a single scan, so runs without extra scans keep their
+/// random streams).
+fn scan_for_patch<'a>(s: &'a Sample, rng: &mut Rng) -> &'a Patch {
+    match rng_pick(s.scans.len() + 1, rng) {
+        0 => &s.image,
+        k => &s.scans[k - 1],
+    }
+}
+
+/// A uniform index below `n`, drawing only when there is a choice.
+fn rng_pick(n: usize, rng: &mut Rng) -> usize {
+    if n > 1 {
+        rng.below(n)
+    } else {
+        0
+    }
+}
+
 /// The sum of every element of `ts` (of its square when `square`) as a scalar on `dev`, nothing
 /// read: on the CPU in f64 over the buffers in place, on a GPU by its reduction kernel.
 fn device_sum<'a>(
@@ -524,7 +542,8 @@ fn run_epoch(
                 grid[rng.below(grid.len())]
             };
             let s = train_s[i];
-            let mut image = sampling::crop(&s.image.data, s.image.dims, corner, patch);
+            let ct = scan_for_patch(s, &mut rng);
+            let mut image = sampling::crop(&ct.data, ct.dims, corner, patch);
             let mut label = sampling::crop(&s.label.data, s.label.dims, corner, patch);
             let t = &cfg.transforms;
             let seed = rng.fork();
