@@ -60,6 +60,7 @@ fn carded_golden(dir: &Path) -> (PathBuf, ModelCard) {
         dice: Some(0.97),
         hd95_mm: Some(0.8),
         engine_version: dnvs_engine::VERSION.into(),
+        scan_mm: None,
     };
     let path = dir.join("vnet.safetensors");
     model::save_with_card(net.as_ref(), &path, &card).unwrap();

@@ -327,6 +327,7 @@ fn tiny_model_file(dir: &Path, target: &str, seed: u64, file: &str) -> PathBuf {
         dice: None,
         hd95_mm: None,
         engine_version: dnvs_engine::VERSION.into(),
+        scan_mm: None,
     };
     let path = dir.join(file);
     save_with_card(net.as_ref(), &path, &card).unwrap();

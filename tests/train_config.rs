@@ -152,3 +152,35 @@ fn patches_must_suit_the_network() {
         err_of(&ORIGINAL.replace("\"val_patch\": [112, 144, 64]", "\"val_patch\": [120, 144, 64]"));
     assert!(e.contains("val_patch") && e.contains("multiple of 16"), "{e}");
 }
+
+#[test]
+fn a_card_records_the_scans_its_training_vois_were_cut_from() {
+    use dnvs_engine::io::normalize::Normalization;
+    use dnvs_engine::nn::model::TrainingScan;
+    use dnvs_engine::train::checkpoint::{card, CardInfo};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tb.json");
+    let info = |cfg: &Config| {
+        card(
+            cfg,
+            &CardInfo {
+                normalization: &Normalization::None,
+                spacing_mm: [0.8; 3],
+                config_sha256: "",
+                train_cases: &[],
+                val_cases: &[],
+                dice: None,
+                hd95_mm: None,
+            },
+        )
+        .unwrap()
+    };
+    let tb = Config::load(&path).unwrap();
+    let c = info(&tb);
+    assert_eq!(c.scan_mm, Some(TrainingScan { inplane_mm: [0.4, 1.6], slice_mm: [0.4, 2.0] }));
+    assert!(c.to_json().contains(r#""scan_mm":{"inplane_mm":[0.4,1.6],"slice_mm":[0.4,2.0]}"#));
+    // A config without simulated scans records none, and its card's JSON has no such key.
+    let plain = Config::parse(ORIGINAL).unwrap();
+    let c = info(&plain);
+    assert_eq!(c.scan_mm, None);
+    assert!(!c.to_json().contains("scan_mm"));
+}

@@ -77,6 +77,31 @@ pub struct ModelCard {
     /// Held-out 95th percentile surface distance (mm).
     pub hd95_mm: Option<f64>,
     pub engine_version: String,
+    /// The voxel sizes of the simulated scans its training VOIs were cut from (`None`: not
+    /// recorded, or VOIs rendered straight at their own spacing). A CT coarser than these is
+    /// outside what the model has seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_mm: Option<TrainingScan>,
+}
+
+/// Ranges of scanner voxel sizes (mm) a model was trained on: in-plane and slice, each LO..HI.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingScan {
+    pub inplane_mm: [f64; 2],
+    pub slice_mm: [f64; 2],
+}
+
+impl TrainingScan {
+    /// Relative slack before a voxel counts as coarser than the training scans.
+    const SLACK: f64 = 1.05;
+
+    /// Whether voxels of `spacing` mm (any axis order) are coarser than every training scan:
+    /// the coarsest axis against the slice range, the next against the in-plane one.
+    pub fn is_exceeded_by(&self, spacing: [f64; 3]) -> bool {
+        let mut s = spacing;
+        s.sort_by(|a, b| b.total_cmp(a));
+        s[0] > self.slice_mm[1] * Self::SLACK || s[1] > self.inplane_mm[1] * Self::SLACK
+    }
 }
 
 /// `Arch` as its command-line name in the card.
@@ -113,7 +138,7 @@ impl ModelCard {
             "model card (format {}):\n  arch: {} width {}\n  target: {} ({} classes)\n  \
              spacing: {x} x {y} x {z} mm\n  normalization: {}\n  patch: {}x{}x{}, window: {}x{}x{}\n  \
              data: {} (seed {}), train {:?}, val {:?}\n  held-out: Dice {}, HD95 {}\n  \
-             config sha256: {}\n  engine: {}",
+             config sha256: {}\n  engine: {}{}",
             self.format,
             self.arch,
             self.width,
@@ -133,7 +158,11 @@ impl ModelCard {
             opt(self.dice, ""),
             opt(self.hd95_mm, " mm"),
             self.config_sha256,
-            self.engine_version
+            self.engine_version,
+            self.scan_mm.map_or(String::new(), |t| format!(
+                "\n  training scans: in-plane {}-{} mm, slices {}-{} mm",
+                t.inplane_mm[0], t.inplane_mm[1], t.slice_mm[0], t.slice_mm[1]
+            ))
         )
     }
 }
@@ -560,6 +589,7 @@ fn card_from_overrides(path: &Path, o: &ModelOverrides) -> Result<ModelCard> {
         dice: None,
         hd95_mm: None,
         engine_version: crate::VERSION.into(),
+        scan_mm: None,
     })
 }
 

@@ -19,6 +19,7 @@ use super::stages::{Located, SideFound, Stages};
 use crate::geometry::{self, marching_cubes, segmentation_metrics, JointSpaces, Mesh};
 use crate::io::orientation;
 use crate::io::{self, mesh::write_mesh};
+use crate::nn::model::TrainingScan;
 use crate::synth::Side;
 use crate::volume::{self, check_aligned, Volume, VoxelKind};
 use crate::{Error, Result};
@@ -55,6 +56,9 @@ pub struct Report {
     pub timings_s: BTreeMap<String, f64>,
     /// `labels`, `report_png`: paths relative to the output folder.
     pub files: BTreeMap<String, String>,
+    /// What makes this result less trustworthy (a CT coarser than the models were trained on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One joint in `report.json`.
@@ -195,9 +199,34 @@ pub fn run_case(
     }
     on_stage("write");
     let t = Instant::now();
-    let report = build_report(input, stages, opts, &works, reasons, &clock);
+    let mut report = build_report(input, stages, opts, &works, reasons, &clock);
+    report.warnings = coarser_than_training(ct.spacing, &report.models);
     let report = write_outputs(out, &ct, report, &works, t)?;
     Ok(report)
+}
+
+/// A warning per segmentation model whose card says it was trained on finer scans than the
+/// CT's voxels (models without that record, and stand-in stages, raise none).
+pub fn coarser_than_training(
+    spacing: [f64; 3],
+    cards: &BTreeMap<String, Option<serde_json::Value>>,
+) -> Vec<String> {
+    let [x, y, z] = spacing;
+    ["mc", "tb"]
+        .into_iter()
+        .filter_map(|k| {
+            let card = cards.get(k)?.as_ref()?;
+            let scan: TrainingScan = serde_json::from_value(card.get("scan_mm")?.clone()).ok()?;
+            scan.is_exceeded_by(spacing).then(|| {
+                format!(
+                    "the CT's voxels ({x:.2} x {y:.2} x {z:.2} mm) are coarser than the {k} model \
+                     was trained on (in-plane up to {} mm, slices up to {} mm): its segmentation \
+                     and the NV are not to be trusted",
+                    scan.inplane_mm[1], scan.slice_mm[1]
+                )
+            })
+        })
+        .collect()
 }
 
 fn read_inputs(
@@ -486,6 +515,7 @@ fn build_report(
         parameters: serde_json::json!({ "enhance": opts.enhance, "nv": stages.nv.params() }),
         timings_s: clock.0.clone(),
         files,
+        warnings: Vec::new(),
     }
 }
 
@@ -671,5 +701,36 @@ mod tests {
         );
         assert_eq!(mc.data, [1.0, 0.0, 1.0, 0.0]);
         assert_eq!(tb.data, [0.0, 1.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn a_ct_coarser_than_the_training_scans_is_warned_about() {
+        let card = |scan: Option<[[f64; 2]; 2]>| {
+            let mut c = serde_json::json!({ "target": "mc" });
+            if let Some([i, sl]) = scan {
+                c["scan_mm"] = serde_json::json!({ "inplane_mm": i, "slice_mm": sl });
+            }
+            Some(c)
+        };
+        let cards = |mc, tb| -> BTreeMap<String, Option<serde_json::Value>> {
+            [("localize".to_string(), None), ("mc".into(), mc), ("tb".into(), tb)]
+                .into_iter()
+                .collect()
+        };
+        let trained = card(Some([[0.4, 1.6], [0.4, 2.0]]));
+        let both = cards(trained.clone(), trained.clone());
+        // Within the ranges, in any axis order (a sagittal scan's thick axis first).
+        assert!(coarser_than_training([1.5, 1.5, 1.5], &both).is_empty());
+        assert!(coarser_than_training([2.0, 0.5, 1.6], &both).is_empty());
+        // The README's real head: 3.2 mm in-plane, one warning per model.
+        let w = coarser_than_training([3.2, 3.2, 1.5], &both);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("3.20 x 3.20 x 1.50 mm") && w[0].contains("mc model"), "{w:?}");
+        assert!(w[1].contains("tb model") && w[1].contains("in-plane up to 1.6 mm"), "{w:?}");
+        // Slices thicker than any training scan.
+        assert_eq!(coarser_than_training([0.5, 0.5, 3.0], &both).len(), 2);
+        // Cards without the record (older models, stand-ins) raise nothing.
+        assert!(coarser_than_training([3.2, 3.2, 3.2], &cards(card(None), None)).is_empty());
+        assert_eq!(coarser_than_training([3.2, 3.2, 3.2], &cards(card(None), trained)).len(), 1);
     }
 }

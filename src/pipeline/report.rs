@@ -380,6 +380,9 @@ pub fn summary(report: &Report, out: &Path) -> String {
             }
         }
     }
+    for w in &report.warnings {
+        s += &format!("warning: {w}\n");
+    }
     if let Some(ai) = report.asymmetry.asymmetry_index {
         s += &format!("asymmetry index |L-R|/(L+R) = {ai:.3}\n");
     }

@@ -208,6 +208,12 @@ pub fn card(cfg: &Config, info: &CardInfo) -> Result<ModelCard> {
         dice: info.dice.filter(|d| d.is_finite()),
         hd95_mm: info.hd95_mm.filter(|d| d.is_finite()),
         engine_version: crate::VERSION.into(),
+        scan_mm: cfg
+            .loaders
+            .synth
+            .as_ref()
+            .and_then(|s| s.voi_scan)
+            .map(|v| model::TrainingScan { inplane_mm: v.inplane_mm, slice_mm: v.slice_mm }),
     })
 }
 
