@@ -163,3 +163,23 @@ fn extra_scans_of_a_voi_round_trip() {
     let json = std::fs::read_to_string(one.0.join("dataset.json")).unwrap();
     assert!(!json.contains("scans"), "{json}");
 }
+
+#[test]
+fn the_joint_space_range_is_recorded_in_the_data_set_unless_it_is_the_default() {
+    use dnvs_engine::synth::GapRange;
+    let read = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("dataset.json")).unwrap()).unwrap()
+    };
+    let (plain, wide) = (TempDir::new("gap-default"), TempDir::new("gap-wide"));
+    let cfg = SynthConfig { voi_dims: [16, 16, 16], ..small(4) };
+    synth::write_dataset(&plain.0, 1, &cfg, false, &|_| {}).unwrap();
+    let cfg = SynthConfig { gaps: GapRange { mm: [1.0, 5.0] }, ..cfg };
+    let m = synth::write_dataset(&wide.0, 1, &cfg, false, &|_| {}).unwrap();
+    assert!(read(&plain.0).get("gap_mm").is_none(), "the default is not written");
+    assert_eq!(read(&wide.0)["gap_mm"], serde_json::json!([1.0, 5.0]));
+    assert_eq!(m.gap_mm, GapRange { mm: [1.0, 5.0] });
+    for s in ["L", "R"] {
+        let g = read(&wide.0)["cases"][0]["sides"][s]["joint_space_mm"].as_f64().unwrap();
+        assert!((1.0..=5.0).contains(&g), "{s}: {g}");
+    }
+}

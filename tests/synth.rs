@@ -234,6 +234,33 @@ fn joint_space_is_1_5_to_4_mm_and_differs_per_side() {
 }
 
 #[test]
+fn a_wider_joint_space_range_draws_wider_joint_spaces() {
+    use dnvs_engine::synth::{GapRange, Phantom};
+    let wide = GapRange { mm: [1.0, 5.0] };
+    let (mut below, mut above) = (0, 0);
+    for case in 0..40 {
+        let a = Phantom::new(3, case);
+        let d = Phantom::with_gaps(3, case, GapRange::default());
+        let w = Phantom::with_gaps(3, case, wide);
+        let gaps = |p: &Phantom| p.joints.each_ref().map(|j| j.gap_mm);
+        assert_eq!(gaps(&a), gaps(&d), "the default range is the range of Phantom::new");
+        let [l, r] = gaps(&w);
+        assert!((0.3..=1.0).contains(&(l - r).abs()), "case {case}: sides {l:.2} / {r:.2}");
+        for g in [l, r] {
+            assert!((1.0..=5.0).contains(&g), "case {case}: gap {g}");
+            below += usize::from(g < 1.5);
+            above += usize::from(g > 4.0);
+        }
+    }
+    assert!(below >= 4 && above >= 4, "{below} joints under 1.5 mm, {above} over 4 mm of 80");
+    for bad in [[2.0, 2.5], [0.2, 3.0], [3.0, 9.0]] {
+        let cfg = SynthConfig { gaps: GapRange { mm: bad }, ..small(3) };
+        let e = synth::generate_case(&cfg, 0).expect_err("a range without room is refused");
+        assert!(e.to_string().contains("joint space range"), "{e}");
+    }
+}
+
+#[test]
 fn voi_sits_on_the_joint_inside_the_head() {
     let cfg = small(3);
     let c = case(&cfg, 0);

@@ -184,3 +184,17 @@ fn a_card_records_the_scans_its_training_vois_were_cut_from() {
     assert_eq!(c.scan_mm, None);
     assert!(!c.to_json().contains("scan_mm"));
 }
+
+#[test]
+fn the_phantoms_joint_space_range_is_a_checked_option() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/mc.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let with = |range: &str| {
+        text.replacen("\"seed\": 1,", &format!("\"seed\": 1, \"gap_mm\": {range},"), 1)
+    };
+    let cfg = Config::parse(&with("[1.0, 5.0]")).unwrap();
+    let g = cfg.loaders.synth.as_ref().and_then(|s| s.gap_mm).expect("parsed");
+    assert_eq!(g.mm, [1.0, 5.0]);
+    let e = err_of(&with("[2.0, 2.5]"));
+    assert!(e.contains("loaders.synth.gap_mm") && e.contains("[2, 2.5]"), "{e}");
+}

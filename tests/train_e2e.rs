@@ -26,8 +26,15 @@ fn dataset() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let d = scratch("data").join("phantoms");
-        dnvs_engine::train::synth_bridge::write_phantoms(&d, CASES, 3, VOI, None)
-            .expect("phantoms");
+        dnvs_engine::train::synth_bridge::write_phantoms(
+            &d,
+            CASES,
+            3,
+            VOI,
+            None,
+            Default::default(),
+        )
+        .expect("phantoms");
         d
     })
 }

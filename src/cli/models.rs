@@ -187,7 +187,14 @@ fn train_one(
                 let draws = if v.draws > 1 { format!("-d{}", v.draws) } else { String::new() };
                 format!("-scan{a}-{b}x{c}-{d}{draws}")
             });
-            tmp.with_file_name(format!(".phantoms-{kind}-{}-{}-{x}x{y}x{z}{scan}", s.cases, s.seed))
+            let gaps = s.gap_mm.filter(|g| !g.is_default()).map_or(String::new(), |g| {
+                let [lo, hi] = g.mm;
+                format!("-gap{lo}-{hi}")
+            });
+            tmp.with_file_name(format!(
+                ".phantoms-{kind}-{}-{}-{x}x{y}x{z}{scan}{gaps}",
+                s.cases, s.seed
+            ))
         }
         None => tmp.join("phantoms"),
     };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use dnvs_engine::synth::{self, HeadProfile, SynthConfig, VoiScan};
+use dnvs_engine::synth::{self, GapRange, HeadProfile, SynthConfig, VoiScan};
 
 #[derive(clap::Args)]
 #[command(
@@ -65,6 +65,11 @@ pub struct Args {
     /// With --profile head: probability that one joint is outside the field of view.
     #[arg(long, default_value_t = 0.15)]
     p_one_side_out: f64,
+    /// Range LO,HI (mm) the joint spaces are drawn from (LO + 1 <= HI). Training data may span
+    /// more than the heads it is tested on, so the edges of the test range are not the edges of
+    /// what the model learned.
+    #[arg(long, value_name = "LO,HI", value_parser = parse_range, default_value = "1.5,4")]
+    gap_mm: [f64; 2],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -95,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         voi_scan: args.voi_scan_inplane_mm.zip(args.voi_scan_slice_mm).map(
             |(inplane_mm, slice_mm)| VoiScan { inplane_mm, slice_mm, draws: args.voi_scan_draws },
         ),
+        gaps: GapRange { mm: args.gap_mm },
         ..SynthConfig::default()
     };
     let bar = if std::io::stderr().is_terminal() {

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use head_profile::HeadProfile;
-pub use phantom::{Phantom, Tissue};
+pub use phantom::{GapRange, Phantom, Tissue};
 
 use crate::geometry::NvParams;
 use crate::io::nifti::{generated_header, DataType};
@@ -112,6 +112,8 @@ pub struct SynthConfig {
     /// analytic truth at 0.4 mm: a model trained on these learns the true shapes from the
     /// blurrier CT a real pipeline gives it.
     pub voi_scan: Option<VoiScan>,
+    /// The range the joint spaces are drawn from.
+    pub gaps: GapRange,
 }
 
 /// Voxel sizes of the simulated head scan a VOI is cut from: per VOI an in-plane size (x, y)
@@ -167,6 +169,7 @@ impl Default for SynthConfig {
             head: None,
             nv: NvParams::default(),
             voi_scan: None,
+            gaps: GapRange::default(),
         }
     }
 }
@@ -198,6 +201,7 @@ impl SynthConfig {
         if let Some(v) = &self.voi_scan {
             v.validate()?;
         }
+        self.gaps.validate()?;
         self.nv.validate()?;
         Ok(())
     }
@@ -273,7 +277,7 @@ pub fn voi_grid(cfg: &SynthConfig, ph: &Phantom, case: usize, side: Side) -> Gri
 /// [`Error::Arg`] for an invalid config.
 pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
     cfg.validate()?;
-    let mut ph = Phantom::new(cfg.seed, index as u64);
+    let mut ph = Phantom::with_gaps(cfg.seed, index as u64, cfg.gaps);
     let scan = cfg.head.as_ref().map(|p| head_profile::draw_scan(p, &ph, cfg.seed, index as u64));
     if let Some(scan) = &scan {
         ph.pose = scan.pose;
@@ -420,6 +424,9 @@ pub struct Manifest {
     /// The simulated scan the VOIs' CTs were cut from (absent: rendered straight at 0.4 mm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voi_scan: Option<VoiScan>,
+    /// The range the joint spaces were drawn from (absent: the default, 1.5-4 mm).
+    #[serde(default, skip_serializing_if = "GapRange::is_default")]
+    pub gap_mm: GapRange,
     pub labels: BTreeMap<String, String>,
     pub cases: Vec<ManifestCase>,
 }
@@ -561,6 +568,7 @@ pub fn write_dataset(
         voi_dims: Some(cfg.voi_dims),
         nv_params: Some(cfg.nv),
         voi_scan: cfg.voi_scan,
+        gap_mm: cfg.gaps,
         labels,
         cases: entries,
     };

@@ -20,6 +20,7 @@
 //!   `d <= h <= max_mm`. `nv_mm3` = NV voxel count x voxel volume.
 
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::anatomy::{
     add, dot, mat_t_vec, normalize_or, rotation_xyz, scale, smin, sub, Aabb, Capsule, Cylinder,
@@ -29,6 +30,7 @@ use super::noise::{gauss_at, hash_words, splitmix64, Rng, ValueNoise};
 use super::Side;
 use crate::geometry::NvParams;
 use crate::volume::Volume;
+use crate::{Error, Result};
 
 /// Smallest sphere-tracing step of the truth's rays (mm): far below a voxel (0.4 mm) and any
 /// bone thickness, so no bone is stepped over.
@@ -181,6 +183,44 @@ impl Joint {
     }
 }
 
+/// The range the designed joint spaces are drawn from (mm): the first joint's uniformly, the
+/// other's 0.3-1.0 mm from it and inside the range (the two sides differ, as real ones do).
+///
+/// Training phantoms may use a wider range than the held-out heads: where a scan blurs the
+/// joint space, a model's best guess leans towards the spaces it was trained on, so a range that
+/// ends where the test range ends pulls the narrowest and widest joints inwards.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GapRange {
+    pub mm: [f64; 2],
+}
+
+impl Default for GapRange {
+    fn default() -> Self {
+        GapRange { mm: [1.5, 4.0] }
+    }
+}
+
+impl GapRange {
+    /// # Errors
+    /// [`Error::Arg`] unless 0.5 <= lo, lo + 1 <= hi <= 8 mm (the second joint needs room to
+    /// differ from the first by up to 1 mm).
+    pub fn validate(&self) -> Result<()> {
+        let [lo, hi] = self.mm;
+        if !(0.5 <= lo && lo + 1.0 <= hi && hi <= 8.0) {
+            return Err(Error::arg(
+                "synth",
+                format!("joint space range [{lo}, {hi}] mm: need 0.5 <= lo, lo + 1 <= hi <= 8"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == GapRange::default()
+    }
+}
+
 /// Intensity parameters of one case (HU).
 #[derive(Clone, Copy, Debug)]
 struct Hu {
@@ -237,8 +277,15 @@ fn deg(x: f64) -> f64 {
 }
 
 impl Phantom {
-    /// Draws case number `case` (0-based) of the data set with seed `seed`.
+    /// Draws case number `case` (0-based) of the data set with seed `seed`, joint spaces from
+    /// the default [`GapRange`].
     pub fn new(seed: u64, case: u64) -> Self {
+        Self::with_gaps(seed, case, GapRange::default())
+    }
+
+    /// [`Phantom::new`] with the joint spaces drawn from `gaps` (another range draws another
+    /// case of the same seed: the rest of the anatomy follows from the same random stream).
+    pub fn with_gaps(seed: u64, case: u64, gaps: GapRange) -> Self {
         let key = hash_words(&[seed, case, 0x7a6d_6a21]);
         let mut rng = Rng::new(key);
         let k = rng.uniform(0.95, 1.05);
@@ -259,9 +306,10 @@ impl Phantom {
         let base_z = rng.uniform(6.0, 8.0);
 
         // Joints: independent size, position, orientation and gap per side (asymmetry).
-        let g_first = rng.uniform(1.5, 4.0);
+        let [g_lo, g_hi] = gaps.mm;
+        let g_first = rng.uniform(g_lo, g_hi);
         let delta = rng.uniform(0.3, 1.0);
-        let g_second = if (g_first + delta <= 4.0 && rng.unit() < 0.5) || g_first - delta < 1.5 {
+        let g_second = if (g_first + delta <= g_hi && rng.unit() < 0.5) || g_first - delta < g_lo {
             g_first + delta
         } else {
             g_first - delta

@@ -207,6 +207,9 @@ pub struct SynthConfig {
     /// `--voi-scan-inplane-mm/--voi-scan-slice-mm`), so the model sees what `nv` cuts from a head.
     #[serde(default)]
     pub voi_scan: Option<crate::synth::VoiScan>,
+    /// The range the phantoms' joint spaces are drawn from (`synth --gap-mm`; default 1.5-4).
+    #[serde(default)]
+    pub gap_mm: Option<crate::synth::GapRange>,
 }
 
 /// `loaders`: data, patches, transforms.
@@ -479,6 +482,11 @@ impl Config {
             }
         }
         let l = &self.loaders;
+        if let Some(g) = l.synth.as_ref().and_then(|s| s.gap_mm) {
+            if let Err(e) = g.validate() {
+                return bad(format!("loaders.synth.gap_mm: {e}"));
+            }
+        }
         let voi = l.voi_shape;
         if voi.contains(&0) {
             return bad(format!("loaders.voi_shape {voi:?} has a zero extent"));

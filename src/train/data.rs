@@ -109,6 +109,7 @@ fn ensure_dataset(cfg: &Config) -> Result<()> {
         s.seed,
         cfg.loaders.voi_shape,
         s.voi_scan,
+        s.gap_mm.unwrap_or_default(),
     )
 }
 

@@ -4,12 +4,13 @@
 
 use std::path::Path;
 
-use crate::synth::{self, HeadProfile, SynthConfig, VoiScan};
+use crate::synth::{self, GapRange, HeadProfile, SynthConfig, VoiScan};
 use crate::Result;
 
 /// Writes `cases` phantoms with VOIs of `voi` voxels (0.4 mm) into `dir` (a `dataset.json` data
 /// set, as `dnvs-engine synth --out DIR --cases N --seed S --voi-size D,H,W` writes it; with
-/// `voi_scan`, as `--voi-scan-inplane-mm/--voi-scan-slice-mm` do).
+/// `voi_scan`, as `--voi-scan-inplane-mm/--voi-scan-slice-mm` do; joint spaces from `gaps`, as
+/// `--gap-mm` does).
 ///
 /// # Errors
 /// Those of [`synth::write_dataset`].
@@ -19,8 +20,9 @@ pub fn write_phantoms(
     seed: u64,
     voi: [usize; 3],
     voi_scan: Option<VoiScan>,
+    gaps: GapRange,
 ) -> Result<()> {
-    let cfg = SynthConfig { seed, voi_dims: voi, voi_scan, ..SynthConfig::default() };
+    let cfg = SynthConfig { seed, voi_dims: voi, voi_scan, gaps, ..SynthConfig::default() };
     synth::write_dataset(dir, cases, &cfg, false, &|_| {})?;
     Ok(())
 }
