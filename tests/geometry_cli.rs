@@ -97,6 +97,37 @@ fn mesh_inflate_metrics_round_trip() {
     assert_eq!(nv.affine, mc.affine);
     let count = nv.data.iter().filter(|&&v| v > 0.5).count() as f64;
     assert!((count * 0.8 * 0.9 - vol).abs() < 1e-6 * vol);
+    // 1 mm voxels are more than twice the 0.4 mm the NV is counted on: left as they are.
+    assert_eq!(json["refined_by"], serde_json::json!([1, 1, 1]));
+    // Refined to 0.5 mm (2x2x2): the same shell, the NV mask back on MC's grid.
+    let text = run(&[
+        "inflate",
+        "--mc",
+        &p("mc.nii.gz"),
+        "--tb",
+        &p("tb.nii.gz"),
+        "--out",
+        &p("nv_fine"),
+        "--max-mm",
+        "8",
+        "--device",
+        "cpu",
+        "--voxel-mm",
+        "0.5",
+    ]);
+    assert!(text.contains("refined 2x2x2"), "{text}");
+    let fine: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("nv_fine/nv.json")).unwrap())
+            .unwrap();
+    assert_eq!(fine["refined_by"], serde_json::json!([2, 2, 2]));
+    for (a, want_mm) in [0.4, 0.5, 0.45].into_iter().enumerate() {
+        let got = fine["counted_on_mm"][a].as_f64().unwrap_or(f64::NAN);
+        assert!((got - want_mm).abs() < 1e-6, "counted_on_mm[{a}] = {got}");
+    }
+    let vol_fine = fine["volume_mm3"].as_f64().unwrap();
+    assert!((vol_fine - want).abs() < 0.05 * want, "refined NV {vol_fine} vs {want}");
+    let nv_fine = read_nifti(&dir.join("nv_fine/nv.nii.gz")).unwrap();
+    assert_eq!((nv_fine.dims, nv_fine.affine), (mc.dims, mc.affine));
     assert!(read_stl(&dir.join("nv/nv.stl")).unwrap().topology().is_closed_oriented());
 
     run(&[

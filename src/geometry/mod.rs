@@ -14,6 +14,7 @@ pub mod marching_cubes;
 pub mod mc_tables;
 pub mod mesh;
 pub mod metrics;
+pub mod refine;
 pub mod smooth;
 
 pub use components::fill_cavities;
@@ -22,6 +23,7 @@ pub use inflate::{negative_volume, HitStats, JointSpaces, NvParams, NvResult};
 pub use marching_cubes::{marching_cubes, marching_cubes_spacing, mesh_volume};
 pub use mesh::Mesh;
 pub use metrics::{segmentation_metrics, SegMetrics};
+pub use refine::{negative_volume_refined, too_coarse_for_nv, NV_VOXEL_MM};
 pub use smooth::taubin_smooth;
 
 use crate::{Error, Result};
