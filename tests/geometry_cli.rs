@@ -64,21 +64,19 @@ fn mesh_inflate_metrics_round_trip() {
     run(&["mesh", &p("mc.nii.gz"), &p("mc.obj"), "--level", "0.5"]);
     run(&["mesh", &p("mc.nii.gz"), &p("mc.ply")]);
 
-    run(&[
-        "inflate",
-        "--mc",
-        &p("mc.nii.gz"),
-        "--tb",
-        &p("tb.nii.gz"),
-        "--out",
-        &p("nv"),
-        "--max-mm",
-        "8",
-        "--device",
-        "cpu",
-    ]);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("nv/nv.json")).unwrap()).unwrap();
+    // `inflate` of the phantom into DIR/out with extra flags: its stdout and nv.json.
+    let inflate = |out: &str, extra: &[&str]| {
+        let (mc, tb, to) = (p("mc.nii.gz"), p("tb.nii.gz"), p(out));
+        let mut args = vec!["inflate", "--mc", &mc, "--tb", &tb, "--out", &to];
+        args.extend(["--max-mm", "8", "--device", "cpu"]);
+        args.extend(extra);
+        let text = run(&args);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(out).join("nv.json")).unwrap())
+                .unwrap();
+        (text, json)
+    };
+    let (_, json) = inflate("nv", &[]);
     let vol = json["volume_mm3"].as_f64().unwrap();
     assert!((vol - want).abs() < 0.05 * want, "NV {vol} vs {want}");
     for (key, v) in [("head_depth_mm", 7.0), ("min_up", 0.0), ("max_mm", 8.0)] {
@@ -100,25 +98,8 @@ fn mesh_inflate_metrics_round_trip() {
     // 1 mm voxels are more than twice the 0.4 mm the NV is counted on: left as they are.
     assert_eq!(json["refined_by"], serde_json::json!([1, 1, 1]));
     // Refined to 0.5 mm (2x2x2): the same shell, the NV mask back on MC's grid.
-    let text = run(&[
-        "inflate",
-        "--mc",
-        &p("mc.nii.gz"),
-        "--tb",
-        &p("tb.nii.gz"),
-        "--out",
-        &p("nv_fine"),
-        "--max-mm",
-        "8",
-        "--device",
-        "cpu",
-        "--voxel-mm",
-        "0.5",
-    ]);
+    let (text, fine) = inflate("nv_fine", &["--voxel-mm", "0.5"]);
     assert!(text.contains("refined 2x2x2"), "{text}");
-    let fine: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("nv_fine/nv.json")).unwrap())
-            .unwrap();
     assert_eq!(fine["refined_by"], serde_json::json!([2, 2, 2]));
     for (a, want_mm) in [0.4, 0.5, 0.45].into_iter().enumerate() {
         let got = fine["counted_on_mm"][a].as_f64().unwrap_or(f64::NAN);
