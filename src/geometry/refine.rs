@@ -61,13 +61,18 @@ pub fn refine_factors(spacing: [f64; 3], finest_mm: f64) -> [usize; 3] {
     })
 }
 
+/// The `(i, j, k)` of row-major linear index `q` in `dims`.
+fn voxel_of(q: usize, dims: [usize; 3]) -> [usize; 3] {
+    [q / (dims[1] * dims[2]), (q / dims[2]) % dims[1], q % dims[2]]
+}
+
 /// Each voxel split into `f[0] x f[1] x f[2]` sub-voxels of its value, centred in it: world
 /// positions are kept.
 pub fn refine_nearest(v: &Volume, f: [usize; 3]) -> Volume {
     let dims = [v.dims[0] * f[0], v.dims[1] * f[1], v.dims[2] * f[2]];
     let mut data = vec![0f32; dims.iter().product()];
     for (q, out) in data.iter_mut().enumerate() {
-        let idx = [q / (dims[1] * dims[2]), (q / dims[2]) % dims[1], q % dims[2]];
+        let idx = voxel_of(q, dims);
         *out = v.data[v.index(idx[0] / f[0], idx[1] / f[1], idx[2] / f[2])];
     }
     let mut affine = v.affine;
@@ -90,7 +95,7 @@ fn coarsen_majority(fine: &[f32], coarse_dims: [usize; 3], f: [usize; 3]) -> Vec
     let mut count = vec![0usize; coarse_dims.iter().product()];
     for (q, &v) in fine.iter().enumerate() {
         if v > 0.5 {
-            let idx = [q / (fd[1] * fd[2]), (q / fd[2]) % fd[1], q % fd[2]];
+            let idx = voxel_of(q, fd);
             let c = [idx[0] / f[0], idx[1] / f[1], idx[2] / f[2]];
             count[(c[0] * coarse_dims[1] + c[1]) * coarse_dims[2] + c[2]] += 1;
         }
@@ -104,10 +109,9 @@ fn coarsen_majority(fine: &[f32], coarse_dims: [usize; 3], f: [usize; 3]) -> Vec
 fn reach_box(mc: &Volume, margin_mm: f64) -> Option<([usize; 3], [usize; 3])> {
     let mut lo = mc.dims;
     let mut hi = [0usize; 3];
-    let [_, h, w] = mc.dims;
     for (q, &v) in mc.data.iter().enumerate() {
         if v > 0.5 {
-            let idx = [q / (h * w), (q / w) % h, q % w];
+            let idx = voxel_of(q, mc.dims);
             for a in 0..3 {
                 lo[a] = lo[a].min(idx[a]);
                 hi[a] = hi[a].max(idx[a] + 1);
@@ -125,16 +129,29 @@ fn reach_box(mc: &Volume, margin_mm: f64) -> Option<([usize; 3], [usize; 3])> {
     Some((lo, hi))
 }
 
+/// Calls `row(big, small)` for every row (along the last axis) of the box of `size` voxels at
+/// `lo` in a volume of `dims`: `big` is the row's first index in the volume, `small` in the box.
+fn for_box_rows(
+    dims: [usize; 3],
+    lo: [usize; 3],
+    size: [usize; 3],
+    mut row: impl FnMut(usize, usize),
+) {
+    for i in 0..size[0] {
+        for j in 0..size[1] {
+            row(((lo[0] + i) * dims[1] + lo[1] + j) * dims[2] + lo[2], (i * size[1] + j) * size[2]);
+        }
+    }
+}
+
 /// The sub-volume `[lo, hi)` of `v`, world positions kept.
 fn crop(v: &Volume, lo: [usize; 3], hi: [usize; 3]) -> Volume {
     let dims = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]];
     let mut data = Vec::with_capacity(dims.iter().product());
-    for i in lo[0]..hi[0] {
-        for j in lo[1]..hi[1] {
-            let start = v.index(i, j, lo[2]);
-            data.extend_from_slice(&v.data[start..start + dims[2]]);
-        }
-    }
+    for_box_rows(v.dims, lo, dims, |big, small| {
+        debug_assert_eq!(small, data.len());
+        data.extend_from_slice(&v.data[big..big + dims[2]]);
+    });
     let mut affine = v.affine;
     for row in affine.iter_mut().take(3) {
         row[3] += (0..3).map(|a| row[a] * lo[a] as f64).sum::<f64>();
@@ -184,14 +201,10 @@ pub fn negative_volume_refined(
         negative_volume(&refine_nearest(&mc_box, f), &refine_nearest(&tb_box, f), params, device)?;
     let nv_box = coarsen_majority(&res.nv.data, mc_box.dims, f);
     let mut nv = mc.with_data(vec![0.0; mc.len()]);
-    let bd = mc_box.dims;
-    for i in 0..bd[0] {
-        for j in 0..bd[1] {
-            let from = (i * bd[1] + j) * bd[2];
-            let to = nv.index(lo[0] + i, lo[1] + j, lo[2]);
-            nv.data[to..to + bd[2]].copy_from_slice(&nv_box[from..from + bd[2]]);
-        }
-    }
+    let row = mc_box.dims[2];
+    for_box_rows(mc.dims, lo, mc_box.dims, |big, small| {
+        nv.data[big..big + row].copy_from_slice(&nv_box[small..small + row]);
+    });
     res.nv = nv;
     Ok((res, f))
 }
