@@ -144,7 +144,8 @@ fn for_box_rows(
     }
 }
 
-/// The sub-volume `[lo, hi)` of `v`, world positions kept.
+/// The sub-volume `[lo, hi)` of `v`, world positions kept. (`io::resample::crop_or_pad` does this
+/// and padding too, but geometry does not name io: see tests/layering.rs.)
 fn crop(v: &Volume, lo: [usize; 3], hi: [usize; 3]) -> Volume {
     let dims = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]];
     let mut data = Vec::with_capacity(dims.iter().product());
