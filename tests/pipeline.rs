@@ -255,6 +255,8 @@ fn a_cohort_with_a_broken_file_records_it_and_a_rerun_skips_finished_cases() {
     assert!(stdout.contains("2 done, 0 skipped (complete), 1 failed"), "{stdout}");
     assert!(stderr.contains("1 of 3 cases failed"), "{stderr}");
     let table = std::fs::read_to_string(out.join("cohort.csv")).unwrap();
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.ends_with(",asymmetry_index,warnings,error"), "{header}");
     let rows: Vec<&str> = table.lines().skip(1).collect();
     let status = |r: &str| r.split(',').nth(2).unwrap_or("").to_string();
     assert_eq!(rows.iter().filter(|r| status(r) == "done").count(), 4, "{table}");

@@ -201,7 +201,7 @@ fn read_report(path: &Path) -> Option<Report> {
 }
 
 /// The columns of `cohort.csv`.
-pub const COLUMNS: [&str; 21] = [
+pub const COLUMNS: [&str; 22] = [
     "case",
     "side",
     "status",
@@ -222,6 +222,7 @@ pub const COLUMNS: [&str; 21] = [
     "nv_truth_mm3",
     "nv_error_rel",
     "asymmetry_index",
+    "warnings",
     "error",
 ];
 
@@ -245,7 +246,7 @@ fn case_rows(case: &CohortCase, status: &CaseStatus, report: Option<&Report>) ->
     Side::BOTH
         .iter()
         .map(|side| match r.sides.get(side.name()).and_then(|s| s.as_ref()) {
-            Some(s) => side_row(case, *side, label, s, r.asymmetry.asymmetry_index),
+            Some(s) => side_row(case, *side, label, s, r),
             None => {
                 let mut row = vec![case.id.clone(), side.name().into(), "not found".into()];
                 row.resize(COLUMNS.len() - 1, String::new());
@@ -261,9 +262,11 @@ fn side_row(
     side: Side,
     status: &str,
     s: &SideReport,
-    ai: Option<f64>,
+    r: &Report,
 ) -> Vec<String> {
     let js = &s.joint_space_mm;
+    // The CT's warnings concern both sides; the side's own follow them.
+    let warnings: Vec<&str> = r.warnings.iter().chain(&s.warnings).map(String::as_str).collect();
     let m = s.metrics.as_ref();
     vec![
         case.id.clone(),
@@ -285,7 +288,8 @@ fn side_row(
         num(m.and_then(|m| m.tb.hd95_mm)),
         num(m.map(|m| m.nv_truth_mm3)),
         num(m.and_then(|m| m.nv_error_rel)),
-        num(ai),
+        num(r.asymmetry.asymmetry_index),
+        warnings.join(" | "),
         String::new(),
     ]
 }

@@ -291,6 +291,9 @@ fn caption(report: &Report, side: Side) -> Vec<String> {
             m.mc.dice, m.tb.dice, m.nv.dice, m.nv_truth_mm3
         ));
     }
+    if !s.warnings.is_empty() {
+        lines.push("WARNING: THE JOINT SPACE CLOSES (MIN < 1 VOXEL): NV LIKELY TOO SMALL".into());
+    }
     lines
 }
 
@@ -306,7 +309,7 @@ pub fn write_png(path: &Path, report: &Report, sides: &[SidePicture]) -> Result<
         rows.push((side, pic.map(|p| side_row(p, mesh_size)).transpose()?));
     }
     let width = rows.iter().filter_map(|r| r.1.as_ref().map(|c| c.w)).max().unwrap_or(700).max(900);
-    let caption_h = 3 * 20 + 8;
+    let caption_h = 4 * 20 + 8;
     let title_h = 34;
     let height = title_h + rows.len() * (caption_h + ROW_H + GAP) + 150 + GAP;
     let mut page = Canvas::new(width, height, [0, 0, 0]);
@@ -373,6 +376,9 @@ pub fn summary(report: &Report, out: &Path) -> String {
                     );
                 }
                 s.push('\n');
+                for w in &r.warnings {
+                    s += &format!("warning: {w}\n");
+                }
             }
             _ => {
                 let why = report.reasons.get(side.name()).map_or("", |r| r.as_str());
