@@ -60,6 +60,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // A bad flag is refused before any file is read.
+    if !(args.voxel_mm.is_finite() && args.voxel_mm >= 0.0) {
+        anyhow::bail!(
+            "--voxel-mm must be a size in mm >= 0 (0: no refinement), got {}",
+            args.voxel_mm
+        );
+    }
     let mc = read_volume(&args.mc).with_context(|| format!("cannot read {}", args.mc.display()))?;
     let tb = read_volume(&args.tb).with_context(|| format!("cannot read {}", args.tb.display()))?;
     check_aligned(&mc, &tb, "MC and TB masks")?;
@@ -69,12 +76,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("dnvs-engine: warning: {}: {w}", args.mc.display());
     }
     let device = gpu_check::resolve(args.device, Precision::F32)?;
-    if !(args.voxel_mm.is_finite() && args.voxel_mm >= 0.0) {
-        anyhow::bail!(
-            "--voxel-mm must be a size in mm >= 0 (0: no refinement), got {}",
-            args.voxel_mm
-        );
-    }
     let (res, refined_by) = negative_volume_refined(&mc, &tb, &params, device, args.voxel_mm)
         .with_context(|| {
             format!("inflation of {} against {} on {device}", args.mc.display(), args.tb.display())
