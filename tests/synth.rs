@@ -5,7 +5,7 @@
 mod common;
 
 use dnvs_engine::synth::anatomy::{dot, normalize_or, sub};
-use dnvs_engine::synth::phantom::Tissue;
+use dnvs_engine::synth::phantom::{voxel_mean, Tissue};
 use dnvs_engine::synth::{self, PhantomCase, Side, SynthConfig, VoiCase};
 use dnvs_engine::Error;
 
@@ -64,7 +64,7 @@ fn tissue_map(ph: &synth::Phantom, vol: &dnvs_engine::io::Volume) -> Vec<Tissue>
 
 #[test]
 fn every_tissue_class_has_its_hu_range() {
-    // Clean render: every voxel's value is inside the range its class promises.
+    // Clean render: every voxel's value is inside the range its classes promise.
     let clean = SynthConfig { noise: false, blur_sigma_vox: 0.0, ..small(11) };
     let c = case(&clean, 0);
     let noisy = case(&small(11), 0);
@@ -77,9 +77,17 @@ fn every_tissue_class_has_its_hu_range() {
     ];
     for (vol, noisy_vol) in vols {
         let tissue = tissue_map(ph, vol);
-        for (t, &hu) in tissue.iter().zip(&vol.data) {
-            let (lo, hi) = t.hu_range();
-            assert!(hu as f64 >= lo - 1e-3 && hu as f64 <= hi + 1e-3, "{t:?}: {hu} HU");
+        // A voxel is the mean of the anatomy over it (partial volume), so its value lies
+        // between the means of its points' class bounds; a voxel of one class, in its range.
+        let [_, h, w] = vol.dims;
+        let a = vol.affine;
+        let edges = [[a[0][0], 0.0, 0.0], [0.0, a[1][1], 0.0], [0.0, 0.0, a[2][2]]];
+        for (n, (t, &hu)) in tissue.iter().zip(&vol.data).enumerate() {
+            let (i, j, k) = (n / (h * w), n / w % h, n % w);
+            let c = [0, 1, 2].map(|r| a[r][3] + a[r][r] * [i, j, k][r] as f64);
+            let lo = voxel_mean(c, edges, |p| ph.eval(p).tissue.hu_range().0);
+            let hi = voxel_mean(c, edges, |p| ph.eval(p).tissue.hu_range().1);
+            assert!(hu as f64 >= lo - 0.5 && hu as f64 <= hi + 0.5, "{t:?}: {hu} HU, {lo}..{hi}");
             *seen.entry(*t).or_insert(0usize) += 1;
         }
         // With blur and noise, voxels deep in a class (same class at +-1 voxel on every axis)
@@ -396,4 +404,27 @@ fn voi_scan_draws_see_one_anatomy_through_several_scanners() {
     let bad = SynthConfig { voi_scan: Some(VoiScan { draws: 0, ..one }), ..small(7) };
     let e = synth::generate_case(&bad, 0).expect_err("zero draws are refused");
     assert!(e.to_string().contains("draws 0"), "{e}");
+}
+
+#[test]
+fn a_scan_voxel_is_the_mean_of_the_anatomy_over_it() {
+    let axes = [[1.5, 0.0, 0.0], [0.0, 1.5, 0.0], [0.0, 0.0, 1.5]];
+    // A surface 0.3 mm off the centre of a 1.5 mm voxel: 70 % of it is bone. The centre alone
+    // says 100 %; the mean of 3 x 3 x 3 points says two thirds.
+    let bone = |p: [f64; 3]| if p[0] < 0.3 { 1.0 } else { 0.0 };
+    let m = voxel_mean([0.0; 3], axes, bone);
+    assert!((m - 0.7).abs() <= 1.0 / 3.0 + 1e-12 && m < 1.0, "mean {m}");
+    assert!((m - 2.0 / 3.0).abs() < 1e-12, "mean {m}");
+    // Moving the surface across the voxel moves the value with it, step by step.
+    let at = |x0: f64| voxel_mean([0.0; 3], axes, |p| if p[0] < x0 { 1.0 } else { 0.0 });
+    assert!(at(-0.6) < at(-0.1) && at(-0.1) < at(0.4), "{} {} {}", at(-0.6), at(-0.1), at(0.4));
+    // A voxel no wider than the step is its centre.
+    let fine = [[0.4, 0.0, 0.0], [0.0, 0.4, 0.0], [0.0, 0.0, 0.4]];
+    assert_eq!(voxel_mean([0.1, 0.0, 0.0], fine, |p| if p[0] < 0.05 { 1.0 } else { 0.0 }), 0.0);
+    // Any voxel (oblique, anisotropic) averages a linear field to its value at the centre.
+    let c = 0.5f64.sqrt();
+    let oblique = [[0.8 * c, 0.8 * c, 0.0], [-0.8 * c, 0.8 * c, 0.0], [0.0, 0.0, 2.4]];
+    let lin = |p: [f64; 3]| 3.0 * p[0] - 2.0 * p[1] + 0.5 * p[2] + 7.0;
+    let w = [1.0, -2.0, 3.0];
+    assert!((voxel_mean(w, oblique, lin) - lin(w)).abs() < 1e-9);
 }

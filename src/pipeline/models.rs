@@ -2,7 +2,8 @@
 //! default configs and the engine version, so a new config or engine never reuses a stale model.
 //!
 //! Layout: `$XDG_CACHE_HOME/dnvs-engine/models/<key>/` (or `~/.cache/...`), `<key>` a 64-bit
-//! FNV-1a hash (hex) of the engine version and every default config's name and text; inside it
+//! FNV-1a hash (hex) of the engine version, `synth::RENDERING` and every default config's name
+//! and text; inside it
 //! `localize.safetensors`, `localize_fine.safetensors`, `mc.safetensors`, `tb.safetensors`
 //! (weights + card), and for a config with several folds the further members of its ensemble
 //! (`tb.2.safetensors`, ..., [`member_paths`]). A model is
@@ -84,9 +85,11 @@ fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
     h
 }
 
-/// The cache key of a set of `(name, text)` configs and the engine version.
+/// The cache key of a set of `(name, text)` configs, the engine version and how `synth` renders
+/// the phantoms they train on.
 pub fn cache_key(configs: &[(String, String)]) -> String {
     let mut h = fnv1a(crate::VERSION.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    h = fnv1a(crate::synth::RENDERING.as_bytes(), h);
     for (name, text) in configs {
         h = fnv1a(&[0], fnv1a(name.as_bytes(), h));
         h = fnv1a(&[0], fnv1a(text.as_bytes(), h));

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::anatomy::{mat_vec, rotation_xyz, Pose, V3};
 use super::noise::{hash_words, Rng};
-use super::phantom::{add_noise, blur, Phantom, Tissue};
+use super::phantom::{add_noise, blur, voxel_mean, Phantom, Tissue};
 use super::Side;
 use crate::io::orientation::{self, Affine};
 use crate::volume::Volume;
@@ -361,12 +361,13 @@ pub fn scan_hu(ph: &Phantom, scan: &Scan, w: V3) -> f64 {
 /// head in other orientations (LPS, oblique).
 pub fn render_scan(ph: &Phantom, scan: &Scan, dims: [usize; 3], affine: &Affine) -> Volume {
     let [_, h, w] = dims;
+    let edges = [0, 1, 2].map(|c| [0, 1, 2].map(|r| affine[r][c]));
     let mut ct = vec![0f32; dims.iter().product()];
     ct.par_chunks_mut(h * w).enumerate().for_each(|(i, slab)| {
         for j in 0..h {
             for k in 0..w {
                 let p = orientation::apply(affine, [i as f64, j as f64, k as f64]);
-                slab[j * w + k] = scan_hu(ph, scan, p) as f32;
+                slab[j * w + k] = voxel_mean(p, edges, |q| scan_hu(ph, scan, q)) as f32;
             }
         }
     });

@@ -30,7 +30,7 @@ use crate::volume::{Volume, VoxelKind};
 use crate::{Error, Result};
 use anatomy::V3;
 use noise::{hash_words, Rng};
-use phantom::{add_noise, blur, render, Grid};
+use phantom::{add_noise, blur, render, voxel_mean, Grid};
 
 /// Spacing of the per-joint VOIs (mm), fixed by the data set contract.
 pub const VOI_SPACING: f64 = crate::pipeline::localize::VOI_SPACING_MM;
@@ -253,6 +253,12 @@ pub struct PhantomCase {
     pub vois: Vec<VoiCase>,
 }
 
+/// What the phantoms a default model trains on look like, for the model cache's key: a change
+/// of how `synth` renders them (not of a config) must retrain the models it trained.
+/// 2: scan voxels are the mean of the anatomy over the voxel ([`phantom::voxel_mean`]), not its
+/// value at the voxel's centre.
+pub const RENDERING: &str = "2 voxel-mean scans";
+
 /// `case_0001` for index 0.
 pub fn case_id(index: usize) -> String {
     format!("case_{:04}", index + 1)
@@ -294,9 +300,10 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
     let (head_ct, head_labels) = match &scan {
         None => {
             let head = cfg.head_grid();
+            let edges = head.voxel_edges();
             let (mut ct, labels) = render(&head, |w| {
                 let e = ph.eval(w);
-                (e.hu as f32, label_at(w, &e))
+                (voxel_mean(w, edges, |p| ph.eval(p).hu) as f32, label_at(w, &e))
             });
             finish_ct(&mut ct, head.dims, cfg, &ph, 0);
             (ct_volume(&head, ct), head.volume(labels.iter().map(|&l| f32::from(l)).collect()))
@@ -307,9 +314,11 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<PhantomCase> {
                 spacing: scan.spacing,
                 origin: [0, 1, 2].map(|a| scan.fov[a][0] + 0.5 * scan.spacing[a]),
             };
+            let edges = head.voxel_edges();
             let (mut ct, labels) = render(&head, |w| {
                 let e = ph.eval(w);
-                (head_profile::scan_hu(&ph, scan, w) as f32, label_at(w, &e))
+                let hu = voxel_mean(w, edges, |p| head_profile::scan_hu(&ph, scan, p));
+                (hu as f32, label_at(w, &e))
             });
             head_profile::finish_scan(&mut ct, head.dims, scan, ph.noise_key(0));
             (ct_volume(&head, ct), head.volume(labels.iter().map(|&l| f32::from(l)).collect()))
@@ -384,7 +393,8 @@ fn scanned_voi_ct(
         (extent / spacing[a] + 2.0 * margin + 2.0).ceil() as usize
     });
     let grid = Grid { dims, spacing, origin };
-    let (mut hu, _) = render(&grid, |w| (ph.eval(w).hu as f32, ()));
+    let edges = grid.voxel_edges();
+    let (mut hu, _) = render(&grid, |w| (voxel_mean(w, edges, |p| ph.eval(p).hu) as f32, ()));
     let noise = if draw == 0 { 3 } else { 5 + 2 * draw as u64 };
     finish_ct(&mut hu, grid.dims, cfg, ph, noise + side.index() as u64);
     let (ct, _) = render(voi, |w| (grid.sample_linear(&hu, w).round().clamp(-1024.0, 3071.0), ()));
