@@ -3,8 +3,9 @@
 //! Each case is a [`Phantom`] drawn from `(seed, case)`: skull, mandible with both condyles,
 //! temporal bones with glenoid fossa and articular eminence, cervical vertebrae, soft tissue and
 //! airway, all signed-distance functions in millimetres. It is rendered twice: the whole head at
-//! a coarse spacing and one VOI per joint at 0.4 mm, both straight from the distances, then
-//! blurred (partial volume) and given Gaussian noise. [`write_dataset`] writes the layout of
+//! a coarse spacing and one VOI per joint at 0.4 mm, both straight from the distances (a coarse
+//! voxel as the mean of the anatomy over it, [`phantom::voxel_mean`]), then blurred and given
+//! Gaussian noise. [`write_dataset`] writes the layout of
 //! CONTRACTS.md (`imagesTr/`, `labelsTr/`, `voi/`, `dataset.json`); `train::dataset` reads it.
 //! The ground-truth definitions (MC, TB, NV) are in [`phantom`]'s module docs.
 
