@@ -45,21 +45,17 @@ fn same_seed_same_bits_other_seed_differs() {
     }
 }
 
+/// World position of voxel `n` (row-major) of `vol` (diagonal affine).
+fn voxel_centre(vol: &dnvs_engine::io::Volume, n: usize) -> [f64; 3] {
+    let [_, h, w] = vol.dims;
+    let a = vol.affine;
+    let ijk = [n / (h * w), n / w % h, n % w];
+    [0, 1, 2].map(|r| a[r][3] + a[r][r] * ijk[r] as f64)
+}
+
 /// The tissue class at every voxel centre of `vol` (diagonal affine), row-major.
 fn tissue_map(ph: &synth::Phantom, vol: &dnvs_engine::io::Volume) -> Vec<Tissue> {
-    let [d, h, w] = vol.dims;
-    let a = vol.affine;
-    (0..d * h * w)
-        .map(|n| {
-            let (i, j, k) = (n / (h * w), n / w % h, n % w);
-            ph.eval([
-                a[0][3] + a[0][0] * i as f64,
-                a[1][3] + a[1][1] * j as f64,
-                a[2][3] + a[2][2] * k as f64,
-            ])
-            .tissue
-        })
-        .collect()
+    (0..vol.data.len()).map(|n| ph.eval(voxel_centre(vol, n)).tissue).collect()
 }
 
 #[test]
@@ -79,12 +75,10 @@ fn every_tissue_class_has_its_hu_range() {
         let tissue = tissue_map(ph, vol);
         // A voxel is the mean of the anatomy over it (partial volume), so its value lies
         // between the means of its points' class bounds; a voxel of one class, in its range.
-        let [_, h, w] = vol.dims;
         let a = vol.affine;
         let edges = [[a[0][0], 0.0, 0.0], [0.0, a[1][1], 0.0], [0.0, 0.0, a[2][2]]];
         for (n, (t, &hu)) in tissue.iter().zip(&vol.data).enumerate() {
-            let (i, j, k) = (n / (h * w), n / w % h, n % w);
-            let c = [0, 1, 2].map(|r| a[r][3] + a[r][r] * [i, j, k][r] as f64);
+            let c = voxel_centre(vol, n);
             let lo = voxel_mean(c, edges, |p| ph.eval(p).tissue.hu_range().0);
             let hi = voxel_mean(c, edges, |p| ph.eval(p).tissue.hu_range().1);
             assert!(hu as f64 >= lo - 0.5 && hu as f64 <= hi + 0.5, "{t:?}: {hu} HU, {lo}..{hi}");
