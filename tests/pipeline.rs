@@ -210,6 +210,30 @@ fn a_joint_outside_the_field_of_view_is_null_with_a_reason() {
 }
 
 #[test]
+fn a_ct_not_in_hounsfield_units_is_warned_about_and_a_head_in_hu_is_not() {
+    let h = head();
+    let opts = CaseOptions { enhance: None, save_probs: false, gt: None, nan_to: None };
+    let hu_warning = |r: &dnvs_engine::pipeline::Report| {
+        r.warnings.iter().find(|w| w.contains("Hounsfield")).cloned()
+    };
+    let mut stages = truth_stages(h, h.centers.map(Some));
+    let report = run_case(&h.ct, &h.dir.join("hu"), &mut stages, &opts, &mut |_| {}).unwrap();
+    assert_eq!(hu_warning(&report), None);
+
+    // The same head as raw stored values: a rescale intercept of -1024 never applied.
+    let mut raw = io::read_volume(&h.ct).unwrap();
+    raw.data.iter_mut().for_each(|v| *v += 1024.0);
+    let raw_path = h.dir.join("head_raw.nii.gz");
+    io::write_nifti(&raw_path, &raw, VoxelKind::Image).unwrap();
+    let out = h.dir.join("raw");
+    let report = run_case(&raw_path, &out, &mut stages, &opts, &mut |_| {}).unwrap();
+    let w = hu_warning(&report).expect("raw values are warned about");
+    assert!(w.contains("1st percentile is"), "{w}");
+    let j = read_json(&out.join("report.json"));
+    assert!(j["warnings"].as_array().unwrap().iter().any(|x| x.as_str() == Some(w.as_str())));
+}
+
+#[test]
 fn an_output_folder_with_foreign_files_is_refused() {
     let h = head();
     let out = h.dir.join("foreign");

@@ -88,6 +88,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ct = io::read_volume(&args.input)
         .with_context(|| format!("reading {}", args.input.display()))?;
     let read_s = start.elapsed().as_secs_f64();
+    if let Some(w) = io::normalize::not_hounsfield(&ct.data) {
+        eprintln!("warning: {}: {w}", args.input.display());
+    }
     let opts = LocalizeOptions {
         voi_dims: args.voi_size,
         views: !args.single_pass,

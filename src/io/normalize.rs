@@ -91,6 +91,44 @@ pub fn percentile(sorted: &[f32], q: f64) -> f32 {
     (sorted[i] as f64 + (sorted[j] as f64 - sorted[i] as f64) * t) as f32
 }
 
+/// Values sampled (evenly strided) for [`not_hounsfield`]: enough for a 1st percentile to a few
+/// HU, and a 512x512x300 CT is not sorted whole.
+const HU_CHECK_SAMPLES: usize = 1 << 20;
+
+/// The 1st percentile a head CT in Hounsfield units stays below: the air around the head
+/// (-1000 HU; the padding outside a scanner's circle, -1024 to -3024, is lower still).
+const AIR_P1_MAX_HU: f32 = -500.0;
+
+/// The 99.9th percentile a head CT in HU reaches: cortical bone and teeth are 700-3000 HU.
+const BONE_P999_MIN_HU: f32 = 300.0;
+
+/// A warning when `data` (a head CT) does not look like Hounsfield units, else `None`: no air
+/// (its 1st percentile above [`AIR_P1_MAX_HU`], e.g. raw stored values whose rescale was not
+/// applied, air reading 0) or no bone (its 99.9th percentile under [`BONE_P999_MIN_HU`], e.g.
+/// an 8-bit export). The networks and the localiser read HU; on other scales their output is
+/// meaningless, and nothing else would say so. Non-finite values are ignored.
+pub fn not_hounsfield(data: &[f32]) -> Option<String> {
+    let stride = (data.len() / HU_CHECK_SAMPLES).max(1);
+    let mut v: Vec<f32> = data.iter().step_by(stride).copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f32::total_cmp);
+    let (p1, p999) = (percentile(&v, 1.0), percentile(&v, 99.9));
+    let problem = if p1 > AIR_P1_MAX_HU {
+        format!("its 1st percentile is {p1:.0} where the air around a head reads about -1000 HU")
+    } else if p999 < BONE_P999_MIN_HU {
+        format!("its 99.9th percentile is {p999:.0} where bone reads 700-3000 HU")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "the CT's values do not look like Hounsfield units ({problem}): the models read HU, so \
+         the localisation, the masks and the NV are not to be trusted. Convert the scan to HU \
+         (apply its rescale slope and intercept; DICOM series are rescaled when read)"
+    ))
+}
+
 /// Rescales to [0, 1] by the volume's own minimum and maximum, as the original DNVS code does
 /// (`(x - min) / (max - min)`). A constant volume becomes zeros. Non-finite values are ignored
 /// for the range and mapped to 0.
@@ -139,6 +177,26 @@ pub fn z_score(data: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_in_hu_passes_the_hounsfield_check_and_other_scales_do_not() {
+        // Air around the head, soft tissue, bone: a head in HU.
+        let mut head = vec![-1000.0f32; 3000];
+        head.extend(std::iter::repeat_n(40.0, 6000));
+        head.extend(std::iter::repeat_n(1400.0, 1000));
+        assert_eq!(not_hounsfield(&head), None);
+        // Raw stored values (rescale intercept -1024 not applied): air reads about 0.
+        let raw: Vec<f32> = head.iter().map(|v| v + 1024.0).collect();
+        let w = not_hounsfield(&raw).expect("raw values are not HU");
+        assert!(w.contains("1st percentile is 24"), "{w}");
+        // An 8-bit export: air 0, bone 255 at most.
+        let byte: Vec<f32> = head.iter().map(|v| ((v + 1000.0) / 2400.0 * 255.0).round()).collect();
+        assert!(not_hounsfield(&byte).is_some());
+        // Air present, but nothing brighter than soft tissue.
+        let no_bone: Vec<f32> = head.iter().map(|v| v.min(100.0)).collect();
+        assert!(not_hounsfield(&no_bone).expect("no bone").contains("99.9th percentile is 100"));
+        assert_eq!(not_hounsfield(&[f32::NAN; 4]), None);
+    }
 
     #[test]
     fn ranges() {

@@ -56,7 +56,8 @@ pub struct Report {
     pub timings_s: BTreeMap<String, f64>,
     /// `labels`, `report_png`: paths relative to the output folder.
     pub files: BTreeMap<String, String>,
-    /// What makes this result less trustworthy (a CT coarser than the models were trained on).
+    /// What makes this result less trustworthy (a CT coarser than the models were trained on, or
+    /// values that are not Hounsfield units).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
@@ -203,7 +204,8 @@ pub fn run_case(
     on_stage("write");
     let t = Instant::now();
     let mut report = build_report(input, stages, opts, &works, reasons, &clock);
-    report.warnings = coarser_than_training(ct.spacing, &report.models);
+    report.warnings = crate::io::normalize::not_hounsfield(&ct.data).into_iter().collect();
+    report.warnings.extend(coarser_than_training(ct.spacing, &report.models));
     let report = write_outputs(out, &ct, report, &works, t)?;
     Ok(report)
 }
